@@ -1,0 +1,25 @@
+"""The Celery app: ``celery -A imaging worker``."""
+
+import os
+
+from celery import Celery
+
+# The one place besides settings that touches the environment: Celery's own
+# bootstrap needs to know which settings module to load.
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "imaging.settings")
+
+app = Celery("imaging")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks(["imaging"])
+
+
+@app.on_after_finalize.connect
+def _schedule_periodic(sender, **kwargs):
+    from django.conf import settings
+
+    if settings.REINDEX_INTERVAL_SECONDS > 0:
+        sender.add_periodic_task(
+            settings.REINDEX_INTERVAL_SECONDS,
+            sender.signature("imaging.tasks.reindex_missing"),
+            name="index stored files that have no row",
+        )

@@ -1,0 +1,134 @@
+"""Where a stored file lives on disk, and how it gets there safely.
+
+Layout: ``STORAGE_DIR/instances/ab/cd/<SOP Instance UID>.dcm``, where ``abcd`` are
+the first hex digits of the SHA-1 of the UID: two levels of 256 folders keep any
+folder small, and a re-sent instance lands on the same path and replaces the old
+file atomically. A UID is validated before it comes anywhere near a path.
+"""
+
+import hashlib
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from django.conf import settings
+
+# PS3.5 9.1: components of digits separated by ".", no leading zero in a
+# multi-digit component, at most 64 characters. Checked before any path is built.
+_UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+INSTANCES = "instances"
+THUMBNAILS = "thumbnails"
+TMP = "tmp"
+
+
+class InvalidUID(ValueError):
+    pass
+
+
+def is_valid_uid(uid: object) -> bool:
+    return isinstance(uid, str) and 0 < len(uid) <= 64 and bool(_UID_RE.match(uid))
+
+
+def check_uid(uid: object, what: str = "UID") -> str:
+    if not is_valid_uid(uid):
+        raise InvalidUID(f"{what} {uid!r} is not a valid DICOM UID")
+    return uid  # type: ignore[return-value]
+
+
+def root() -> Path:
+    return Path(settings.STORAGE_DIR)
+
+
+def _shard(uid: str) -> str:
+    digest = hashlib.sha1(uid.encode("ascii"), usedforsecurity=False).hexdigest()
+    return f"{digest[:2]}/{digest[2:4]}"
+
+
+def instance_relpath(sop_instance_uid: str) -> str:
+    """The path, relative to STORAGE_DIR, where an instance is stored."""
+    uid = check_uid(sop_instance_uid, "SOP Instance UID")
+    return f"{INSTANCES}/{_shard(uid)}/{uid}.dcm"
+
+
+def thumbnail_relpath(series_instance_uid: str) -> str:
+    uid = check_uid(series_instance_uid, "Series Instance UID")
+    return f"{THUMBNAILS}/{_shard(uid)}/{uid}.png"
+
+
+def absolute(relpath: str) -> Path:
+    """Resolve a stored relative path, refusing anything outside STORAGE_DIR."""
+    base = root().resolve()
+    path = (base / relpath).resolve()
+    if not path.is_relative_to(base):
+        raise ValueError(f"{relpath!r} is outside the storage directory")
+    return path
+
+
+def tmp_dir() -> Path:
+    path = root() / TMP
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def write_atomic(relpath: str, chunks: list[bytes] | tuple[bytes, ...], fsync: bool | None = None) -> Path:
+    """Write ``chunks`` to ``relpath`` so that the file is either whole or absent.
+
+    The bytes go to a temporary file in STORAGE_DIR/tmp (same file system), which
+    is fsynced and then renamed over the destination; the destination folder is
+    fsynced too so that the rename itself survives a power cut. Only when this
+    returns may a caller report the file as stored.
+    """
+    if fsync is None:
+        fsync = settings.STORAGE_FSYNC
+    dest = absolute(relpath)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=tmp_dir(), suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for chunk in chunks:
+                f.write(chunk)
+            f.flush()
+            if fsync:
+                os.fsync(f.fileno())
+        os.replace(tmp_name, dest)
+    except BaseException:
+        try:
+            os.unlink(tmp_name)
+        except FileNotFoundError:
+            pass
+        raise
+    if fsync:
+        dir_fd = os.open(dest.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    return dest
+
+
+def clean_tmp(older_than_seconds: float = 3600) -> int:
+    """Remove temporary files left by a process that died mid-write."""
+    import time
+
+    removed = 0
+    limit = time.time() - older_than_seconds
+    for path in tmp_dir().glob("*.part"):
+        try:
+            if path.stat().st_mtime < limit:
+                path.unlink()
+                removed += 1
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def iter_instance_files():
+    """Every stored instance file, as a path relative to STORAGE_DIR."""
+    base = root() / INSTANCES
+    if not base.is_dir():
+        return
+    for dirpath, _dirnames, filenames in os.walk(base):
+        for name in filenames:
+            if name.endswith(".dcm"):
+                yield os.path.relpath(os.path.join(dirpath, name), root())

@@ -1,0 +1,57 @@
+"""One thumbnail per series, made from its representative image."""
+
+import io
+import logging
+
+from django.conf import settings
+from django.db import transaction
+
+from imaging import render, storage
+from records.models import Instance, Series
+
+log = logging.getLogger(__name__)
+
+
+def representative_instance(series: Series) -> Instance | None:
+    """The middle image of the series by instance number (what a doctor scrolls to first)."""
+    instances = list(
+        series.instances.order_by("instance_number", "sop_instance_uid").only(
+            "id", "sop_instance_uid", "file_path", "instance_number"
+        )
+    )
+    if not instances:
+        return None
+    return instances[(len(instances) - 1) // 2]
+
+
+def update_series_thumbnail(series_id: int) -> str:
+    """Render the series' thumbnail if its representative image changed.
+
+    Returns the thumbnail path relative to STORAGE_DIR ('' if none could be made).
+    Called again after more images arrived, it replaces the thumbnail only when
+    another image has become the middle one.
+    """
+    series = Series.objects.filter(pk=series_id).first()
+    if series is None:
+        return ""
+    instance = representative_instance(series)
+    if instance is None:
+        return ""
+    relpath = storage.thumbnail_relpath(series.series_instance_uid)
+    if series.thumbnail_sop_instance_uid == instance.sop_instance_uid and series.thumbnail:
+        if storage.absolute(series.thumbnail).exists():
+            return series.thumbnail
+    try:
+        image = render.thumbnail(storage.absolute(instance.file_path), settings.THUMBNAIL_SIZE)
+    except Exception:
+        # A thumbnail is a convenience: an image we cannot render is still stored and indexed.
+        log.exception("cannot render a thumbnail for series %s from %s", series.series_instance_uid, instance.file_path)
+        return ""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=False)
+    storage.write_atomic(relpath, [buffer.getvalue()], fsync=False)
+    with transaction.atomic():
+        Series.objects.filter(pk=series.pk).update(
+            thumbnail=relpath, thumbnail_sop_instance_uid=instance.sop_instance_uid
+        )
+    return relpath

@@ -1,0 +1,94 @@
+"""Hand stored files to the Celery indexer without slowing the C-STORE hot path.
+
+The store handler only appends the path to an in-memory queue; a background
+thread sends what has accumulated as one ``index_instances`` task, so a burst of
+300 images becomes a handful of messages. If the broker is down the files are
+still safe on disk: the failure is logged and ``manage.py reindex`` (or the
+periodic reindex task) indexes them later.
+"""
+
+import logging
+import os
+import queue
+import threading
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 64
+_STOP = object()
+
+
+class IndexHandoff:
+    def __init__(self, send=None):
+        # ``send(paths, source_ae)`` publishes one batch; tests may pass their own.
+        self._send = send or _send_to_celery
+        self._pid = None
+        self._queue: queue.Queue = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.sent = 0
+        self.lost = 0
+
+    def _ensure_thread(self) -> None:
+        # A forked child inherits the object but not the thread: start its own.
+        if self._pid == os.getpid() and self._thread is not None and self._thread.is_alive():
+            return
+        with self._lock:
+            if self._pid != os.getpid() or self._thread is None or not self._thread.is_alive():
+                self._pid = os.getpid()
+                self._queue = queue.Queue()
+                self._thread = threading.Thread(target=self._run, name="index-handoff", daemon=True)
+                self._thread.start()
+
+    def submit(self, relpath: str, source_ae: str) -> None:
+        self._ensure_thread()
+        self._queue.put((relpath, source_ae))
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Send everything queued and stop the thread; False if it did not finish in time."""
+        if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
+            return True
+        self._queue.put(_STOP)
+        self._thread.join(timeout)
+        finished = not self._thread.is_alive()
+        if not finished:
+            log.error("index hand-off did not finish within %.0fs; reindex will find the files", timeout)
+        return finished
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            item = self._queue.get()
+            batch = []
+            while True:
+                if item is _STOP:
+                    stopping = True
+                else:
+                    batch.append(item)
+                if stopping or len(batch) >= MAX_BATCH:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            by_ae: dict[str, list[str]] = {}
+            for relpath, ae in batch:
+                by_ae.setdefault(ae, []).append(relpath)
+            for ae, paths in by_ae.items():
+                try:
+                    self._send(paths, ae)
+                    self.sent += len(paths)
+                except Exception as exc:
+                    self.lost += len(paths)
+                    log.error(
+                        "cannot queue %d stored file(s) for indexing (%s); they are safe on disk "
+                        "and `manage.py reindex` will index them",
+                        len(paths),
+                        exc,
+                    )
+
+
+def _send_to_celery(paths: list[str], source_ae: str) -> None:
+    from imaging.tasks import index_instances
+
+    index_instances.apply_async(args=[paths, source_ae], retry=False)

@@ -1,0 +1,235 @@
+"""Build the pynetdicom AE and serve it, one forked process per association.
+
+Python's interpreter lock caps one process at roughly one core, so each
+association gets its own process (as DCMTK's ``storescp --fork`` does): several
+modalities sending at once use every core, and a crash while handling one
+association cannot take the listener down. The parent only accepts and forks.
+"""
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+
+from django.conf import settings
+from django.db import connections
+from pydicom.uid import (
+    HTJ2K,
+    JPEG2000,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+from pynetdicom import AE, _config, evt
+from pynetdicom.presentation import AllStoragePresentationContexts
+from pynetdicom.sop_class import Verification
+from pynetdicom.transport import AssociationServer, RequestHandler
+
+from network.dimse.echo import handle_echo
+from network.dimse.store import handle_store
+from network.handoff import IndexHandoff
+
+log = logging.getLogger(__name__)
+
+# Stored as received, never re-encoded: every transfer syntax modalities really send.
+STORAGE_TRANSFER_SYNTAXES = [
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    JPEG2000Lossless,
+    JPEG2000,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+    HTJ2K,
+    RLELossless,
+]
+
+# pynetdicom's per-PDU logging handlers cost time on every fragment of every image.
+_config.LOG_HANDLER_LEVEL = "none"
+
+
+def build_ae(ae_title: str | None = None) -> AE:
+    ae = AE(ae_title=ae_title or settings.DICOM_AE_TITLE)
+    ae.maximum_pdu_size = settings.DICOM_MAX_PDU
+    ae.network_timeout = settings.DICOM_NETWORK_TIMEOUT
+    ae.acse_timeout = settings.DICOM_ACSE_TIMEOUT
+    ae.dimse_timeout = settings.DICOM_DIMSE_TIMEOUT
+    # One association per process: the limit on concurrent associations is the
+    # server's (DICOM_MAX_ASSOCIATIONS), not the AE's.
+    ae.maximum_associations = max(settings.DICOM_MAX_ASSOCIATIONS, 1)
+    ae.add_supported_context(Verification)
+    for context in AllStoragePresentationContexts:
+        ae.add_supported_context(context.abstract_syntax, STORAGE_TRANSFER_SYNTAXES)
+    return ae
+
+
+def handlers(handoff: IndexHandoff) -> list:
+    return [
+        (evt.EVT_C_ECHO, handle_echo),
+        (evt.EVT_C_STORE, handle_store, [handoff]),
+    ]
+
+
+class _Shutdown:
+    """Per-process shutdown state shared by the signal handler and the server loop."""
+
+    requested = False
+    at = 0.0
+
+
+def _request_shutdown(signum, frame) -> None:
+    if not _Shutdown.requested:
+        _Shutdown.requested = True
+        _Shutdown.at = time.monotonic()
+
+
+class AssociationProcessHandler(RequestHandler):
+    """Runs in the forked child: serve the association to its end, then flush."""
+
+    def handle(self) -> None:
+        try:
+            self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+        assoc = self._create_association()
+        evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
+        assoc.start()
+        while assoc.is_alive():
+            assoc.join(0.2)
+            if _Shutdown.requested and time.monotonic() - _Shutdown.at > settings.DICOM_SHUTDOWN_GRACE:
+                log.warning(
+                    "shutting down: aborting association from %s after %ss grace",
+                    self.client_address,
+                    settings.DICOM_SHUTDOWN_GRACE,
+                )
+                assoc.abort()
+        self.server.handoff.flush()
+
+
+class ForkingAssociationServer(AssociationServer):
+    """An AssociationServer whose associations each run in a forked process."""
+
+    def __init__(self, ae, address, ae_title, contexts, evt_handlers, handoff, max_children):
+        self.handoff = handoff
+        self.max_children = max_children
+        self.children: set[int] = set()
+        super().__init__(
+            ae, address, ae_title, contexts, evt_handlers=evt_handlers, request_handler=AssociationProcessHandler
+        )
+
+    def server_bind(self) -> None:
+        super().server_bind()
+        # Accepted sockets inherit nothing useful from the listener's timeout.
+        self.socket.settimeout(None)
+
+    def reap(self, block: bool = False) -> None:
+        while self.children:
+            try:
+                pid, _status = os.waitpid(-1, 0 if block else os.WNOHANG)
+            except ChildProcessError:
+                self.children.clear()
+                return
+            if pid == 0:
+                return
+            self.children.discard(pid)
+            if block:
+                return
+
+    def process_request(self, request, client_address) -> None:
+        pid = os.fork()
+        if pid:
+            self.children.add(pid)
+            self.close_request(request)
+            return
+        # Child: keep nothing of the parent's listener, so a stopped server frees its port.
+        status = 1
+        try:
+            self.socket.close()
+            signal.signal(signal.SIGTERM, _request_shutdown)
+            signal.signal(signal.SIGINT, _request_shutdown)
+            self.finish_request(request, client_address)
+            status = 0
+        except Exception:
+            log.exception("association from %s failed", client_address)
+        finally:
+            try:
+                self.shutdown_request(request)
+            finally:
+                logging.shutdown()
+                os._exit(status)
+
+    def serve_until_stopped(self) -> None:
+        """Accept and fork until SIGTERM/SIGINT, then let the children finish."""
+        self.timeout = 0.5
+        while not _Shutdown.requested:
+            self.reap()
+            if len(self.children) >= self.max_children:
+                # Beyond the limit new connections wait in the listen backlog.
+                time.sleep(0.05)
+                continue
+            self.handle_request()
+        self.server_close()
+        log.info("stopping: waiting for %d association(s) to finish", len(self.children))
+        for pid in list(self.children):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        while self.children:
+            self.reap(block=True)
+
+    def handle_timeout(self) -> None:
+        pass
+
+
+def serve(
+    port: int | None = None, ae_title: str | None = None, host: str | None = None, ready: threading.Event | None = None
+) -> None:
+    """Run the SCP in this process until SIGTERM or SIGINT."""
+    ae = build_ae(ae_title)
+    handoff = IndexHandoff()
+    address = (host or settings.DICOM_HOST, settings.DICOM_PORT if port is None else port)
+    # The parent must hold no database connection that children would share.
+    connections.close_all()
+    _Shutdown.requested = False
+    signal.signal(signal.SIGTERM, _request_shutdown)
+    signal.signal(signal.SIGINT, _request_shutdown)
+    server = ForkingAssociationServer(
+        ae,
+        address,
+        ae.ae_title,
+        ae.supported_contexts,
+        handlers(handoff),
+        handoff,
+        max(settings.DICOM_MAX_ASSOCIATIONS, 1),
+    )
+    log.info(
+        "DICOM SCP %s listening on %s:%s (one process per association, at most %d)",
+        ae.ae_title,
+        *server.server_address[:2],
+        server.max_children,
+    )
+    if ready is not None:
+        ready.set()
+    server.serve_until_stopped()
+    log.info("DICOM SCP stopped")

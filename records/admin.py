@@ -1,0 +1,80 @@
+from django.contrib import admin
+
+from records.models import Instance, Patient, Series, Study
+
+
+class ReadOnlyIndexAdmin(admin.ModelAdmin):
+    """The index is rebuilt from the files: it is read here, corrected elsewhere."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Patient)
+class PatientAdmin(ReadOnlyIndexAdmin):
+    list_display = ("patient_id", "issuer", "name", "birth_date", "sex", "updated_at")
+    search_fields = ("patient_id", "name_alphabetic", "name_ideographic", "name_phonetic")
+    list_filter = ("sex",)
+
+
+@admin.register(Study)
+class StudyAdmin(ReadOnlyIndexAdmin):
+    list_display = (
+        "study_date",
+        "study_time",
+        "patient",
+        "accession_number",
+        "modalities_in_study",
+        "description",
+        "number_of_series",
+        "number_of_instances",
+    )
+    list_select_related = ("patient",)
+    search_fields = (
+        "study_instance_uid",
+        "accession_number",
+        "patient__patient_id",
+        "patient__name_alphabetic",
+        "patient__name_ideographic",
+        "description",
+    )
+    date_hierarchy = "study_date"
+    list_filter = ("modalities_in_study",)
+
+
+@admin.register(Series)
+class SeriesAdmin(ReadOnlyIndexAdmin):
+    list_display = (
+        "series_instance_uid",
+        "study",
+        "modality",
+        "series_number",
+        "description",
+        "body_part",
+        "number_of_instances",
+    )
+    list_select_related = ("study",)
+    search_fields = ("series_instance_uid", "description")
+    list_filter = ("modality",)
+
+
+@admin.register(Instance)
+class InstanceAdmin(ReadOnlyIndexAdmin):
+    list_display = (
+        "sop_instance_uid",
+        "instance_number",
+        "sop_class_uid",
+        "transfer_syntax_uid",
+        "rows",
+        "columns",
+        "number_of_frames",
+        "file_size",
+        "received_at",
+        "source_ae",
+    )
+    search_fields = ("sop_instance_uid",)
+    list_filter = ("transfer_syntax_uid", "source_ae")
+    raw_id_fields = ("series",)

@@ -1,0 +1,107 @@
+"""The DICOM information model as an index: Patient -> Study -> Series -> Instance.
+
+The stored files are the source of truth; every row here can be rebuilt from them
+(``manage.py reindex``). Text is stored as proper Unicode whatever character set
+the modality used.
+"""
+
+from django.db import models
+
+
+class Patient(models.Model):
+    # (PatientID, IssuerOfPatientID) identifies a patient; two hospitals may
+    # (the unique constraint below also serves lookups by patient ID alone)
+    # reuse the same ID, which the issuer tells apart. Empty issuer = local.
+    patient_id = models.CharField("patient ID", max_length=64)
+    issuer = models.CharField("issuer of patient ID", max_length=64, blank=True, default="")
+    # The full Person Name as DICOM writes it ("alphabetic=ideographic=phonetic"),
+    # and each group apart so that searches can match any of them.
+    name = models.CharField(max_length=200, blank=True, default="")
+    name_alphabetic = models.CharField(max_length=200, blank=True, default="", db_index=True)
+    name_ideographic = models.CharField(max_length=200, blank=True, default="", db_index=True)
+    name_phonetic = models.CharField(max_length=200, blank=True, default="", db_index=True)
+    birth_date = models.DateField(null=True, blank=True)
+    sex = models.CharField(max_length=16, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name_alphabetic", "patient_id"]
+        constraints = [
+            models.UniqueConstraint(fields=["patient_id", "issuer"], name="patient_id_issuer_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name or '(no name)'} [{self.patient_id}]"
+
+
+class Study(models.Model):
+    patient = models.ForeignKey(Patient, on_delete=models.PROTECT, related_name="studies")
+    study_instance_uid = models.CharField("Study Instance UID", max_length=64, unique=True)
+    study_id = models.CharField("study ID", max_length=16, blank=True, default="")
+    accession_number = models.CharField(max_length=64, blank=True, default="", db_index=True)
+    study_date = models.DateField(null=True, blank=True, db_index=True)
+    study_time = models.TimeField(null=True, blank=True)
+    description = models.CharField(max_length=200, blank=True, default="")
+    referring_physician = models.CharField(max_length=200, blank=True, default="")
+    # Backslash-separated, sorted, as DICOM's ModalitiesInStudy: "CT\SR".
+    modalities_in_study = models.CharField(max_length=200, blank=True, default="")
+    number_of_series = models.PositiveIntegerField(default=0)
+    number_of_instances = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "studies"
+        ordering = ["-study_date", "-study_time"]
+
+    def __str__(self) -> str:
+        return f"{self.study_date or ''} {self.description or self.study_instance_uid}".strip()
+
+
+class Series(models.Model):
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="series")
+    series_instance_uid = models.CharField("Series Instance UID", max_length=64, unique=True)
+    modality = models.CharField(max_length=16, blank=True, default="", db_index=True)
+    series_number = models.IntegerField(null=True, blank=True)
+    description = models.CharField(max_length=200, blank=True, default="")
+    body_part = models.CharField("body part examined", max_length=64, blank=True, default="")
+    number_of_instances = models.PositiveIntegerField(default=0)
+    # Thumbnail path relative to STORAGE_DIR, and the instance it was made from
+    # (so a later, better representative replaces it).
+    thumbnail = models.CharField(max_length=255, blank=True, default="")
+    thumbnail_sop_instance_uid = models.CharField(max_length=64, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "series"
+        ordering = ["series_number", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.modality} #{self.series_number} {self.description}".strip()
+
+
+class Instance(models.Model):
+    series = models.ForeignKey(Series, on_delete=models.CASCADE, related_name="instances")
+    sop_instance_uid = models.CharField("SOP Instance UID", max_length=64, unique=True)
+    sop_class_uid = models.CharField("SOP Class UID", max_length=64, db_index=True)
+    instance_number = models.IntegerField(null=True, blank=True)
+    transfer_syntax_uid = models.CharField("transfer syntax UID", max_length=64)
+    rows = models.PositiveIntegerField(null=True, blank=True)
+    columns = models.PositiveIntegerField(null=True, blank=True)
+    number_of_frames = models.PositiveIntegerField(default=1)
+    specific_character_set = models.CharField(max_length=128, blank=True, default="")
+    # Path relative to STORAGE_DIR; unique so that reindex can ask "is this file known?".
+    file_path = models.CharField(max_length=255, unique=True)
+    file_size = models.BigIntegerField()
+    checksum = models.CharField("SHA-256", max_length=64)
+    received_at = models.DateTimeField(db_index=True)
+    source_ae = models.CharField("from AE title", max_length=16, blank=True, default="")
+    indexed_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["instance_number", "id"]
+
+    def __str__(self) -> str:
+        return self.sop_instance_uid
