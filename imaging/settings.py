@@ -173,6 +173,15 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_BROKER_CONNECTION_TIMEOUT = 3
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Publishing gives up fast when the broker is down: the SCP's files are safe on
+# disk and reindex picks them up, so a stalled publish would only delay shutdown.
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "max_retries": 1,
+    "interval_start": 0,
+    "interval_step": 0.2,
+    "interval_max": 0.5,
+    "socket_connect_timeout": 3,
+}
 # A safety net for days the broker was down: index stored files that have no row.
 REINDEX_INTERVAL_SECONDS = envint("REINDEX_INTERVAL_SECONDS", 3600)
 

@@ -116,7 +116,13 @@ class AssociationProcessHandler(RequestHandler):
         assoc.start()
         while assoc.is_alive():
             assoc.join(0.2)
-            if _Shutdown.requested and time.monotonic() - _Shutdown.at > settings.DICOM_SHUTDOWN_GRACE:
+            if not _Shutdown.requested:
+                continue
+            if not assoc.is_established:
+                # A connection that never asked for an association (a port probe,
+                # a half-open socket) has nothing in flight: the process just exits.
+                return
+            if time.monotonic() - _Shutdown.at > settings.DICOM_SHUTDOWN_GRACE:
                 log.warning(
                     "shutting down: aborting association from %s after %ss grace",
                     self.client_address,

@@ -1,0 +1,161 @@
+"""Shared fixtures: a real Redis, a real Celery worker and a real runscp process."""
+
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+
+from tests import procs
+
+_STORAGE = Path(tempfile.mkdtemp(prefix="imaging-test-storage-"))
+
+
+def pytest_configure(config):
+    # Tests never touch the developer's ./var/storage.
+    settings.STORAGE_DIR = _STORAGE
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(_STORAGE, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def logs_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("logs")
+
+
+@pytest.fixture(scope="session")
+def redis_url(logs_dir):
+    if not shutil.which("redis-server"):
+        pytest.fail("redis-server is not installed (make test installs it)")
+    port = procs.free_port()
+    proc = procs.start(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        dict(os.environ),
+        logs_dir / "redis.log",
+    )
+    procs.wait_for(lambda: procs.port_open(port), 20, "redis-server")
+    url = f"redis://127.0.0.1:{port}/0"
+    from imaging.celery import app
+
+    app.conf.broker_url = url
+    settings.CELERY_BROKER_URL = url
+    yield url
+    procs.stop(proc)
+
+
+def database_url() -> str:
+    """The URL of the test database, for the worker and SCP subprocesses."""
+    from django.db import connection
+
+    cfg = connection.settings_dict
+    if cfg["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{cfg['NAME']}"
+    if cfg["ENGINE"].endswith("postgresql"):
+        auth = cfg["USER"] + (f":{cfg['PASSWORD']}" if cfg["PASSWORD"] else "")
+        return f"postgres://{auth}@{cfg['HOST'] or 'localhost'}:{cfg['PORT'] or 5432}/{cfg['NAME']}"
+    raise RuntimeError(f"no URL form for {cfg['ENGINE']}")
+
+
+@dataclass
+class Pipeline:
+    """The running system: runscp on ``port`` writing to ``storage``, a worker indexing."""
+
+    port: int
+    ae_title: str
+    storage: Path
+    env: dict[str, str]
+    logs: Path
+    procs: dict = field(default_factory=dict)
+
+    def log(self, name: str) -> str:
+        return (self.logs / f"{name}.log").read_text(errors="replace")
+
+
+def service_env(redis_url: str, **extra: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "imaging.settings",
+        "DATABASE_URL": database_url(),
+        "CELERY_BROKER_URL": redis_url,
+        "STORAGE_DIR": str(settings.STORAGE_DIR),
+        "PYTHONUNBUFFERED": "1",
+        "REINDEX_INTERVAL_SECONDS": "0",
+        **extra,
+    }
+
+
+def start_scp(env: dict, logs: Path, name: str = "runscp", ae_title: str = "IMAGING"):
+    port = procs.free_port()
+    proc = procs.start(
+        procs.manage("runscp", "--port", str(port), "--host", "127.0.0.1", "--ae-title", ae_title),
+        env,
+        logs / f"{name}.log",
+    )
+    try:
+        procs.wait_for(lambda: procs.port_open(port) or proc.poll() is not None, 30, "runscp to listen")
+    except TimeoutError:
+        procs.stop(proc)
+        raise
+    if proc.poll() is not None:
+        raise RuntimeError((logs / f"{name}.log").read_text())
+    return proc, port
+
+
+@pytest.fixture(scope="session")
+def pipeline(django_db_setup, django_db_blocker, redis_url, logs_dir):
+    env = service_env(redis_url)
+    worker = procs.start(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "imaging",
+            "worker",
+            "-c",
+            "2",
+            "-l",
+            "info",
+            "--without-mingle",
+            "--without-gossip",
+            "--without-heartbeat",
+            "-n",
+            "test@%h",
+        ],
+        env,
+        logs_dir / "worker.log",
+    )
+    procs.wait_for(
+        lambda: "ready." in (logs_dir / "worker.log").read_text(errors="replace") or worker.poll() is not None,
+        60,
+        "the Celery worker",
+    )
+    assert worker.poll() is None, (logs_dir / "worker.log").read_text()
+    scp, port = start_scp(env, logs_dir)
+    yield Pipeline(
+        port=port,
+        ae_title="IMAGING",
+        storage=Path(settings.STORAGE_DIR),
+        env=env,
+        logs=logs_dir,
+        procs={"worker": worker, "runscp": scp},
+    )
+    procs.stop(scp)
+    procs.stop(worker)
+
+
+@pytest.fixture
+def system(pipeline, transactional_db):
+    """The running system with a database the subprocesses can see (no wrapping transaction).
+
+    Each test starts with an empty store, as the database is emptied after each test.
+    """
+    yield pipeline
+    for folder in ("instances", "thumbnails"):
+        shutil.rmtree(pipeline.storage / folder, ignore_errors=True)
