@@ -1,0 +1,55 @@
+# `make run` and `make test` are all a newcomer needs (see README.md).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# Debian packages: what the running system needs, and what the test suite needs on top.
+RUN_PACKAGES := redis-server dcmtk
+TEST_PACKAGES := $(RUN_PACKAGES) postgresql chromium fonts-noto-cjk
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: run test lint system-packages system-packages-test venv migrate bench clean
+
+run: system-packages venv migrate
+	$(PY) manage.py runall
+
+test: system-packages-test venv lint
+	$(PY) manage.py makemigrations --check --dry-run
+	@echo "=== test suite on SQLite ==="
+	$(PY) -m pytest
+	@echo "=== test suite on PostgreSQL ==="
+	tests/with_postgres.sh $(PY) -m pytest
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+# Installs only what is missing, so a second run costs nothing.
+system-packages:
+	@missing=$$(for p in $(RUN_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q "ok installed" || echo $$p; done); \
+	if [ -n "$$missing" ]; then echo "installing:" $$missing; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; fi
+
+system-packages-test:
+	@missing=$$(for p in $(TEST_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q "ok installed" || echo $$p; done); \
+	if [ -n "$$missing" ]; then echo "installing:" $$missing; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; fi
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt
+	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+migrate: venv
+	mkdir -p var
+	$(PY) manage.py migrate --noinput
+	$(PY) manage.py collectstatic --noinput -v 0
+
+bench: venv
+	$(PY) bench/ingest.py
+
+clean:
+	rm -rf $(VENV) var/test-db.sqlite3* .pytest_cache .ruff_cache

@@ -1,0 +1,161 @@
+"""``manage.py runall``: the whole system in one terminal (what ``make run`` starts).
+
+Redis (unless one already answers at CELERY_BROKER_URL), the Celery worker with
+its periodic tasks, the DICOM SCP and the web server. Ctrl-C stops them all; if
+any one of them dies, the others are stopped too, so nothing runs half-up.
+"""
+
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from urllib.parse import urlparse
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandError
+
+
+def _answers(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def ensure_admin(password_file) -> tuple[str, str | None]:
+    """Create the first administrator on a fresh database; returns (username, new password or None)."""
+    user_model = get_user_model()
+    if user_model.objects.filter(is_superuser=True).exists():
+        return "", None
+    password = secrets.token_urlsafe(12)
+    user_model.objects.create_superuser("admin", "", password)
+    password_file.write_text(password + "\n")
+    password_file.chmod(0o600)
+    return "admin", password
+
+
+class Command(BaseCommand):
+    help = "Start Redis, the Celery worker, the DICOM SCP and the web server together; Ctrl-C stops all."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--web-port", type=int, default=8000)
+        parser.add_argument("--web-host", default="127.0.0.1")
+
+    def handle(self, *args, web_port, web_host, **options):
+        settings.VAR_DIR.mkdir(parents=True, exist_ok=True)
+        python = sys.executable
+        services: dict[str, list[str]] = {}
+        broker = urlparse(settings.CELERY_BROKER_URL)
+        if broker.scheme == "redis" and not _answers(broker.hostname or "127.0.0.1", broker.port or 6379):
+            if broker.hostname not in ("127.0.0.1", "localhost") or not shutil.which("redis-server"):
+                raise CommandError(f"no Redis answers at {settings.CELERY_BROKER_URL} and none can be started here")
+            services["redis"] = [
+                "redis-server",
+                "--port",
+                str(broker.port or 6379),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(settings.VAR_DIR),
+                "--appendonly",
+                "yes",
+                "--save",
+                "",
+            ]
+        services["worker"] = [
+            python,
+            "-m",
+            "celery",
+            "-A",
+            "imaging",
+            "worker",
+            "-B",
+            "-l",
+            "info",
+            "-s",
+            str(settings.VAR_DIR / "celerybeat-schedule"),
+        ]
+        services["scp"] = [python, "manage.py", "runscp"]
+        services["web"] = [
+            python,
+            "-m",
+            "gunicorn",
+            "imaging.wsgi:application",
+            "--bind",
+            f"{web_host}:{web_port}",
+            "--workers",
+            "3",
+            "--access-logfile",
+            "-",
+        ]
+
+        running: dict[str, subprocess.Popen] = {}
+        stopping = False
+
+        def stop(signum=None, frame=None):
+            nonlocal stopping
+            stopping = True
+
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, stop)
+        try:
+            for name, command in services.items():
+                # Own process group: Ctrl-C reaches only us, and we stop them in order.
+                running[name] = subprocess.Popen(command, cwd=settings.BASE_DIR, start_new_session=True)
+                if name == "redis":
+                    deadline = time.monotonic() + 15
+                    while not _answers("127.0.0.1", broker.port or 6379):
+                        if time.monotonic() > deadline:
+                            raise CommandError("redis-server did not start")
+                        time.sleep(0.1)
+            user, password = ensure_admin(settings.VAR_DIR / "admin-password.txt")
+            self.stdout.write(self.style.SUCCESS(self._banner(web_host, web_port, user, password)))
+            while not stopping:
+                for name, proc in running.items():
+                    if proc.poll() is not None:
+                        self.stderr.write(f"{name} exited with status {proc.returncode}; stopping everything")
+                        stopping = True
+                time.sleep(0.5)
+        finally:
+            # The SCP first (it may still be finishing stores), Redis last.
+            for name in ("scp", "web", "worker", "redis"):
+                proc = running.get(name)
+                if proc and proc.poll() is None:
+                    proc.terminate()
+            for name in ("scp", "web", "worker", "redis"):
+                proc = running.get(name)
+                if proc:
+                    try:
+                        proc.wait(settings.DICOM_SHUTDOWN_GRACE + 10)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+            self.stdout.write("stopped")
+
+    def _banner(self, host, port, user, password) -> str:
+        lines = [
+            "",
+            f"  Web:        http://{host}:{port}/  (administration at http://{host}:{port}/admin/)",
+        ]
+        if password:
+            lines.append(
+                f"  Log in as:  {user} / {password}  (also saved in {settings.VAR_DIR / 'admin-password.txt'})"
+            )
+        else:
+            lines.append(
+                "  Log in with your administrator account "
+                f"(first password in {settings.VAR_DIR / 'admin-password.txt'})."
+            )
+        aet, port = settings.DICOM_AE_TITLE, settings.DICOM_PORT
+        lines += [
+            f"  DICOM SCP:  AE title {aet}, port {port}",
+            f"  Try it:     echoscu -aec {aet} 127.0.0.1 {port}",
+            f"              TCP_NODELAY=1 storescu -aec {aet} 127.0.0.1 {port} FILE.dcm",
+            "  Ctrl-C stops everything.",
+            "",
+        ]
+        return "\n".join(lines)
