@@ -93,7 +93,9 @@ def sha256_file(path) -> str:
     return digest.hexdigest()
 
 
-def index_file(relpath: str, *, source_ae: str = "", received_at: dt.datetime | None = None) -> Indexed:
+def index_file(
+    relpath: str, *, source_ae: str = "", received_at: dt.datetime | None = None, cache: "RowCache | None" = None
+) -> Indexed:
     """Index the file stored at ``relpath`` (relative to STORAGE_DIR)."""
     path = storage.absolute(relpath)
     ds = read_header(path)
@@ -156,62 +158,130 @@ def index_file(relpath: str, *, source_ae: str = "", received_at: dt.datetime | 
         "issuer": _clip(charsets.text(ds, "IssuerOfPatientID"), 64),
     }
 
+    return upsert(
+        IndexRecord(
+            patient_key, patient_fields, study_uid, study_fields, series_uid, series_fields, sop_uid, instance_fields
+        ),
+        cache,
+    )
+
+
+@dataclass
+class IndexRecord:
+    patient_key: dict
+    patient_fields: dict
+    study_uid: str
+    study_fields: dict
+    series_uid: str
+    series_fields: dict
+    sop_uid: str
+    instance_fields: dict
+
+
+class RowCache:
+    """Rows already written in this batch: the 299 other slices of a CT need no query."""
+
+    def __init__(self):
+        self._rows: dict[tuple, tuple[int, dict]] = {}
+
+    def get(self, key: tuple, fields: dict) -> int | None:
+        hit = self._rows.get(key)
+        return hit[0] if hit and hit[1] == fields else None
+
+    def put(self, key: tuple, pk: int, fields: dict) -> None:
+        self._rows[key] = (pk, fields)
+
+    def clear(self) -> None:
+        self._rows.clear()
+
+
+def _upsert_row(model, cache: RowCache, key: dict, fields: dict) -> int:
+    """Insert or update one row by its natural key; returns its pk.
+
+    Writes only what changed: re-sending a study whose header did not change
+    updates nothing, so concurrent workers indexing the same series do not
+    contend for its row. Must run inside a transaction.
+    """
+    cache_key = (model.__name__, *key.values())
+    pk = cache.get(cache_key, fields)
+    if pk is not None:
+        return pk
+    row = model.objects.filter(**key).values("pk", *fields).first()
+    if row is None:
+        with transaction.atomic():  # a savepoint: a concurrent insert must not spoil the outer transaction
+            pk = model.objects.create(**key, **fields).pk
+    else:
+        pk = row.pop("pk")
+        changed = {name: value for name, value in fields.items() if row[name] != value}
+        if changed:
+            model.objects.filter(pk=pk).update(**changed, updated_at=timezone.now())
+    cache.put(cache_key, pk, fields)
+    return pk
+
+
+def upsert(record: IndexRecord, cache: RowCache | None = None) -> Indexed:
+    """Write the rows for one instance, parents first (always the same lock order)."""
+    cache = cache or RowCache()
     for attempt in range(3):
         try:
             with transaction.atomic():
-                return _upsert(
-                    patient_key,
-                    patient_fields,
-                    study_uid,
-                    study_fields,
-                    series_uid,
-                    series_fields,
-                    sop_uid,
-                    instance_fields,
+                patient_pk = _upsert_row(Patient, cache, record.patient_key, record.patient_fields)
+                study_pk = _upsert_row(
+                    Study,
+                    cache,
+                    {"study_instance_uid": record.study_uid},
+                    {"patient_id": patient_pk, **record.study_fields},
                 )
+                series_pk = _upsert_row(
+                    Series,
+                    cache,
+                    {"series_instance_uid": record.series_uid},
+                    {"study_id": study_pk, **record.series_fields},
+                )
+                existing = Instance.objects.filter(sop_instance_uid=record.sop_uid).values("pk", "series_id").first()
+                if existing is None:
+                    with transaction.atomic():
+                        pk = Instance.objects.create(
+                            sop_instance_uid=record.sop_uid, series_id=series_pk, **record.instance_fields
+                        ).pk
+                    return Indexed(pk, series_pk, study_pk, True)
+                Instance.objects.filter(pk=existing["pk"]).update(series_id=series_pk, **record.instance_fields)
+                moved_from = existing["series_id"] if existing["series_id"] != series_pk else None
+                return Indexed(existing["pk"], series_pk, study_pk, False, moved_from)
         except IntegrityError:
-            # Another worker created the same patient/study/series between our
-            # read and our insert; the second attempt finds its row.
+            # Another worker inserted the same patient/study/series/instance between
+            # our read and our insert: forget what we cached and read its row.
+            cache.clear()
             if attempt == 2:
                 raise
     raise AssertionError("unreachable")
 
 
-def _upsert(
-    patient_key, patient_fields, study_uid, study_fields, series_uid, series_fields, sop_uid, instance_fields
-) -> Indexed:
-    patient, _ = Patient.objects.update_or_create(**patient_key, defaults=patient_fields)
-    study, _ = Study.objects.update_or_create(
-        study_instance_uid=study_uid, defaults={"patient": patient, **study_fields}
-    )
-    series, _ = Series.objects.update_or_create(
-        series_instance_uid=series_uid, defaults={"study": study, **series_fields}
-    )
-    previous_series = Instance.objects.filter(sop_instance_uid=sop_uid).values_list("series_id", flat=True).first()
-    instance, created = Instance.objects.update_or_create(
-        sop_instance_uid=sop_uid, defaults={"series": series, **instance_fields}
-    )
-    moved_from = previous_series if previous_series not in (None, series.pk) else None
-    return Indexed(instance.pk, series.pk, study.pk, created, moved_from)
-
-
 def refresh_counts(*, series_ids=(), study_ids=()) -> None:
-    """Recompute the derived counts of the given series and studies."""
-    series_ids = set(series_ids)
-    study_ids = set(study_ids) | set(Series.objects.filter(pk__in=series_ids).values_list("study_id", flat=True))
-    with transaction.atomic():
-        for row in Series.objects.filter(pk__in=series_ids).annotate(n=Count("instances")):
-            if row.number_of_instances != row.n:
-                Series.objects.filter(pk=row.pk).update(number_of_instances=row.n)
-        for study in Study.objects.filter(pk__in=study_ids):
-            series = list(
-                Series.objects.filter(study=study).annotate(n=Count("instances")).values_list("modality", "n")
+    """Recompute the derived counts of the given series and studies (and of their studies).
+
+    Each study is refreshed in its own short transaction holding its row lock, so
+    refreshes of one study run one after the other and the last one counts every
+    committed instance. FOR NO KEY UPDATE does not block workers inserting rows
+    that reference the study or its series.
+    """
+    study_ids = set(study_ids) | set(Series.objects.filter(pk__in=set(series_ids)).values_list("study_id", flat=True))
+    for study_id in sorted(study_ids):
+        with transaction.atomic():
+            if not list(Study.objects.select_for_update(no_key=True).filter(pk=study_id).values_list("pk")):
+                continue
+            rows = list(
+                Series.objects.filter(study_id=study_id)
+                .annotate(n=Count("instances"))
+                .values_list("pk", "modality", "n", "number_of_instances")
             )
-            modalities = "\\".join(sorted({m for m, _ in series if m}))
-            Study.objects.filter(pk=study.pk).update(
-                number_of_series=len(series),
-                number_of_instances=sum(n for _, n in series),
-                modalities_in_study=modalities[:200],
+            for pk, _modality, n, stored in rows:
+                if n != stored:
+                    Series.objects.filter(pk=pk).update(number_of_instances=n)
+            Study.objects.filter(pk=study_id).update(
+                number_of_series=len(rows),
+                number_of_instances=sum(n for _, _, n, _ in rows),
+                modalities_in_study="\\".join(sorted({m for _, m, _, _ in rows if m}))[:200],
                 updated_at=timezone.now(),
             )
 
@@ -220,9 +290,10 @@ def index_files(relpaths, *, source_ae: str = "") -> tuple[list[Indexed], list[t
     """Index many files; returns (indexed, [(relpath, error)]) and refreshes counts."""
     done: list[Indexed] = []
     failed: list[tuple[str, str]] = []
+    cache = RowCache()
     for relpath in relpaths:
         try:
-            done.append(index_file(relpath, source_ae=source_ae))
+            done.append(index_file(relpath, source_ae=source_ae, cache=cache))
         except (NotIndexable, FileNotFoundError, ValueError) as exc:
             log.warning("not indexed: %s", exc)
             failed.append((relpath, str(exc)))

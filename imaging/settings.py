@@ -140,6 +140,9 @@ LOGIN_URL = "/admin/login/"
 # --- Image storage -------------------------------------------------------------
 STORAGE_DIR = Path(envstr("STORAGE_DIR", str(VAR_DIR / "storage")))
 THUMBNAIL_SIZE = envint("THUMBNAIL_SIZE", 256)
+# A series' thumbnail is rendered this long after its latest images were indexed,
+# so a CT streaming in is rendered a few times, not once per batch.
+THUMBNAIL_DELAY_SECONDS = envint("THUMBNAIL_DELAY_SECONDS", 1)
 # fsync each stored file (and its directory) before answering Success. Turning it
 # off trades durability after a power cut for speed; only benchmarks should.
 STORAGE_FSYNC = envbool("STORAGE_FSYNC", True)

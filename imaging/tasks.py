@@ -1,25 +1,61 @@
-"""Thin Celery tasks over the plain functions in ingest, render and reindex."""
+"""Thin Celery tasks over the plain functions in ingest, thumbnails and reindex."""
 
+import functools
 import logging
 
+import redis
 from celery import shared_task
+from django.conf import settings
+from django.db import OperationalError
 
 from imaging import ingest, thumbnails
 
 log = logging.getLogger(__name__)
 
+# A deadlock or a locked SQLite file is transient: the whole batch is simply
+# indexed again (indexing is idempotent).
+_RETRY = {"autoretry_for": (OperationalError,), "retry_backoff": 0.5, "retry_jitter": True, "max_retries": 8}
 
-@shared_task(name="imaging.tasks.index_instances", acks_late=True)
+
+@functools.cache
+def _redis() -> redis.Redis:
+    return redis.Redis.from_url(settings.CELERY_BROKER_URL, socket_timeout=5)
+
+
+def _pending_key(series_id: int) -> str:
+    return f"imaging:thumbnail-pending:{series_id}"
+
+
+def schedule_thumbnail(series_id: int) -> None:
+    """Queue one thumbnail render per series, a moment after its latest images.
+
+    While a CT streams in, every indexed batch changes the series' middle image;
+    rendering after each would waste the worker. One render is pending per series
+    at a time; a batch indexed after it started schedules the next.
+    """
+    try:
+        if not _redis().set(_pending_key(series_id), 1, nx=True, ex=300):
+            return
+    except redis.RedisError:
+        log.warning("cannot debounce thumbnails (Redis unreachable); rendering anyway")
+    make_thumbnail.apply_async((series_id,), countdown=settings.THUMBNAIL_DELAY_SECONDS)
+
+
+@shared_task(name="imaging.tasks.index_instances", acks_late=True, **_RETRY)
 def index_instances(relpaths: list[str], source_ae: str = "") -> dict:
     """Index stored files, then bring the thumbnail of every touched series up to date."""
     done, failed = ingest.index_files(relpaths, source_ae=source_ae)
     for series_id in sorted({i.series_id for i in done}):
-        make_thumbnail.delay(series_id)
+        schedule_thumbnail(series_id)
     return {"indexed": len(done), "failed": len(failed)}
 
 
-@shared_task(name="imaging.tasks.make_thumbnail", acks_late=True)
+@shared_task(name="imaging.tasks.make_thumbnail", acks_late=True, **_RETRY)
 def make_thumbnail(series_id: int) -> str:
+    try:
+        _redis().delete(_pending_key(series_id))
+    except redis.RedisError:
+        pass
     return thumbnails.update_series_thumbnail(series_id)
 
 

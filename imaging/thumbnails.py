@@ -14,14 +14,11 @@ log = logging.getLogger(__name__)
 
 def representative_instance(series: Series) -> Instance | None:
     """The middle image of the series by instance number (what a doctor scrolls to first)."""
-    instances = list(
-        series.instances.order_by("instance_number", "sop_instance_uid").only(
-            "id", "sop_instance_uid", "file_path", "instance_number"
-        )
-    )
-    if not instances:
+    instances = series.instances.order_by("instance_number", "sop_instance_uid")
+    middle = (instances.count() - 1) // 2
+    if middle < 0:
         return None
-    return instances[(len(instances) - 1) // 2]
+    return next(iter(instances.only("id", "sop_instance_uid", "file_path")[middle : middle + 1]), None)
 
 
 def update_series_thumbnail(series_id: int) -> str:
