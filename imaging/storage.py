@@ -14,9 +14,10 @@ from pathlib import Path
 
 from django.conf import settings
 
-# PS3.5 9.1: components of digits separated by ".", no leading zero in a
-# multi-digit component, at most 64 characters. Checked before any path is built.
-_UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+# PS3.5 9.1: components of digits separated by ".", at most 64 characters.
+# Checked before any path is built. Leading zeros in a component ("1.2.03")
+# break the standard but not our paths: devices send them, so we store them.
+_UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 INSTANCES = "instances"
 THUMBNAILS = "thumbnails"
 TMP = "tmp"

@@ -11,10 +11,12 @@ import logging
 import os
 import queue
 import threading
+import time
 
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 64
+LINGER_SECONDS = 0.05
 _STOP = object()
 
 
@@ -60,6 +62,9 @@ class IndexHandoff:
         while not stopping:
             item = self._queue.get()
             batch = []
+            # Linger briefly after the first path so that a series streaming in
+            # travels as a few dozen paths per message rather than one each.
+            deadline = time.monotonic() + LINGER_SECONDS
             while True:
                 if item is _STOP:
                     stopping = True
@@ -68,7 +73,7 @@ class IndexHandoff:
                 if stopping or len(batch) >= MAX_BATCH:
                     break
                 try:
-                    item = self._queue.get_nowait()
+                    item = self._queue.get(timeout=max(deadline - time.monotonic(), 0))
                 except queue.Empty:
                     break
             by_ae: dict[str, list[str]] = {}

@@ -45,12 +45,12 @@ def header_identifiers(stream: bytes, transfer_syntax: str) -> dict[str, str]:
     Reads only up to (0020,000E): the pixel data and most of the header are
     never parsed on the hot path.
     """
-    if transfer_syntax == DeflatedExplicitVRLittleEndian:
-        # Only the start of the data set is needed; inflate a bounded prefix.
-        stream = zlib.decompressobj(-zlib.MAX_WBITS).decompress(stream, 1024 * 1024)
     implicit = transfer_syntax == ImplicitVRLittleEndian
     little = transfer_syntax != ExplicitVRBigEndian
     try:
+        if transfer_syntax == DeflatedExplicitVRLittleEndian:
+            # Only the start of the data set is needed; inflate a bounded prefix.
+            stream = zlib.decompressobj(-zlib.MAX_WBITS).decompress(stream, 1024 * 1024)
         ds = read_dataset(io.BytesIO(stream), implicit, little, stop_when=_stop_after_uids)
         ids = {
             "SOPClassUID": ds.get("SOPClassUID", ""),

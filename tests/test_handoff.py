@@ -1,0 +1,41 @@
+"""The SCP's hand-off of stored paths to the indexer, without a broker."""
+
+import threading
+
+from network.handoff import IndexHandoff
+
+
+def test_it_sends_paths_in_batches_grouped_by_calling_ae():
+    sent = []
+    handoff = IndexHandoff(send=lambda paths, ae: sent.append((ae, list(paths))))
+    for i in range(10):
+        handoff.submit(f"instances/{i}.dcm", "CT1" if i % 2 else "MR1")
+    assert handoff.flush(5)
+    assert sorted(p for ae, paths in sent if ae == "CT1" for p in paths) == [
+        f"instances/{i}.dcm" for i in (1, 3, 5, 7, 9)
+    ]
+    assert sorted(p for ae, paths in sent if ae == "MR1" for p in paths) == [
+        f"instances/{i}.dcm" for i in (0, 2, 4, 6, 8)
+    ]
+    assert len(sent) < 10, "paths submitted together travel together"
+    assert handoff.sent == 10 and handoff.lost == 0
+
+
+def test_a_failing_broker_loses_no_file_only_the_message_and_says_so(caplog):
+    def refuse(paths, ae):
+        raise ConnectionError("broker down")
+
+    handoff = IndexHandoff(send=refuse)
+    handoff.submit("instances/a.dcm", "CT1")
+    handoff.submit("instances/b.dcm", "CT1")
+    assert handoff.flush(5)
+    assert handoff.lost == 2
+    assert "manage.py reindex" in caplog.text
+
+
+def test_flush_reports_a_send_that_hangs():
+    release = threading.Event()
+    handoff = IndexHandoff(send=lambda paths, ae: release.wait(10))
+    handoff.submit("instances/a.dcm", "CT1")
+    assert handoff.flush(0.3) is False
+    release.set()

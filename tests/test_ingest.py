@@ -1,0 +1,155 @@
+"""Indexing a stored file: rows, idempotency, counts, character sets."""
+
+import datetime as dt
+
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+
+from imaging import ingest, storage
+from records.models import Instance, Patient, Series, Study
+from tests import dicomgen
+
+pytestmark = pytest.mark.django_db
+
+
+def stored(ds) -> str:
+    """Put a data set in the store as the SCP would, and return its relative path."""
+    relpath = storage.instance_relpath(ds.SOPInstanceUID)
+    path = storage.absolute(relpath)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return relpath
+
+
+def make(tmp_path, **changes):
+    [path] = dicomgen.ct_series(tmp_path / generate_uid()[-8:], 1, size=16)
+    ds = pydicom.dcmread(path)
+    for keyword, value in changes.items():
+        if value is None:
+            delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
+    return ds
+
+
+def test_it_indexes_every_level_of_the_information_model(tmp_path):
+    ds = make(
+        tmp_path,
+        PatientID="P42",
+        PatientName="Doe^Jane",
+        AccessionNumber="A123",
+        StudyTime="101500.25",
+        BodyPartExamined="CHEST",
+        SeriesNumber=3,
+    )
+    result = ingest.index_file(stored(ds), source_ae="CT1")
+
+    instance = Instance.objects.select_related("series__study__patient").get(pk=result.instance_id)
+    assert result.created
+    assert instance.sop_instance_uid == ds.SOPInstanceUID and instance.source_ae == "CT1"
+    assert (instance.rows, instance.columns, instance.number_of_frames) == (16, 16, 1)
+    assert instance.transfer_syntax_uid == "1.2.840.10008.1.2.1"
+    assert len(instance.checksum) == 64 and instance.file_size > 0
+    series = instance.series
+    assert (series.modality, series.series_number, series.body_part) == ("CT", 3, "CHEST")
+    study = series.study
+    assert study.accession_number == "A123"
+    assert study.study_time == dt.time(10, 15, 0, 250000)
+    assert study.patient.patient_id == "P42" and study.patient.name == "Doe^Jane"
+    assert study.patient.birth_date == dt.date(1970, 1, 1)
+
+
+def test_indexing_the_same_file_twice_leaves_one_row(tmp_path):
+    relpath = stored(make(tmp_path))
+    first = ingest.index_file(relpath)
+    second = ingest.index_file(relpath)
+    assert first.instance_id == second.instance_id and not second.created
+    assert Instance.objects.count() == 1 and Series.objects.count() == 1 and Patient.objects.count() == 1
+
+
+def test_counts_are_recomputed_from_the_rows(tmp_path):
+    study_uid = generate_uid()
+    paths = dicomgen.ct_series(tmp_path / "a", 4, size=16, study_uid=study_uid)
+    paths += dicomgen.ct_series(
+        tmp_path / "b", 2, size=16, study_uid=study_uid, modality_sop=pydicom.uid.MRImageStorage
+    )
+    relpaths = [stored(pydicom.dcmread(p)) for p in paths]
+    done, failed = ingest.index_files(relpaths)
+    ingest.index_files(relpaths)  # again: the counts must not drift
+    assert len(done) == 6 and failed == []
+    study = Study.objects.get(study_instance_uid=study_uid)
+    assert (study.number_of_series, study.number_of_instances, study.modalities_in_study) == (2, 6, "CT\\MR")
+    assert sorted(Series.objects.values_list("number_of_instances", flat=True)) == [2, 4]
+
+
+def test_an_instance_re_sent_in_another_series_leaves_the_old_one(tmp_path):
+    ds = make(tmp_path)
+    old_series = ds.SeriesInstanceUID
+    ingest.index_files([stored(ds)])
+    ds.SeriesInstanceUID = generate_uid()
+    ingest.index_files([stored(ds)])
+    assert Series.objects.get(series_instance_uid=old_series).number_of_instances == 0
+    assert Series.objects.get(series_instance_uid=ds.SeriesInstanceUID).number_of_instances == 1
+    assert Instance.objects.count() == 1
+
+
+def test_a_changed_header_updates_the_row(tmp_path):
+    ds = make(tmp_path, StudyDescription="CT HEAD")
+    ingest.index_files([stored(ds)])
+    ds.StudyDescription = "CT HEAD WITH CONTRAST"
+    ingest.index_files([stored(ds)])
+    assert Study.objects.get().description == "CT HEAD WITH CONTRAST"
+
+
+@pytest.mark.parametrize("missing", ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"])
+def test_a_file_without_its_uids_is_reported_not_indexed(tmp_path, missing):
+    ds = make(tmp_path)
+    relpath = stored(ds)
+    path = storage.absolute(relpath)
+    delattr(ds, missing)
+    ds.save_as(path, enforce_file_format=True)
+    done, failed = ingest.index_files([relpath])
+    assert done == [] and failed and missing.replace("InstanceUID", "") in failed[0][1]
+    assert Instance.objects.count() == 0
+
+
+def test_a_file_that_is_not_dicom_is_reported_not_indexed():
+    relpath = storage.instance_relpath("1.2.3.999")
+    storage.write_atomic(relpath, [b"not dicom at all"])
+    done, failed = ingest.index_files([relpath])
+    assert done == [] and len(failed) == 1
+
+
+def test_a_chinese_name_without_a_declared_charset_uses_the_fallback(tmp_path, settings):
+    settings.DICOM_FALLBACK_CHARSET = "GB18030"
+    ds = make(tmp_path, SpecificCharacterSet=None)
+    ds["PatientName"].value = "王^小明".encode("gb18030")
+    ingest.index_files([stored(ds)])
+    assert Patient.objects.get().name == "王^小明"
+
+
+def test_a_name_in_iso_2022_ir_58_is_indexed_without_escape_sequences(tmp_path):
+    ds = make(tmp_path, SpecificCharacterSet=["", "ISO 2022 IR 58"])
+    ideographic = b"\x1b$)A" + "王^小明".encode("gb2312")
+    ds["PatientName"].value = b"Wang^XiaoMing=" + ideographic
+    ingest.index_files([stored(ds)])
+    patient = Patient.objects.get()
+    assert (patient.name_alphabetic, patient.name_ideographic) == ("Wang^XiaoMing", "王^小明")
+    assert patient.name == "Wang^XiaoMing=王^小明"
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("20240229", dt.date(2024, 2, 29)), ("2024.02.29", dt.date(2024, 2, 29)), ("20240230", None), ("", None)],
+)
+def test_dates_are_parsed_leniently(raw, expected):
+    assert ingest.parse_date(raw) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("1015", dt.time(10, 15)), ("10:15:30", dt.time(10, 15, 30)), ("235960", dt.time(23, 59, 59)), ("x", None)],
+)
+def test_times_are_parsed_leniently(raw, expected):
+    assert ingest.parse_time(raw) == expected
