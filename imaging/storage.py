@@ -10,6 +10,7 @@ import hashlib
 import os
 import re
 import tempfile
+import time
 from pathlib import Path
 
 from django.conf import settings
@@ -20,7 +21,7 @@ from django.conf import settings
 _UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 INSTANCES = "instances"
 THUMBNAILS = "thumbnails"
-TMP = "tmp"
+PARTIAL_SUFFIX = ".part"
 
 
 class InvalidUID(ValueError):
@@ -66,16 +67,10 @@ def absolute(relpath: str) -> Path:
     return path
 
 
-def tmp_dir() -> Path:
-    path = root() / TMP
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 def write_atomic(relpath: str, chunks: list[bytes] | tuple[bytes, ...], fsync: bool | None = None) -> Path:
     """Write ``chunks`` to ``relpath`` so that the file is either whole or absent.
 
-    The bytes go to a temporary file in STORAGE_DIR/tmp (same file system), which
+    The bytes go to a temporary file in the destination folder, which
     is fsynced and then renamed over the destination; the destination folder is
     fsynced too so that the rename itself survives a power cut. Only when this
     returns may a caller report the file as stored.
@@ -84,7 +79,10 @@ def write_atomic(relpath: str, chunks: list[bytes] | tuple[bytes, ...], fsync: b
         fsync = settings.STORAGE_FSYNC
     dest = absolute(relpath)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=tmp_dir(), suffix=".part")
+    # The temporary file sits beside its destination: a rename within one folder
+    # does not take the file system's cross-folder rename lock, so processes
+    # storing at once do not queue behind each other.
+    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=".", suffix=PARTIAL_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as f:
             for chunk in chunks:
@@ -110,17 +108,19 @@ def write_atomic(relpath: str, chunks: list[bytes] | tuple[bytes, ...], fsync: b
 
 def clean_tmp(older_than_seconds: float = 3600) -> int:
     """Remove temporary files left by a process that died mid-write."""
-    import time
-
     removed = 0
     limit = time.time() - older_than_seconds
-    for path in tmp_dir().glob("*.part"):
-        try:
-            if path.stat().st_mtime < limit:
-                path.unlink()
-                removed += 1
-        except FileNotFoundError:
-            pass
+    for folder in (INSTANCES, THUMBNAILS):
+        base = root() / folder
+        if not base.is_dir():
+            continue
+        for path in base.rglob(f"*{PARTIAL_SUFFIX}"):
+            try:
+                if path.stat().st_mtime < limit:
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                pass
     return removed
 
 
@@ -131,5 +131,5 @@ def iter_instance_files():
         return
     for dirpath, _dirnames, filenames in os.walk(base):
         for name in filenames:
-            if name.endswith(".dcm"):
+            if name.endswith(".dcm") and not name.startswith("."):
                 yield os.path.relpath(os.path.join(dirpath, name), root())

@@ -39,7 +39,7 @@ def test_write_atomic_replaces_the_file_whole_and_leaves_no_temporary_file():
     storage.write_atomic(relpath, [b"first"])
     storage.write_atomic(relpath, [b"second ", b"version"])
     assert storage.absolute(relpath).read_bytes() == b"second version"
-    assert list(storage.tmp_dir().glob("*.part")) == []
+    assert list(storage.absolute(relpath).parent.glob("*.part")) == []
 
 
 def test_a_failed_write_keeps_the_old_file_and_cleans_up():
@@ -53,12 +53,14 @@ def test_a_failed_write_keeps_the_old_file_and_cleans_up():
     with pytest.raises(OSError, match="disk full"):
         storage.write_atomic(relpath, chunks())
     assert storage.absolute(relpath).read_bytes() == b"safe"
-    assert list(storage.tmp_dir().glob("*.part")) == []
+    assert list(storage.absolute(relpath).parent.glob("*.part")) == []
 
 
 def test_clean_tmp_removes_only_stale_partial_files():
-    stale = storage.tmp_dir() / "old.part"
-    fresh = storage.tmp_dir() / "new.part"
+    folder = storage.absolute(storage.instance_relpath("1.2.826.0.1.3680043.8.498.3")).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    stale = folder / ".old.part"
+    fresh = folder / ".new.part"
     stale.write_bytes(b"x")
     fresh.write_bytes(b"y")
     os.utime(stale, (0, 0))
