@@ -9,6 +9,8 @@ from records.models import Instance
 log = logging.getLogger(__name__)
 
 BATCH = 500
+# A write takes milliseconds; a partial file this old was left by a process that died.
+PARTIAL_MAX_AGE = 3600
 
 
 @dataclass
@@ -43,7 +45,7 @@ def reindex(*, missing_only: bool = True) -> ReindexResult:
                 update_series_thumbnail(series_id)
         batch.clear()
 
-    for relpath in storage.iter_instance_files():
+    for relpath in storage.iter_instance_files(remove_partials_older_than=PARTIAL_MAX_AGE):
         result.seen += 1
         batch.append(relpath)
         if len(batch) >= BATCH:

@@ -7,6 +7,7 @@ file atomically. A UID is validated before it comes anywhere near a path.
 """
 
 import hashlib
+import logging
 import os
 import re
 import tempfile
@@ -21,6 +22,7 @@ from django.conf import settings
 _UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 INSTANCES = "instances"
 THUMBNAILS = "thumbnails"
+log = logging.getLogger(__name__)
 PARTIAL_SUFFIX = ".part"
 
 
@@ -106,30 +108,26 @@ def write_atomic(relpath: str, chunks: list[bytes] | tuple[bytes, ...], fsync: b
     return dest
 
 
-def clean_tmp(older_than_seconds: float = 3600) -> int:
-    """Remove temporary files left by a process that died mid-write."""
-    removed = 0
-    limit = time.time() - older_than_seconds
-    for folder in (INSTANCES, THUMBNAILS):
-        base = root() / folder
-        if not base.is_dir():
-            continue
-        for path in base.rglob(f"*{PARTIAL_SUFFIX}"):
-            try:
-                if path.stat().st_mtime < limit:
-                    path.unlink()
-                    removed += 1
-            except FileNotFoundError:
-                pass
-    return removed
+def iter_instance_files(*, remove_partials_older_than: float | None = None):
+    """Every stored instance file, as a path relative to STORAGE_DIR.
 
-
-def iter_instance_files():
-    """Every stored instance file, as a path relative to STORAGE_DIR."""
+    With ``remove_partials_older_than`` (seconds), temporary files left by a
+    process that died mid-write are removed on the way: the walk over the whole
+    archive is the expensive part, so it is done once for both jobs.
+    """
     base = root() / INSTANCES
     if not base.is_dir():
         return
+    limit = None if remove_partials_older_than is None else time.time() - remove_partials_older_than
     for dirpath, _dirnames, filenames in os.walk(base):
         for name in filenames:
             if name.endswith(".dcm") and not name.startswith("."):
                 yield os.path.relpath(os.path.join(dirpath, name), root())
+            elif limit is not None and name.endswith(PARTIAL_SUFFIX):
+                path = os.path.join(dirpath, name)
+                try:
+                    if os.stat(path).st_mtime < limit:
+                        os.unlink(path)
+                        log.info("removed %s, left by an interrupted write", path)
+                except FileNotFoundError:
+                    pass

@@ -56,14 +56,16 @@ def test_a_failed_write_keeps_the_old_file_and_cleans_up():
     assert list(storage.absolute(relpath).parent.glob("*.part")) == []
 
 
-def test_clean_tmp_removes_only_stale_partial_files():
-    folder = storage.absolute(storage.instance_relpath("1.2.826.0.1.3680043.8.498.3")).parent
-    folder.mkdir(parents=True, exist_ok=True)
+def test_the_archive_walk_lists_instances_and_removes_only_stale_partial_files():
+    relpath = storage.instance_relpath("1.2.826.0.1.3680043.8.498.3")
+    storage.write_atomic(relpath, [b"x"])
+    folder = storage.absolute(relpath).parent
     stale = folder / ".old.part"
     fresh = folder / ".new.part"
     stale.write_bytes(b"x")
     fresh.write_bytes(b"y")
     os.utime(stale, (0, 0))
-    assert storage.clean_tmp(older_than_seconds=60) == 1
+    listed = list(storage.iter_instance_files(remove_partials_older_than=60))
+    assert relpath in listed and not any(p.endswith(".part") for p in listed)
     assert not stale.exists() and fresh.exists()
     fresh.unlink()

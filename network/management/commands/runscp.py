@@ -17,5 +17,4 @@ class Command(BaseCommand):
 
     def handle(self, *args, port, ae_title, host, **options):
         storage.root().mkdir(parents=True, exist_ok=True)
-        storage.clean_tmp()
         scp.serve(port=port, ae_title=ae_title, host=host)
