@@ -161,6 +161,9 @@ DICOM_MAX_ASSOCIATIONS = envint("DICOM_MAX_ASSOCIATIONS", 32)
 DICOM_NETWORK_TIMEOUT = envint("DICOM_NETWORK_TIMEOUT", 60)
 DICOM_ACSE_TIMEOUT = envint("DICOM_ACSE_TIMEOUT", 30)
 DICOM_DIMSE_TIMEOUT = envint("DICOM_DIMSE_TIMEOUT", 60)
+# Replace pynetdicom's 1 ms polling sleeps with waits that end when there is work
+# (network/reactor.py); 0 restores pynetdicom's own loops.
+DICOM_EVENT_DRIVEN_LOOPS = envbool("DICOM_EVENT_DRIVEN_LOOPS", True)
 # On SIGTERM, associations in progress get this long to finish before being aborted.
 DICOM_SHUTDOWN_GRACE = envint("DICOM_SHUTDOWN_GRACE", 30)
 # Character set assumed for names in data sets that declare none (issue: many

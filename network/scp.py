@@ -38,6 +38,7 @@ from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import AssociationServer, RequestHandler
 
+from network import reactor
 from network.dimse.echo import handle_echo
 from network.dimse.store import handle_store
 from network.handoff import IndexHandoff
@@ -112,6 +113,8 @@ class AssociationProcessHandler(RequestHandler):
         except OSError:
             pass
         assoc = self._create_association()
+        if settings.DICOM_EVENT_DRIVEN_LOOPS:
+            reactor.install(assoc)
         evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
         assoc.start()
         while assoc.is_alive():
