@@ -7,10 +7,11 @@ file atomically. A UID is validated before it comes anywhere near a path.
 """
 
 import hashlib
+import itertools
 import logging
 import os
 import re
-import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -60,8 +61,16 @@ def thumbnail_relpath(series_instance_uid: str) -> str:
     return f"{THUMBNAILS}/{_shard(uid)}/{uid}.png"
 
 
+# Paths this module builds itself: nothing but hex shards and a validated UID.
+_OWN_LAYOUT = re.compile(r"^(instances|thumbnails)/[0-9a-f]{2}/[0-9a-f]{2}/[0-9.]+\.(dcm|png)$")
+
+
 def absolute(relpath: str) -> Path:
-    """Resolve a stored relative path, refusing anything outside STORAGE_DIR."""
+    """The absolute path of a stored relative path, refusing anything outside STORAGE_DIR."""
+    if _OWN_LAYOUT.match(relpath):
+        # Built by instance_relpath/thumbnail_relpath: it cannot leave the store,
+        # and resolving symlinks on every C-STORE would cost several syscalls.
+        return root() / relpath
     base = root().resolve()
     path = (base / relpath).resolve()
     if not path.is_relative_to(base):
@@ -69,29 +78,39 @@ def absolute(relpath: str) -> Path:
     return path
 
 
-def write_atomic(relpath: str, chunks: list[bytes] | tuple[bytes, ...], fsync: bool | None = None) -> Path:
-    """Write ``chunks`` to ``relpath`` so that the file is either whole or absent.
+_made_dirs: set[str] = set()
+_counter = itertools.count()
 
-    The bytes go to a temporary file in the destination folder, which
-    is fsynced and then renamed over the destination; the destination folder is
-    fsynced too so that the rename itself survives a power cut. Only when this
-    returns may a caller report the file as stored.
+
+def write_atomic(relpath: str, chunks, fsync: bool | None = None) -> Path:
+    """Write ``chunks`` (bytes-like) to ``relpath`` so that the file is either whole or absent.
+
+    The bytes go to a temporary file in the destination folder, which is fsynced
+    and then renamed over the destination; the folder is fsynced too so that the
+    rename itself survives a power cut. Only when this returns may a caller
+    report the file as stored. The temporary file sits beside its destination: a
+    rename within one folder does not take the file system's cross-folder rename
+    lock, so processes storing at once do not queue behind each other.
     """
     if fsync is None:
         fsync = settings.STORAGE_FSYNC
     dest = absolute(relpath)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    # The temporary file sits beside its destination: a rename within one folder
-    # does not take the file system's cross-folder rename lock, so processes
-    # storing at once do not queue behind each other.
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=".", suffix=PARTIAL_SUFFIX)
+    folder = str(dest.parent)
+    if folder not in _made_dirs:
+        os.makedirs(folder, exist_ok=True)
+        _made_dirs.add(folder)
+    tmp_name = f"{folder}/.{dest.name}.{os.getpid()}.{threading.get_ident()}.{next(_counter)}{PARTIAL_SUFFIX}"
+    fd = os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
     try:
-        with os.fdopen(fd, "wb") as f:
+        try:
             for chunk in chunks:
-                f.write(chunk)
-            f.flush()
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view) :]
             if fsync:
-                os.fsync(f.fileno())
+                os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp_name, dest)
     except BaseException:
         try:
@@ -100,7 +119,7 @@ def write_atomic(relpath: str, chunks: list[bytes] | tuple[bytes, ...], fsync: b
             pass
         raise
     if fsync:
-        dir_fd = os.open(dest.parent, os.O_RDONLY)
+        dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             os.fsync(dir_fd)
         finally:

@@ -93,6 +93,20 @@ class IndexHandoff:
                     )
 
 
+def warm_up() -> None:
+    """Import and set up, once in the listening process, what every forked child needs to publish.
+
+    Without this each association's process would spend a good part of a
+    second importing Celery, kombu and the Redis transport on its first image.
+    """
+    import kombu.transport.redis  # noqa: F401 - imported for its side effect on sys.modules
+
+    from imaging.tasks import index_instances
+
+    index_instances.app.finalize(auto=True)
+    index_instances.app.amqp.router  # noqa: B018 - builds the routing tables now, not in each child
+
+
 def _send_to_celery(paths: list[str], source_ae: str) -> None:
     from imaging.tasks import index_instances
 

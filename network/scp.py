@@ -42,6 +42,7 @@ from network import reactor
 from network.dimse.echo import handle_echo
 from network.dimse.store import handle_store
 from network.handoff import IndexHandoff
+from network.handoff import warm_up as handoff_warm_up
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +218,7 @@ def serve(
     """Run the SCP in this process until SIGTERM or SIGINT."""
     ae = build_ae(ae_title)
     handoff = IndexHandoff()
+    handoff_warm_up()
     address = (host or settings.DICOM_HOST, settings.DICOM_PORT if port is None else port)
     # The parent must hold no database connection that children would share.
     connections.close_all()
