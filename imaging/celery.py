@@ -3,6 +3,7 @@
 import os
 
 from celery import Celery
+from celery.signals import worker_process_init
 
 # The one place besides settings that touches the environment: Celery's own
 # bootstrap needs to know which settings module to load.
@@ -11,6 +12,16 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "imaging.settings")
 app = Celery("imaging")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks(["imaging"])
+
+
+@worker_process_init.connect
+def _lower_priority(**kwargs):
+    """Indexing and thumbnails yield the CPU to the SCP: a modality waits on every
+    C-STORE answer, while the index may lag a second behind."""
+    from django.conf import settings
+
+    if settings.WORKER_NICENESS:
+        os.nice(settings.WORKER_NICENESS)
 
 
 @app.on_after_finalize.connect

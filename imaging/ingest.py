@@ -260,30 +260,47 @@ def upsert(record: IndexRecord, cache: RowCache | None = None) -> Indexed:
 def refresh_counts(*, series_ids=(), study_ids=()) -> None:
     """Recompute the derived counts of the given series and studies (and of their studies).
 
-    Each study is refreshed in its own short transaction holding its row lock, so
-    refreshes of one study run one after the other and the last one counts every
-    committed instance. FOR NO KEY UPDATE does not block workers inserting rows
-    that reference the study or its series.
+    One short transaction holds the row locks of the studies concerned (taken in
+    pk order, so two refreshes cannot deadlock), so refreshes of one study run
+    one after the other and the last one counts every committed instance. FOR NO
+    KEY UPDATE does not block workers inserting rows that reference the studies.
     """
     study_ids = set(study_ids) | set(Series.objects.filter(pk__in=set(series_ids)).values_list("study_id", flat=True))
-    for study_id in sorted(study_ids):
-        with transaction.atomic():
-            if not list(Study.objects.select_for_update(no_key=True).filter(pk=study_id).values_list("pk")):
-                continue
-            rows = list(
-                Series.objects.filter(study_id=study_id)
-                .annotate(n=Count("instances"))
-                .values_list("pk", "modality", "n", "number_of_instances")
+    if not study_ids:
+        return
+    with transaction.atomic():
+        locked = list(
+            Study.objects.select_for_update(no_key=True).filter(pk__in=study_ids).order_by("pk").values_list("pk")
+        )
+        rows = list(
+            Series.objects.filter(study_id__in=[pk for (pk,) in locked])
+            .annotate(n=Count("instances"))
+            .values_list("pk", "study_id", "modality", "n", "number_of_instances")
+        )
+        per_study: dict[int, list] = {pk: [] for (pk,) in locked}
+        for pk, study_id, modality, n, stored in rows:
+            per_study[study_id].append((modality, n))
+            if n != stored:
+                Series.objects.filter(pk=pk).update(number_of_instances=n)
+        current = {
+            pk: (ns, ni, mods)
+            for pk, ns, ni, mods in Study.objects.filter(pk__in=per_study).values_list(
+                "pk", "number_of_series", "number_of_instances", "modalities_in_study"
             )
-            for pk, _modality, n, stored in rows:
-                if n != stored:
-                    Series.objects.filter(pk=pk).update(number_of_instances=n)
-            Study.objects.filter(pk=study_id).update(
-                number_of_series=len(rows),
-                number_of_instances=sum(n for _, _, n, _ in rows),
-                modalities_in_study="\\".join(sorted({m for _, m, _, _ in rows if m}))[:200],
-                updated_at=timezone.now(),
+        }
+        for study_id, series in per_study.items():
+            counts = (
+                len(series),
+                sum(n for _, n in series),
+                "\\".join(sorted({m for m, _ in series if m}))[:200],
             )
+            if current.get(study_id) != counts:
+                Study.objects.filter(pk=study_id).update(
+                    number_of_series=counts[0],
+                    number_of_instances=counts[1],
+                    modalities_in_study=counts[2],
+                    updated_at=timezone.now(),
+                )
 
 
 def index_files(relpaths, *, source_ae: str = "") -> tuple[list[Indexed], list[tuple[str, str]]]:

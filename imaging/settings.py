@@ -188,6 +188,9 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "interval_max": 0.5,
     "socket_connect_timeout": 3,
 }
+# Worker processes run this much nicer than the SCP: storing is what modalities
+# wait for, indexing may lag behind by a moment (0 disables).
+WORKER_NICENESS = envint("WORKER_NICENESS", 10)
 # A safety net for days the broker was down: index stored files that have no row.
 REINDEX_INTERVAL_SECONDS = envint("REINDEX_INTERVAL_SECONDS", 3600)
 

@@ -309,3 +309,17 @@ def _dcmtk_installed():
     for tool in ("storescu", "echoscu"):
         if not shutil.which(tool):
             pytest.fail(f"{tool} is not installed (make test installs dcmtk)")
+
+
+@pytest.mark.parametrize("event_driven", ["0", "1"])
+def test_pynetdicoms_own_loops_and_the_event_driven_ones_store_alike(system, tmp_path, event_driven):
+    env = {**system.env, "DICOM_EVENT_DRIVEN_LOOPS": event_driven}
+    scp, port = start_scp(env, system.logs, name=f"runscp-loops{event_driven}")
+    try:
+        files = dicomgen.ct_series(tmp_path / "ct", 20, size=64, patient_id=f"LOOPS{event_driven}")
+        result = storescu(port, *files)
+        assert result.returncode == 0, result.stderr
+        assert len(_files_on_disk_for(files)) == 20
+        assert procs.dcmtk("echoscu", "-aec", "IMAGING", "127.0.0.1", str(port)).returncode == 0
+    finally:
+        assert procs.stop(scp) == 0
