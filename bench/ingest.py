@@ -709,7 +709,7 @@ def parse_args(argv=None):
         "--no-fsync",
         dest="fsync",
         action="store_false",
-        help="run ours with STORAGE_FSYNC=0 (storescp and Orthanc do not fsync either)",
+        help="run ours with STORAGE_FSYNC=0 (storescp does not fsync; Orthanc 1.10 fsyncs files by default)",
     )
     p.add_argument("--timeout", type=float, default=600, help="seconds allowed per measurement")
     p.add_argument("--json", type=Path, help="write every run and the medians to this file")
