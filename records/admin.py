@@ -1,4 +1,6 @@
 from django.contrib import admin
+from django.urls import reverse
+from django.utils.html import format_html
 
 from records.models import Instance, Patient, Series, Study
 
@@ -48,6 +50,7 @@ class StudyAdmin(ReadOnlyIndexAdmin):
 @admin.register(Series)
 class SeriesAdmin(ReadOnlyIndexAdmin):
     list_display = (
+        "preview",
         "series_instance_uid",
         "study",
         "modality",
@@ -58,6 +61,13 @@ class SeriesAdmin(ReadOnlyIndexAdmin):
     )
     list_select_related = ("study",)
     search_fields = ("series_instance_uid", "description")
+
+    @admin.display(description="thumbnail")
+    def preview(self, obj):
+        if not obj.thumbnail:
+            return "-"
+        return format_html('<img src="{}" alt="" height="64">', reverse("series-thumbnail", args=[obj.pk]))
+
     list_filter = ("modality",)
 
 
