@@ -14,6 +14,7 @@ run: system-packages venv migrate
 	$(PY) manage.py runall
 
 test: system-packages-test venv lint
+	mkdir -p var
 	$(PY) manage.py makemigrations --check --dry-run
 	@echo "=== test suite on SQLite ==="
 	$(PY) -m pytest
