@@ -18,6 +18,7 @@ _STORAGE = Path(tempfile.mkdtemp(prefix="imaging-test-storage-"))
 def pytest_configure(config):
     # The SQLite test database lives in VAR_DIR, which a fresh clone does not have yet.
     settings.VAR_DIR.mkdir(parents=True, exist_ok=True)
+    Path(settings.STATIC_ROOT).mkdir(parents=True, exist_ok=True)
     # Tests never touch the developer's ./var/storage.
     settings.STORAGE_DIR = _STORAGE
 

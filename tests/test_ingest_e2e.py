@@ -186,11 +186,18 @@ def test_eight_modalities_sending_at_once_all_succeed(system, tmp_path):
     uids = [pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for files in studies for f in files]
     wait_indexed(uids)
     assert Patient.objects.filter(patient_id__startswith="CONC").count() == 8
-    assert (
-        sorted(
-            Study.objects.filter(patient__patient_id__startswith="CONC").values_list("number_of_instances", flat=True)
-        )
-        == [12] * 8
+    # Counts are refreshed after each indexed batch: they follow the rows closely.
+    procs.wait_for(
+        lambda: (
+            sorted(
+                Study.objects.filter(patient__patient_id__startswith="CONC").values_list(
+                    "number_of_instances", flat=True
+                )
+            )
+            == [12] * 8
+        ),
+        30,
+        "every study to count its 12 instances",
     )
 
 
