@@ -412,6 +412,16 @@ class Ours(Receiver):
         )
         if migrate.returncode != 0:
             raise BenchError(f"migrate failed:\n{migrate.stdout}\n{migrate.stderr}")
+        # The SCP refuses unknown callers: register the benchmark's storescu (and echoscu).
+        for calling in ("BENCH", "ECHOSCU"):
+            subprocess.run(
+                [PYTHON, "manage.py", "modality", "add", calling, "127.0.0.1", "0"],
+                cwd=REPO,
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
         wait_for("redis", lambda: redis_ping(redis_port), 20, [redis])
         self.worker = procs.start(
             "celery",

@@ -11,7 +11,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "imaging.settings")
 
 app = Celery("imaging")
 app.config_from_object("django.conf:settings", namespace="CELERY")
-app.autodiscover_tasks(["imaging"])
+app.autodiscover_tasks(["imaging", "network"])
 
 
 @worker_process_init.connect
@@ -28,6 +28,9 @@ def _lower_priority(**kwargs):
 def _schedule_periodic(sender, **kwargs):
     from django.conf import settings
 
+    sender.add_periodic_task(
+        24 * 3600, sender.signature("network.tasks.prune_association_log"), name="prune the association log"
+    )
     if settings.REINDEX_INTERVAL_SECONDS > 0:
         sender.add_periodic_task(
             settings.REINDEX_INTERVAL_SECONDS,

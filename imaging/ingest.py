@@ -94,11 +94,16 @@ def sha256_file(path) -> str:
 
 
 def index_file(
-    relpath: str, *, source_ae: str = "", received_at: dt.datetime | None = None, cache: "RowCache | None" = None
+    relpath: str,
+    *,
+    source_ae: str = "",
+    received_at: dt.datetime | None = None,
+    cache: "RowCache | None" = None,
+    fallback_charset: str | None = None,
 ) -> Indexed:
     """Index the file stored at ``relpath`` (relative to STORAGE_DIR)."""
     path = storage.absolute(relpath)
-    ds = read_header(path)
+    ds = read_header(path, fallback_charset=fallback_charset)
 
     study_uid = str(ds.get("StudyInstanceUID", "")).strip()
     series_uid = str(ds.get("SeriesInstanceUID", "")).strip()
@@ -303,14 +308,20 @@ def refresh_counts(*, series_ids=(), study_ids=()) -> None:
                 )
 
 
-def index_files(relpaths, *, source_ae: str = "") -> tuple[list[Indexed], list[tuple[str, str]]]:
-    """Index many files; returns (indexed, [(relpath, error)]) and refreshes counts."""
+def index_files(
+    relpaths, *, source_ae: str = "", fallback_charset: str | None = None
+) -> tuple[list[Indexed], list[tuple[str, str]]]:
+    """Index many files; returns (indexed, [(relpath, error)]) and refreshes counts.
+
+    ``fallback_charset`` (the sending node's) applies to data sets that declare
+    no Specific Character Set; without it, DICOM_FALLBACK_CHARSET does.
+    """
     done: list[Indexed] = []
     failed: list[tuple[str, str]] = []
     cache = RowCache()
     for relpath in relpaths:
         try:
-            done.append(index_file(relpath, source_ae=source_ae, cache=cache))
+            done.append(index_file(relpath, source_ae=source_ae, cache=cache, fallback_charset=fallback_charset))
         except (NotIndexable, FileNotFoundError, ValueError) as exc:
             log.warning("not indexed: %s", exc)
             failed.append((relpath, str(exc)))

@@ -151,6 +151,12 @@ DICOM_MAX_DATASET_BYTES = envint("DICOM_MAX_DATASET_BYTES", 2 * 1024**3)
 
 # --- DICOM network ---------------------------------------------------------------
 DICOM_AE_TITLE = envstr("DICOM_AE_TITLE", "IMAGING")
+# Access control, secure by default: the called AE title must be ours, the calling
+# AE title an active ModalityNode, and (with DICOM_CHECK_HOST) its IP the node's host.
+DICOM_CHECK_CALLED_AE = envbool("DICOM_CHECK_CALLED_AE", True)
+DICOM_CHECK_HOST = envbool("DICOM_CHECK_HOST", True)
+# Association log entries older than this are deleted daily by the worker.
+ASSOCIATION_LOG_RETENTION_DAYS = envint("ASSOCIATION_LOG_RETENTION_DAYS", 90)
 DICOM_HOST = envstr("DICOM_HOST", "0.0.0.0")  # noqa: S104 - a PACS listens on the network
 DICOM_PORT = envint("DICOM_PORT", 11112)
 # Largest PDU we announce; 0 means unlimited, which lets senders use big PDUs.

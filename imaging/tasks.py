@@ -44,7 +44,10 @@ def schedule_thumbnail(series_id: int) -> None:
 @shared_task(name="imaging.tasks.index_instances", acks_late=True, **_RETRY)
 def index_instances(relpaths: list[str], source_ae: str = "") -> dict:
     """Index stored files, then bring the thumbnail of every touched series up to date."""
-    done, failed = ingest.index_files(relpaths, source_ae=source_ae)
+    from network.models import ModalityNode
+
+    fallback = ModalityNode.objects.filter(ae_title=source_ae).values_list("fallback_charset", flat=True).first()
+    done, failed = ingest.index_files(relpaths, source_ae=source_ae, fallback_charset=fallback or None)
     for series_id in sorted({i.series_id for i in done}):
         schedule_thumbnail(series_id)
     return {"indexed": len(done), "failed": len(failed)}

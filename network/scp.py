@@ -38,11 +38,13 @@ from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import AssociationServer, RequestHandler
 
-from network import reactor
+from network import access, reactor
+from network.dimse.association import handle_requested, session_of
 from network.dimse.echo import handle_echo
 from network.dimse.store import handle_store
 from network.handoff import IndexHandoff
 from network.handoff import warm_up as handoff_warm_up
+from network.models import AssociationLog
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +89,7 @@ def build_ae(ae_title: str | None = None) -> AE:
 
 def handlers(handoff: IndexHandoff) -> list:
     return [
+        (evt.EVT_REQUESTED, handle_requested),
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_C_STORE, handle_store, [handoff]),
     ]
@@ -134,6 +137,13 @@ class AssociationProcessHandler(RequestHandler):
                 )
                 assoc.abort()
         self.server.handoff.flush()
+        session = session_of(assoc)
+        if session is not None:
+            outcome = AssociationLog.Outcome.RELEASED if assoc.is_released else AssociationLog.Outcome.ABORTED
+            try:
+                access.close_session(session, outcome)
+            except Exception:
+                log.exception("cannot complete the association log entry %s", session.log_id)
 
 
 class ForkingAssociationServer(AssociationServer):

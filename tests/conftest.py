@@ -157,8 +157,12 @@ def pipeline(django_db_setup, django_db_blocker, redis_url, logs_dir):
 def system(pipeline, transactional_db):
     """The running system with a database the subprocesses can see (no wrapping transaction).
 
-    Each test starts with an empty store, as the database is emptied after each test.
+    Each test starts with an empty store, as the database is emptied after each
+    test, and with one known node: MODALITY at 127.0.0.1, allowed everything.
     """
+    from network.models import ModalityNode
+
+    ModalityNode.objects.create(ae_title="MODALITY", host="127.0.0.1", port=procs.free_port())
     yield pipeline
     for folder in ("instances", "thumbnails"):
         shutil.rmtree(pipeline.storage / folder, ignore_errors=True)

@@ -80,6 +80,10 @@ def storescu(port, *files, ae_title="IMAGING", extra=()):
     )
 
 
+def echoscu(port, ae_title="IMAGING", calling="MODALITY"):
+    return procs.dcmtk("echoscu", "-aet", calling, "-aec", ae_title, "127.0.0.1", str(port))
+
+
 def data_elements(path) -> dict:
     """Every element of the data set (not the file meta), comparable across re-encodings."""
     ds = pydicom.dcmread(path)
@@ -88,7 +92,7 @@ def data_elements(path) -> dict:
 
 
 def test_it_answers_echoscu(system):
-    result = procs.dcmtk("echoscu", "-aec", "IMAGING", "127.0.0.1", str(system.port))
+    result = echoscu(system.port)
     assert result.returncode == 0, result.stderr
 
 
@@ -228,7 +232,7 @@ def test_a_data_set_without_its_uids_is_refused_and_nothing_is_harmed(system, tm
     assert _send(system.port, ds) == 0xA900
     assert {p: p.read_bytes() for p in _files_on_disk()} == before
     assert f"{missing} is missing" in system.log("runscp")
-    assert procs.dcmtk("echoscu", "-aec", "IMAGING", "127.0.0.1", str(system.port)).returncode == 0
+    assert echoscu(system.port).returncode == 0
 
 
 @pytest.mark.parametrize("bad_uid", ["../../../../tmp/evil", "1.2.3/../../x", "1.2.3.4.5" * 20])
@@ -255,7 +259,7 @@ def test_a_data_set_that_cannot_be_parsed_gets_a_failure_status(system, tmp_path
     garbage = tmp_path / "garbage.dcm"
     garbage.write_bytes(b"\0" * 128 + b"DICM" + meta.getvalue() + b"\x08\x00\x18\x00UI\xff\x7f1.2.3")
 
-    ae = AE(ae_title="PROBE")
+    ae = AE(ae_title="MODALITY")
     ae.add_requested_context(CTImageStorage, ds.file_meta.TransferSyntaxUID)
     assoc = ae.associate("127.0.0.1", system.port, ae_title="IMAGING")
     assert assoc.is_established
@@ -267,7 +271,7 @@ def test_a_data_set_that_cannot_be_parsed_gets_a_failure_status(system, tmp_path
         assoc.release()
     assert status.Status in range(0xA900, 0xA9FF + 1) or status.Status in range(0xC000, 0xCFFF + 1)
     assert "refused" in system.log("runscp")
-    assert procs.dcmtk("echoscu", "-aec", "IMAGING", "127.0.0.1", str(system.port)).returncode == 0
+    assert echoscu(system.port).returncode == 0
 
 
 def test_sigterm_lets_the_association_in_flight_finish(system, tmp_path):
@@ -327,6 +331,6 @@ def test_pynetdicoms_own_loops_and_the_event_driven_ones_store_alike(system, tmp
         result = storescu(port, *files)
         assert result.returncode == 0, result.stderr
         assert len(_files_on_disk_for(files)) == 20
-        assert procs.dcmtk("echoscu", "-aec", "IMAGING", "127.0.0.1", str(port)).returncode == 0
+        assert echoscu(port).returncode == 0
     finally:
         assert procs.stop(scp) == 0

@@ -1,6 +1,11 @@
 """C-ECHO SCP: the verification service."""
 
+from network.dimse.association import session_of
+
 
 def handle_echo(event) -> int:
-    # 0x0000 Success: the association itself is the verification.
+    session = session_of(event.assoc)
+    if session is not None:
+        session.services.add("C-ECHO")
+    # 0x0000 Success: any node allowed to associate may verify the connection.
     return 0x0000

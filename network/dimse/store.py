@@ -16,6 +16,8 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, Imp
 from pynetdicom.dsutils import encode_file_meta
 
 from imaging import storage
+from network import access
+from network.dimse.association import session_of
 
 log = logging.getLogger(__name__)
 
@@ -110,10 +112,19 @@ def handle_store(event, handoff) -> int:
     """EVT_C_STORE handler: never raises, every failure is a DICOM status."""
     calling_ae = event.assoc.requestor.ae_title.strip()
     request = event.request
+    session = session_of(event.assoc)
+    if session is not None:
+        session.services.add("C-STORE")
+        if not session.allows("may_store"):
+            session.failures += 1
+            log.warning("C-STORE from %s refused: the node may not store", calling_ae)
+            return access.NOT_AUTHORIZED
     try:
         stream = event.encoded_dataset(include_meta=False)
         relpath = store(event.file_meta, stream, calling_ae)
     except Rejected as exc:
+        if session is not None:
+            session.failures += 1
         log.warning(
             "C-STORE from %s of %s refused (0x%04X): %s",
             calling_ae,
@@ -123,7 +134,11 @@ def handle_store(event, handoff) -> int:
         )
         return exc.status
     except Exception:
+        if session is not None:
+            session.failures += 1
         log.exception("C-STORE from %s of %s failed", calling_ae, request.AffectedSOPInstanceUID)
         return OUT_OF_RESOURCES
     handoff.submit(relpath, calling_ae)
+    if session is not None:
+        session.images_received += 1
     return SUCCESS

@@ -1,0 +1,121 @@
+"""Who may talk to us, and what each may do: decided per association from the database.
+
+Read at every association, so an administrator's change in the admin applies to
+the next association without restarting the SCP.
+"""
+
+import datetime as dt
+import ipaddress
+import logging
+import socket
+from dataclasses import dataclass, field
+
+from django.conf import settings
+from django.utils import timezone
+
+from network.models import AssociationLog, ModalityNode, normalize_ae_title
+
+log = logging.getLogger(__name__)
+
+# A-ASSOCIATE-RJ (result, source, reason), PS3.8 9.3.4: permanent rejections by
+# the DICOM UL service-user.
+REJECT_CALLING_AE = (0x01, 0x01, 0x03)  # calling AE title not recognized
+REJECT_CALLED_AE = (0x01, 0x01, 0x07)  # called AE title not recognized
+
+# DIMSE status for a service the node is not allowed to use (PS3.7 C.5.x "Refused: Not Authorized").
+NOT_AUTHORIZED = 0x0124
+
+
+@dataclass
+class Decision:
+    node: ModalityNode | None
+    reject: tuple[int, int, int] | None = None
+    reason: str = ""
+
+
+def host_matches(node_host: str, peer_address: str) -> bool:
+    """Is ``peer_address`` (an IP) the node's host (an IP or a name)?"""
+    try:
+        peer = ipaddress.ip_address(peer_address)
+    except ValueError:
+        return False
+    if peer.version == 6 and peer.ipv4_mapped:
+        peer = peer.ipv4_mapped
+    try:
+        return ipaddress.ip_address(node_host) == peer
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(node_host, None, proto=socket.IPPROTO_TCP)
+    except OSError:
+        return False
+    return any(ipaddress.ip_address(info[4][0]) == peer for info in infos)
+
+
+def decide(*, called_ae: str, calling_ae: str, peer_address: str) -> Decision:
+    """Accept or reject an association request; pure apart from one database read."""
+    called_ae, calling_ae = normalize_ae_title(called_ae), normalize_ae_title(calling_ae)
+    if settings.DICOM_CHECK_CALLED_AE and called_ae != settings.DICOM_AE_TITLE:
+        return Decision(None, REJECT_CALLED_AE, f"called AE title {called_ae!r} is not ours")
+    node = ModalityNode.objects.filter(ae_title=calling_ae).first()
+    if node is None:
+        return Decision(None, REJECT_CALLING_AE, f"unknown calling AE title {calling_ae!r}")
+    if not node.active:
+        return Decision(node, REJECT_CALLING_AE, f"node {calling_ae!r} is inactive")
+    if settings.DICOM_CHECK_HOST and not host_matches(node.host, peer_address):
+        return Decision(node, REJECT_CALLING_AE, f"{calling_ae!r} called from {peer_address}, not from {node.host}")
+    return Decision(node)
+
+
+@dataclass
+class Session:
+    """What one association did, for the log and for per-service permission checks."""
+
+    log_id: int | None
+    node: ModalityNode | None
+    services: set[str] = field(default_factory=set)
+    images_received: int = 0
+    images_sent: int = 0
+    failures: int = 0
+
+    def allows(self, permission: str) -> bool:
+        return self.node is not None and getattr(self.node, permission)
+
+
+def open_session(*, called_ae: str, calling_ae: str, peer_address: str, peer_port: int | None) -> tuple:
+    """Decide on an association request and log it; returns (decision, session)."""
+    decision = decide(called_ae=called_ae, calling_ae=calling_ae, peer_address=peer_address)
+    entry = AssociationLog.objects.create(
+        started_at=timezone.now(),
+        calling_ae=normalize_ae_title(calling_ae)[:16],
+        called_ae=normalize_ae_title(called_ae)[:16],
+        peer_host=peer_address[:64],
+        peer_port=peer_port,
+        node=decision.node,
+        outcome=AssociationLog.Outcome.REJECTED if decision.reject else AssociationLog.Outcome.IN_PROGRESS,
+        reason=decision.reason[:200],
+        ended_at=timezone.now() if decision.reject else None,
+    )
+    if decision.reject:
+        log.warning("association from %s (%s) rejected: %s", calling_ae, peer_address, decision.reason)
+    return decision, Session(entry.pk, None if decision.reject else decision.node)
+
+
+def close_session(session: Session, outcome: str) -> None:
+    if session.log_id is None:
+        return
+    AssociationLog.objects.filter(pk=session.log_id, outcome=AssociationLog.Outcome.IN_PROGRESS).update(
+        ended_at=timezone.now(),
+        outcome=outcome,
+        services=",".join(sorted(session.services))[:200],
+        images_received=session.images_received,
+        images_sent=session.images_sent,
+        failures=session.failures,
+    )
+
+
+def prune_log(*, older_than_days: int) -> int:
+    """Delete log entries older than ``older_than_days``; returns how many."""
+    cutoff = timezone.now() - dt.timedelta(days=older_than_days)
+    deleted, _ = AssociationLog.objects.filter(started_at__lt=cutoff).delete()
+    return deleted
