@@ -153,8 +153,11 @@ class Command(BaseCommand):
         aet, port = settings.DICOM_AE_TITLE, settings.DICOM_PORT
         lines += [
             f"  DICOM SCP:  AE title {aet}, port {port}",
-            f"  Try it:     echoscu -aec {aet} 127.0.0.1 {port}",
-            f"              TCP_NODELAY=1 storescu -aec {aet} 127.0.0.1 {port} FILE.dcm",
+            "  Modalities: only registered nodes may connect. Add one in the admin (Modality nodes)",
+            "              or with: python manage.py modality add AE_TITLE HOST PORT",
+            "  Try it:     python manage.py modality add STORESCU 127.0.0.1 0",
+            f"              echoscu -aet STORESCU -aec {aet} 127.0.0.1 {port}",
+            f"              TCP_NODELAY=1 storescu -aet STORESCU -aec {aet} 127.0.0.1 {port} FILE.dcm",
             "  Ctrl-C stops everything.",
             "",
         ]
