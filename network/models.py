@@ -1,5 +1,6 @@
 """Remote DICOM nodes (modalities, workstations, other PACS) and the association log."""
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
 
@@ -106,3 +107,38 @@ class AssociationLog(models.Model):
 
     def __str__(self) -> str:
         return f"{self.started_at:%Y-%m-%d %H:%M:%S} {self.calling_ae} -> {self.called_ae} ({self.outcome})"
+
+
+class SendJob(models.Model):
+    """One study sent to one node: what was asked, by whom, and what became of each image."""
+
+    class State(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        PARTIAL = "partial", "partly failed"
+        FAILED = "failed"
+
+    # SET_NULL and the UID/AE copies below: the record of what left the archive outlives the rows.
+    study = models.ForeignKey("records.Study", null=True, blank=True, on_delete=models.SET_NULL)
+    study_instance_uid = models.CharField("Study Instance UID", max_length=64)
+    node = models.ForeignKey(ModalityNode, null=True, blank=True, on_delete=models.SET_NULL)
+    destination = models.CharField(max_length=300, help_text="AE title, host and port when the job was queued.")
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)  # the admin's list goes by date
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.QUEUED, db_index=True)
+    total = models.PositiveIntegerField(default=0)
+    sent = models.PositiveIntegerField(default=0)
+    failed = models.PositiveIntegerField(default=0)
+    error = models.CharField(max_length=500, blank=True, default="", help_text="Why the job as a whole failed.")
+    # [{"sop_instance_uid": ..., "status": "0xA700" or "", "error": ...}], one per image not stored.
+    failures = models.JSONField(default=list, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "send job"
+
+    def __str__(self) -> str:
+        return f"{self.study_instance_uid} -> {self.destination} ({self.state})"

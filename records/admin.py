@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.urls import reverse
 from django.utils.html import format_html
 
+from network.admin import send_to_node
 from records.models import Instance, Patient, Series, Study
 
 
@@ -45,6 +46,11 @@ class StudyAdmin(ReadOnlyIndexAdmin):
     )
     date_hierarchy = "study_date"
     list_filter = ("modalities_in_study",)
+    actions = [send_to_node]
+
+    def has_send_permission(self, request):
+        """Sending a study out is recording a send job."""
+        return request.user.has_perm("network.add_sendjob")
 
 
 @admin.register(Series)

@@ -1,0 +1,118 @@
+"""Sending a study to a node: a real DCMTK storescp receives what network.scu.send_study sends."""
+
+import shutil
+
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless
+from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage
+
+from imaging import ingest, storage
+from network import scu
+from network.models import ModalityNode, SendJob
+from records.models import Study
+from tests import procs
+from tests.storescp import storescp
+
+pytestmark = pytest.mark.django_db
+
+STUDY_UID = "1.2.826.0.1.3680043.8.498.7001"
+TRAILING_PADDING = 0xFFFCFFFC
+UNCOMPRESSED = {ExplicitVRLittleEndian, ImplicitVRLittleEndian}
+
+
+def store_and_index(name: str) -> str:
+    """Put a pydicom test file into the store as if received, in one study; returns its SOP Instance UID."""
+    ds = pydicom.dcmread(get_testdata_file(name))
+    ds.StudyInstanceUID = STUDY_UID
+    ds.PatientID = "SEND01"
+    relpath = storage.instance_relpath(ds.SOPInstanceUID)
+    storage.absolute(relpath).parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(storage.absolute(relpath))
+    done, failed = ingest.index_files([relpath])
+    assert done and not failed
+    return ds.SOPInstanceUID
+
+
+@pytest.fixture
+def study():
+    uids = {name: store_and_index(name) for name in ("CT_small.dcm", "MR_small_RLE.dcm")}
+    yield Study.objects.get(study_instance_uid=STUDY_UID), uids
+    shutil.rmtree(storage.root() / storage.INSTANCES, ignore_errors=True)
+
+
+def received(out_dir) -> dict[str, tuple[pydicom.Dataset, object]]:
+    """What storescp wrote: {SOP Instance UID: (data set, path)}."""
+    found = {}
+    for path in out_dir.iterdir():
+        ds = pydicom.dcmread(path)
+        found[ds.SOPInstanceUID] = (ds, path)
+    return found
+
+
+def make_job(study, node) -> SendJob:
+    return SendJob.objects.create(
+        study=study, study_instance_uid=study.study_instance_uid, node=node, destination=str(node)
+    )
+
+
+def test_it_sends_compressed_images_as_stored_to_a_node_that_accepts_them(study, tmp_path):
+    study, uids = study
+    with storescp(tmp_path / "in", tmp_path / "storescp.log", "+xa") as port:
+        node = ModalityNode.objects.create(ae_title="TARGET", host="127.0.0.1", port=port)
+        job = scu.send_study(study.pk, node.pk, make_job(study, node).pk)
+    assert (job.state, job.total, job.sent, job.failed, job.failures) == ("succeeded", 2, 2, 0, [])
+    got = received(tmp_path / "in")
+    assert set(got) == set(uids.values())
+    rle, _ = got[uids["MR_small_RLE.dcm"]]
+    assert rle.file_meta.TransferSyntaxUID == RLELossless
+    # The data set arrived as we stored it, pixel data bytes and all. (storescp drops
+    # Data Set Trailing Padding when it writes the file, so that one element is set aside.)
+    ours = pydicom.dcmread(storage.absolute(storage.instance_relpath(uids["MR_small_RLE.dcm"])))
+    del ours[TRAILING_PADDING]
+    assert TRAILING_PADDING not in rle and rle == ours
+    assert rle.PixelData == ours.PixelData
+    assert got[uids["CT_small.dcm"]][0].file_meta.TransferSyntaxUID in UNCOMPRESSED
+    assert job.finished_at >= job.started_at
+
+
+def test_it_decompresses_for_a_node_that_accepts_only_uncompressed_images(study, tmp_path):
+    study, uids = study
+    with storescp(tmp_path / "in", tmp_path / "storescp.log") as port:
+        node = ModalityNode.objects.create(ae_title="TARGET", host="127.0.0.1", port=port)
+        job = scu.send_study(study.pk, node.pk, make_job(study, node).pk)
+    assert (job.state, job.sent, job.failed) == ("succeeded", 2, 0)
+    got = received(tmp_path / "in")
+    assert set(got) == set(uids.values())
+    mr, _ = got[uids["MR_small_RLE.dcm"]]
+    assert mr.file_meta.TransferSyntaxUID in UNCOMPRESSED
+    original = pydicom.dcmread(get_testdata_file("MR_small_RLE.dcm"))
+    assert (mr.pixel_array == original.pixel_array).all()
+
+
+def test_a_node_that_is_down_gives_a_failed_job_not_an_exception(study):
+    study, uids = study
+    node = ModalityNode.objects.create(ae_title="TARGET", host="127.0.0.1", port=procs.free_port())
+    job = scu.send_study(study.pk, node.pk, make_job(study, node).pk, timeout=5)
+    assert (job.state, job.sent, job.failed) == ("failed", 0, 2)
+    assert "cannot connect to 127.0.0.1" in job.error and "refused" in job.error
+    assert {f["sop_instance_uid"] for f in job.failures} == set(uids.values())
+
+
+def test_a_node_that_rejects_the_association_gives_a_failed_job(study):
+    study, _ = study
+    # A pynetdicom SCP that knows itself as OTHER and insists on being called so.
+    scp_ae = AE(ae_title="OTHER")
+    scp_ae.require_called_aet = True
+    scp_ae.add_supported_context(CTImageStorage)
+    port = procs.free_port()
+    server = scp_ae.start_server(("127.0.0.1", port), block=False)
+    try:
+        node = ModalityNode.objects.create(ae_title="TARGET", host="127.0.0.1", port=port)
+        job = scu.send_study(study.pk, node.pk, make_job(study, node).pk)
+    finally:
+        server.shutdown()
+    assert (job.state, job.sent, job.failed) == ("failed", 0, 2)
+    assert "rejected the association" in job.error and "Called AE title not recognised" in job.error
