@@ -1,12 +1,30 @@
 from django.contrib import admin
-from django.urls import path
-from django.views.generic import RedirectView
+from django.contrib.auth import views as auth_views
+from django.urls import include, path
 
 from imaging import views
+from records import roles
+from records import views as records_views
+
+# The admin is for the Administrator group, whatever is_staff says: Django's check
+# (is_staff) would mean remembering to tick "staff status" for every Administrator
+# and untick it when the role goes, and would let a staff Doctor in. Its login
+# form also refuses non-staff users, so the admin's login page sends people to
+# ours (anonymous) or answers 403 (signed in, not an Administrator).
+admin.site.has_permission = roles.can_use_admin
+admin.site.login = records_views.admin_login
 
 urlpatterns = [
-    path("", RedirectView.as_view(url="/admin/", permanent=False)),
+    path("", records_views.home, name="home"),
+    path(
+        "accounts/login/",
+        auth_views.LoginView.as_view(next_page="home", redirect_authenticated_user=True),
+        name="login",
+    ),
+    path("accounts/logout/", auth_views.LogoutView.as_view(next_page="login"), name="logout"),
+    path("i18n/", include("django.conf.urls.i18n")),
     path("admin/", admin.site.urls),
+    path("", include("records.urls")),
     path("health", views.health, name="health"),
     path("series/<int:series_id>/thumbnail.png", views.series_thumbnail, name="series-thumbnail"),
 ]

@@ -1,8 +1,8 @@
-from django.contrib.auth.decorators import login_required
 from django.http import FileResponse, Http404, JsonResponse
 from django.shortcuts import get_object_or_404
 
 from imaging import storage
+from records import roles
 from records.models import Series
 
 
@@ -10,7 +10,8 @@ def health(request):
     return JsonResponse({"status": "ok"})
 
 
-@login_required
+# Administrators too: the admin's series list shows the thumbnails.
+@roles.role_required(roles.DOCTOR, roles.ADMINISTRATOR)
 def series_thumbnail(request, series_id: int):
     series = get_object_or_404(Series, pk=series_id)
     if not series.thumbnail:
