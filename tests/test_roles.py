@@ -446,3 +446,14 @@ def test_the_patient_search_takes_a_constant_number_of_queries(front_desk_client
         make_study(n, thumbnails=False)
     with django_assert_max_num_queries(5):
         assert len(search_patients(front_desk_client)) == 30
+
+
+def test_the_pages_speak_simplified_chinese(doctor_client, study):
+    body = doctor_client.get("/studies/", headers={"accept-language": "zh-hans"}).content.decode()
+    assert "患者姓名" in body and "1 项检查" in body and "退出登录" in body
+
+
+def test_the_no_role_page_speaks_simplified_chinese(client, no_role):
+    client.force_login(no_role)
+    body = client.get("/", headers={"accept-language": "zh-hans"}).content.decode()
+    assert "您的账户还没有角色" in body and "newcomer" in body
