@@ -4,13 +4,14 @@ import shutil
 
 import pydicom
 import pytest
+from django.urls import reverse
 from pydicom.data import get_testdata_file
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage
 
 from imaging import ingest, storage
-from network import scu
+from network import scu, tasks
 from network.models import ModalityNode, SendJob
 from records.models import Study
 from tests import procs
@@ -116,3 +117,52 @@ def test_a_node_that_rejects_the_association_gives_a_failed_job(study):
         server.shutdown()
     assert (job.state, job.sent, job.failed) == ("failed", 0, 2)
     assert "rejected the association" in job.error and "Called AE title not recognised" in job.error
+
+
+def send_action(admin_client, study, capture=None, **extra):
+    data = {"action": "send_to_node", "_selected_action": [study.pk], **extra}
+    if capture is None:
+        return admin_client.post(reverse("admin:records_study_changelist"), data)
+    # The jobs are queued once their rows are committed.
+    with capture(execute=True):
+        return admin_client.post(reverse("admin:records_study_changelist"), data)
+
+
+def test_the_study_action_offers_only_active_nodes_that_may_retrieve(admin_client, study):
+    study, _ = study
+    ModalityNode.objects.create(ae_title="WORKSTATION", host="127.0.0.1", port=104)
+    ModalityNode.objects.create(ae_title="CT_ONLY_STORES", host="127.0.0.1", port=105, may_retrieve=False)
+    ModalityNode.objects.create(ae_title="RETIRED", host="127.0.0.1", port=106, active=False)
+    page = send_action(admin_client, study)
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert "WORKSTATION" in html and "CT_ONLY_STORES" not in html and "RETIRED" not in html
+    assert not SendJob.objects.exists()
+
+
+def test_the_study_action_queues_one_job_per_study(
+    admin_client, admin_user, study, monkeypatch, django_capture_on_commit_callbacks
+):
+    study, _ = study
+    node = ModalityNode.objects.create(ae_title="WORKSTATION", host="127.0.0.1", port=104)
+    queued = []
+    monkeypatch.setattr(tasks.send_study, "delay", lambda *args: queued.append(args))
+    response = send_action(admin_client, study, django_capture_on_commit_callbacks, apply="Send", node=node.pk)
+    assert response.status_code == 302
+    job = SendJob.objects.get()
+    assert (job.study, job.node, job.requested_by, job.state, job.total) == (study, node, admin_user, "queued", 2)
+    assert queued == [(study.pk, node.pk, job.pk)]
+
+
+def test_a_job_that_cannot_be_queued_says_so(admin_client, study, monkeypatch, django_capture_on_commit_callbacks):
+    study, _ = study
+    node = ModalityNode.objects.create(ae_title="WORKSTATION", host="127.0.0.1", port=104)
+
+    def broker_down(*args):
+        raise ConnectionRefusedError("[Errno 111] Connection refused")
+
+    monkeypatch.setattr(tasks.send_study, "delay", broker_down)
+    response = send_action(admin_client, study, django_capture_on_commit_callbacks, apply="Send", node=node.pk)
+    assert response.status_code == 302
+    job = SendJob.objects.get()
+    assert job.state == "failed" and "could not be queued" in job.error
