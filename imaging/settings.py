@@ -135,7 +135,8 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
-LOGIN_URL = "/admin/login/"
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "home"
 
 # --- Image storage -------------------------------------------------------------
 STORAGE_DIR = Path(envstr("STORAGE_DIR", str(VAR_DIR / "storage")))
