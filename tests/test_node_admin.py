@@ -152,3 +152,16 @@ def test_the_association_log_is_listed_and_read_only(admin_client):
     assert admin_client.post(reverse("admin:network_associationlog_delete", args=[entry.pk])).status_code == 403
     assert admin_client.get(reverse("admin:network_sendjob_add")).status_code == 403
     assert AssociationLog.objects.count() == 1
+
+
+def test_an_administrator_who_is_not_a_superuser_may_send_studies(rf, django_user_model):
+    from django.contrib import admin
+    from django.contrib.auth.models import Group
+
+    from records.models import Study
+
+    user = django_user_model.objects.create_user("radmin", password="x")  # noqa: S106 - test password
+    user.groups.add(Group.objects.get(name="Administrator"))
+    request = rf.get("/admin/records/study/")
+    request.user = django_user_model.objects.get(pk=user.pk)  # fresh permission cache
+    assert "send_to_node" in admin.site._registry[Study].get_actions(request)

@@ -121,7 +121,7 @@ def test_an_administrator_manages_users_and_nodes_and_only_reads_records_and_log
     expected |= {"auth.view_permission"}
     expected |= {f"records.view_{m}" for m in ("patient", "study", "series", "instance")}
     expected |= {f"network.{a}_modalitynode" for a in ("view", "add", "change", "delete")}
-    expected |= {"network.view_associationlog"}
+    expected |= {"network.view_associationlog", "network.view_sendjob", "network.add_sendjob"}
     assert codenames(ADMINISTRATOR) == expected
 
 
