@@ -99,3 +99,23 @@ def test_an_admin_change_applies_to_the_next_association_without_restart(system)
     assert rejection(port=system.port) == (1, 1, 3)
     ModalityNode.objects.filter(ae_title="MODALITY").update(active=True)
     assert echoscu(system.port).returncode == 0
+
+
+def test_storescu_is_refused_for_a_wrong_called_ae_a_wrong_address_and_a_missing_permission(system, tmp_path):
+    ModalityNode.objects.create(ae_title="ELSEWHERE", host="192.0.2.10", port=104)
+    ModalityNode.objects.create(ae_title="NO_STORE", host="127.0.0.1", port=104, may_store=False)
+    [path] = dicomgen.ct_series(tmp_path, 1, size=16)
+
+    wrong_called = storescu(system.port, path, called="NOTUS")
+    assert wrong_called.returncode != 0 and "Called AE Title Not Recognized" in wrong_called.stderr
+    wrong_address = storescu(system.port, path, calling="ELSEWHERE")
+    assert wrong_address.returncode != 0 and "Calling AE Title Not Recognized" in wrong_address.stderr
+    not_allowed = procs.dcmtk(
+        "storescu", "-v", "-aet", "NO_STORE", "-aec", "IMAGING", "127.0.0.1", str(system.port), str(path)
+    )
+    # 0x0124 "Refused: Not Authorized" (PS3.7 C.4); DCMTK prints it as an unknown status.
+    assert "Status: 0x124" in not_allowed.stderr, not_allowed.stderr
+
+    assert last_log("ELSEWHERE").outcome == "rejected"
+    assert last_log("NO_STORE").failures == 1
+    assert AssociationLog.objects.filter(called_ae="NOTUS", outcome="rejected").exists()
