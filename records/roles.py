@@ -26,7 +26,7 @@ ROLE_HOMES = {
     ADMINISTRATOR: ("admin:index", _("Administration")),
 }
 
-# settings.LOGIN_URL still points at the admin's login; our pages name theirs.
+# Our login page (settings.LOGIN_URL names the same one).
 LOGIN_URL = reverse_lazy("login")
 
 
