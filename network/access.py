@@ -71,8 +71,12 @@ def decide(*, called_ae: str, calling_ae: str, peer_address: str) -> Decision:
 class Session:
     """What one association did, for the log and for per-service permission checks."""
 
-    log_id: int | None
     node: ModalityNode | None
+    calling_ae: str
+    called_ae: str
+    peer_host: str
+    peer_port: int | None
+    started_at: dt.datetime = field(default_factory=timezone.now)
     services: set[str] = field(default_factory=set)
     images_received: int = 0
     images_sent: int = 0
@@ -81,37 +85,49 @@ class Session:
     def allows(self, permission: str) -> bool:
         return self.node is not None and getattr(self.node, permission)
 
+    def log_entry(self, outcome: str, reason: str = "") -> AssociationLog:
+        return AssociationLog(
+            started_at=self.started_at,
+            ended_at=timezone.now(),
+            calling_ae=self.calling_ae[:16],
+            called_ae=self.called_ae[:16],
+            peer_host=self.peer_host[:64],
+            peer_port=self.peer_port,
+            node=self.node,
+            outcome=outcome,
+            reason=reason[:200],
+            services=",".join(sorted(self.services))[:200],
+            images_received=self.images_received,
+            images_sent=self.images_sent,
+            failures=self.failures,
+        )
+
 
 def open_session(*, called_ae: str, calling_ae: str, peer_address: str, peer_port: int | None) -> tuple:
-    """Decide on an association request and log it; returns (decision, session)."""
+    """Decide on an association request; returns (decision, session).
+
+    A rejection is logged at once. An accepted association is logged when it
+    ends (``close_session``): no database write delays the A-ASSOCIATE-AC while
+    the indexer holds the write lock.
+    """
     decision = decide(called_ae=called_ae, calling_ae=calling_ae, peer_address=peer_address)
-    entry = AssociationLog.objects.create(
-        started_at=timezone.now(),
-        calling_ae=normalize_ae_title(calling_ae)[:16],
-        called_ae=normalize_ae_title(called_ae)[:16],
-        peer_host=peer_address[:64],
-        peer_port=peer_port,
+    session = Session(
         node=decision.node,
-        outcome=AssociationLog.Outcome.REJECTED if decision.reject else AssociationLog.Outcome.IN_PROGRESS,
-        reason=decision.reason[:200],
-        ended_at=timezone.now() if decision.reject else None,
+        calling_ae=normalize_ae_title(calling_ae),
+        called_ae=normalize_ae_title(called_ae),
+        peer_host=peer_address,
+        peer_port=peer_port,
     )
     if decision.reject:
         log.warning("association from %s (%s) rejected: %s", calling_ae, peer_address, decision.reason)
-    return decision, Session(entry.pk, None if decision.reject else decision.node)
+        session.log_entry(AssociationLog.Outcome.REJECTED, decision.reason).save()
+        session.node = None  # a rejected caller may do nothing
+    return decision, session
 
 
 def close_session(session: Session, outcome: str) -> None:
-    if session.log_id is None:
-        return
-    AssociationLog.objects.filter(pk=session.log_id, outcome=AssociationLog.Outcome.IN_PROGRESS).update(
-        ended_at=timezone.now(),
-        outcome=outcome,
-        services=",".join(sorted(session.services))[:200],
-        images_received=session.images_received,
-        images_sent=session.images_sent,
-        failures=session.failures,
-    )
+    """Log an accepted association once it has ended (released or aborted)."""
+    session.log_entry(outcome).save()
 
 
 def prune_log(*, older_than_days: int) -> int:

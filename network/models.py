@@ -83,7 +83,6 @@ class ModalityNode(models.Model):
 
 class AssociationLog(models.Model):
     class Outcome(models.TextChoices):
-        IN_PROGRESS = "in progress"
         RELEASED = "released"
         ABORTED = "aborted"
         REJECTED = "rejected"
@@ -95,7 +94,8 @@ class AssociationLog(models.Model):
     peer_host = models.CharField(max_length=64)
     peer_port = models.PositiveIntegerField(null=True, blank=True)
     node = models.ForeignKey(ModalityNode, null=True, blank=True, on_delete=models.SET_NULL)
-    outcome = models.CharField(max_length=16, choices=Outcome.choices, default=Outcome.IN_PROGRESS, db_index=True)
+    # Written when the association ends (or is rejected): one row, never updated.
+    outcome = models.CharField(max_length=16, choices=Outcome.choices, db_index=True)
     reason = models.CharField(max_length=200, blank=True, default="")
     services = models.CharField(max_length=200, blank=True, default="", help_text="DIMSE services used.")
     images_received = models.PositiveIntegerField(default=0)

@@ -138,12 +138,12 @@ class AssociationProcessHandler(RequestHandler):
                 assoc.abort()
         self.server.handoff.flush()
         session = session_of(assoc)
-        if session is not None:
+        if session is not None and not assoc.is_rejected:  # a rejection was logged when it was sent
             outcome = AssociationLog.Outcome.RELEASED if assoc.is_released else AssociationLog.Outcome.ABORTED
             try:
                 access.close_session(session, outcome)
             except Exception:
-                log.exception("cannot complete the association log entry %s", session.log_id)
+                log.exception("cannot log the association from %s", session.calling_ae)
 
 
 class ForkingAssociationServer(AssociationServer):

@@ -21,7 +21,7 @@ def echoscu(port, calling="MODALITY", called="IMAGING"):
 
 def last_log(calling_ae) -> AssociationLog:
     return procs.wait_for(
-        lambda: AssociationLog.objects.filter(calling_ae=calling_ae).exclude(outcome="in progress").first(),
+        lambda: AssociationLog.objects.filter(calling_ae=calling_ae).first(),
         20,
         f"the association of {calling_ae} to be logged",
     )
