@@ -5,6 +5,7 @@ its periodic tasks, the DICOM SCP and the web server. Ctrl-C stops them all; if
 any one of them dies, the others are stopped too, so nothing runs half-up.
 """
 
+import os
 import secrets
 import shutil
 import signal
@@ -151,11 +152,15 @@ class Command(BaseCommand):
                 f"(first password in {settings.VAR_DIR / 'admin-password.txt'})."
             )
         aet, port = settings.DICOM_AE_TITLE, settings.DICOM_PORT
+        # The command a newcomer can paste: the virtualenv's python when we run from one here.
+        python = os.path.relpath(sys.executable, settings.BASE_DIR)
+        if python.startswith(".."):
+            python = "python"
         lines += [
             f"  DICOM SCP:  AE title {aet}, port {port}",
             "  Modalities: only registered nodes may connect. Add one in the admin (Modality nodes)",
-            "              or with: python manage.py modality add AE_TITLE HOST PORT",
-            "  Try it:     python manage.py modality add STORESCU 127.0.0.1 0",
+            f"              or with: {python} manage.py modality add AE_TITLE HOST PORT",
+            f"  Try it:     {python} manage.py modality add STORESCU 127.0.0.1 0",
             f"              echoscu -aet STORESCU -aec {aet} 127.0.0.1 {port}",
             f"              TCP_NODELAY=1 storescu -aet STORESCU -aec {aet} 127.0.0.1 {port} FILE.dcm",
             "  Ctrl-C stops everything.",
