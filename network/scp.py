@@ -35,12 +35,20 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, _config, evt
 from pynetdicom.presentation import AllStoragePresentationContexts
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import (
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
 from pynetdicom.transport import AssociationServer, RequestHandler
 
 from network import access, reactor
 from network.dimse.association import handle_requested, session_of
 from network.dimse.echo import handle_echo
+from network.dimse.get import handle_get
+from network.dimse.move import handle_move
 from network.dimse.store import handle_store
 from network.handoff import IndexHandoff
 from network.handoff import warm_up as handoff_warm_up
@@ -68,6 +76,13 @@ STORAGE_TRANSFER_SYNTAXES = [
     RLELossless,
 ]
 
+RETRIEVE_MODELS = [
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelMove,
+    PatientRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelGet,
+]
+
 # pynetdicom's per-PDU logging handlers cost time on every fragment of every image.
 _config.LOG_HANDLER_LEVEL = "none"
 
@@ -82,8 +97,11 @@ def build_ae(ae_title: str | None = None) -> AE:
     # server's (DICOM_MAX_ASSOCIATIONS), not the AE's.
     ae.maximum_associations = max(settings.DICOM_MAX_ASSOCIATIONS, 1)
     ae.add_supported_context(Verification)
+    for retrieve_model in RETRIEVE_MODELS:
+        ae.add_supported_context(retrieve_model, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     for context in AllStoragePresentationContexts:
-        ae.add_supported_context(context.abstract_syntax, STORAGE_TRANSFER_SYNTAXES)
+        # Both roles: a C-GET requester proposes to be the Storage SCP for what it retrieves.
+        ae.add_supported_context(context.abstract_syntax, STORAGE_TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
     return ae
 
 
@@ -92,6 +110,8 @@ def handlers(handoff: IndexHandoff) -> list:
         (evt.EVT_REQUESTED, handle_requested),
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_C_STORE, handle_store, [handoff]),
+        (evt.EVT_C_MOVE, handle_move),
+        (evt.EVT_C_GET, handle_get),
     ]
 
 

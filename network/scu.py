@@ -142,30 +142,46 @@ def _context_batches(pairs: set[tuple[str, str]]) -> list[list[tuple[str, list[s
     return [b for b in batches if b]
 
 
-def _accepted(assoc, sop_class: str) -> set[str]:
-    return {cx.transfer_syntax[0] for cx in assoc.accepted_contexts if cx.abstract_syntax == sop_class}
+def accepted_syntaxes(assoc, sop_class: str) -> set[str]:
+    """Transfer syntaxes in which we may send ``sop_class`` (as SCU: C-GET sub-operations need the role)."""
+    return {cx.transfer_syntax[0] for cx in assoc.accepted_contexts if cx.abstract_syntax == sop_class and cx.as_scu}
+
+
+class CannotSend(Exception):
+    pass
+
+
+def payload(instance, accepted: set[str]):
+    """What to give ``send_c_store`` for a stored instance: its path (sent as stored) or a data set.
+
+    The path when the peer accepts the stored transfer syntax (the bytes go from disk
+    to the socket, never decoded); otherwise the decompressed data set, which
+    pynetdicom encodes in Explicit or Implicit VR Little Endian. Raises ``CannotSend``.
+    """
+    path = storage.absolute(instance.file_path)
+    if not path.is_file():
+        raise CannotSend(f"file missing: {instance.file_path}")
+    stored_ts = UID(instance.transfer_syntax_uid)
+    if stored_ts in accepted:
+        return path
+    if not accepted & set(UNCOMPRESSED):
+        raise CannotSend(f"the node accepts neither {stored_ts.name} nor an uncompressed syntax for this SOP class")
+    ds = pydicom.dcmread(path)
+    if stored_ts.is_compressed:
+        # The same instance in another encoding, so the same SOP Instance UID; the result
+        # is Explicit VR Little Endian, which pynetdicom converts to Implicit if need be.
+        ds.decompress(generate_instance_uid=False)
+    elif not stored_ts.is_little_endian:
+        raise CannotSend(f"{stored_ts.name} is not accepted and is not converted")
+    return ds
 
 
 def _send_one(assoc, instance) -> tuple[bool, str, str]:
     """Send one stored instance; returns (stored, status, error)."""
-    path = storage.absolute(instance.file_path)
-    if not path.is_file():
-        return False, "", f"file missing: {instance.file_path}"
-    accepted = _accepted(assoc, instance.sop_class_uid)
-    stored_ts = UID(instance.transfer_syntax_uid)
-    if stored_ts in accepted:
-        rsp = assoc.send_c_store(path)
-    elif not accepted & set(UNCOMPRESSED):
-        return False, "", f"the node accepts neither {stored_ts.name} nor an uncompressed syntax for this SOP class"
-    else:
-        ds = pydicom.dcmread(path)
-        if stored_ts.is_compressed:
-            # The same instance in another encoding, so the same SOP Instance UID; the result
-            # is Explicit VR Little Endian, which pynetdicom converts to Implicit if need be.
-            ds.decompress(generate_instance_uid=False)
-        elif not stored_ts.is_little_endian:
-            return False, "", f"{stored_ts.name} is not accepted and is not converted"
-        rsp = assoc.send_c_store(ds)
+    try:
+        rsp = assoc.send_c_store(payload(instance, accepted_syntaxes(assoc, instance.sop_class_uid)))
+    except CannotSend as exc:
+        return False, "", str(exc)
     if "Status" not in rsp:
         return False, "", "no C-STORE response (timeout or aborted association)"
     status = rsp.Status

@@ -1,0 +1,203 @@
+"""C-MOVE and C-GET, the parts that are not DIMSE plumbing (PS3.4 Annex C.4.2, C.4.3).
+
+- ``select_instances``: a retrieve identifier (Patient Root or Study Root, any
+  level, unique keys possibly lists of UIDs) -> the stored instances it names.
+- ``storage_contexts``: what to propose to a C-MOVE destination: per SOP class,
+  the uncompressed syntaxes and each stored syntax on its own.
+- ``Outgoing`` and ``install_sender``: pynetdicom's retrieve loops send what the
+  handler yields with ``send_c_store`` and accept only a Dataset. A handler
+  yields an ``Outgoing`` (SOP Class/Instance UIDs only); the association's
+  ``send_c_store`` is wrapped to turn it into the stored file itself (sent as
+  stored, from disk to socket) or the decompressed data set, whichever the peer
+  accepted, and to count what was sent in the association's session.
+"""
+
+import logging
+
+from pydicom.dataset import Dataset
+from pydicom.uid import UID
+from pynetdicom.presentation import build_context
+
+from imaging import storage
+from network import access, scu
+from network.models import ModalityNode
+
+log = logging.getLogger(__name__)
+
+# C-MOVE / C-GET statuses (PS3.4 C.4.2.1.5, C.4.3.1.4; PS3.7 C).
+PENDING = 0xFF00
+CANCEL = 0xFE00
+IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+UNABLE_TO_PROCESS = 0xC000
+
+PATIENT_ROOT = "PATIENT"
+STUDY_ROOT = "STUDY"
+LEVELS = {PATIENT_ROOT: ("PATIENT", "STUDY", "SERIES", "IMAGE"), STUDY_ROOT: ("STUDY", "SERIES", "IMAGE")}
+# The unique key of each level, and the index field it selects on.
+UID_KEYS = (
+    ("STUDY", "StudyInstanceUID", "series__study__study_instance_uid__in"),
+    ("SERIES", "SeriesInstanceUID", "series__series_instance_uid__in"),
+    ("IMAGE", "SOPInstanceUID", "sop_instance_uid__in"),
+)
+# pynetdicom's sub-operation counters are US: a retrieve cannot name more instances.
+MAX_SUB_OPERATIONS = 65535
+
+
+class RetrieveError(Exception):
+    def __init__(self, status: int, reason: str):
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def _text(identifier: Dataset, keyword: str) -> str:
+    value = identifier.get(keyword, "")
+    return str(value if value is not None else "").strip().rstrip("\x00")
+
+
+def _uids(identifier: Dataset, keyword: str) -> list[str]:
+    """The UIDs of a unique key: a single value or a list (VM 1-n in a retrieve identifier)."""
+    value = identifier.get(keyword)
+    if value is None or value == "":
+        return []
+    values = [value] if isinstance(value, str) else list(value)
+    uids = [str(v).strip().rstrip("\x00") for v in values]
+    uids = [u for u in uids if u]
+    for uid in uids:
+        if not storage.is_valid_uid(uid):
+            raise RetrieveError(IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, f"{keyword} {uid!r} is not a valid UID")
+    return uids
+
+
+def select_instances(identifier: Dataset, *, root: str) -> list:
+    """The stored instances a C-MOVE/C-GET identifier names, in series then instance order.
+
+    The unique key of the retrieve level is required; unique keys of the levels
+    above narrow the selection when present (relational-retrieve SCUs send only
+    the level's key, hierarchical ones all of them); keys below the level are
+    ignored. Raises ``RetrieveError`` with the status to answer.
+    """
+    from records.models import Instance
+
+    try:
+        level = _text(identifier, "QueryRetrieveLevel").upper()
+        if level not in LEVELS[root]:
+            raise RetrieveError(
+                IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
+                f"Query/Retrieve Level {level!r} is not one of {', '.join(LEVELS[root])} ({root} root)",
+            )
+        depth = LEVELS[PATIENT_ROOT].index(level)
+        filters = {}
+        patient_id = _text(identifier, "PatientID")
+        if level == "PATIENT" and not patient_id:
+            raise RetrieveError(IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, "PatientID is required at the PATIENT level")
+        if patient_id:
+            filters["series__study__patient__patient_id"] = patient_id
+            issuer = _text(identifier, "IssuerOfPatientID")
+            if issuer:
+                filters["series__study__patient__issuer"] = issuer
+        for key_level, keyword, lookup in UID_KEYS:
+            key_depth = LEVELS[PATIENT_ROOT].index(key_level)
+            if key_depth > depth:
+                break
+            uids = _uids(identifier, keyword)
+            if key_depth == depth and not uids:
+                raise RetrieveError(IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, f"{keyword} is required at the {level} level")
+            if uids:
+                filters[lookup] = uids
+    except RetrieveError:
+        raise
+    except Exception as exc:  # pydicom decodes the identifier lazily: a bad one fails here
+        raise RetrieveError(UNABLE_TO_PROCESS, f"identifier cannot be decoded: {exc}") from exc
+    return list(
+        Instance.objects.filter(**filters)
+        .only("sop_instance_uid", "sop_class_uid", "transfer_syntax_uid", "file_path")
+        .order_by("series__study_id", "series__series_number", "series_id", "instance_number", "id")
+    )
+
+
+def root_of(sop_class: str) -> str:
+    """Patient Root or Study Root, from the C-MOVE/C-GET request's Affected SOP Class UID."""
+    return PATIENT_ROOT if UID(sop_class).keyword.startswith("PatientRoot") else STUDY_ROOT
+
+
+def destination(ae_title: str | None) -> ModalityNode | None:
+    """The C-MOVE destination: an active node that may retrieve, or None (0xA801)."""
+    if not ae_title:
+        return None
+    return ModalityNode.objects.filter(ae_title=ae_title.strip(), active=True, may_retrieve=True).first()
+
+
+def storage_contexts(instances) -> list:
+    """Presentation contexts for a C-MOVE sub-association, at most 128 (PS3.8 9.3.2.2).
+
+    Per SOP class one context with both uncompressed syntaxes, so every image can
+    go decompressed, then one per other stored syntax, alone, so that the
+    destination may accept it without displacing the fallback. Should there be
+    too many classes, the contexts for sending compressed images as stored give way.
+    """
+    by_class: dict[str, set[str]] = {}
+    for instance in instances:
+        by_class.setdefault(instance.sop_class_uid, set()).add(instance.transfer_syntax_uid)
+    contexts = [build_context(sop_class, list(scu.UNCOMPRESSED)) for sop_class in sorted(by_class)]
+    for sop_class in sorted(by_class):
+        for ts in sorted(by_class[sop_class] - set(scu.UNCOMPRESSED)):
+            contexts.append(build_context(sop_class, [ts]))
+    if len(contexts) > scu.MAX_CONTEXTS:
+        log.warning("%d SOP classes in one retrieve: some cannot be proposed", len(by_class))
+    return contexts[: scu.MAX_CONTEXTS]
+
+
+class Outgoing(Dataset):
+    """What a retrieve handler yields for one stored instance: the UIDs, and the row to send."""
+
+    def __init__(self, instance):
+        super().__init__()
+        self.SOPClassUID = instance.sop_class_uid
+        self.SOPInstanceUID = instance.sop_instance_uid
+        self.stored = instance
+
+
+def install_sender(assoc, session: access.Session | None) -> None:
+    """Make ``assoc.send_c_store`` send ``Outgoing`` instances, and count each result in ``session``.
+
+    For C-GET, ``assoc`` is the requester's association; for C-MOVE, the one we open to
+    the destination. Anything else given to ``send_c_store`` goes through untouched.
+    """
+    if getattr(assoc, "imaging_sender", False):
+        return
+    send_c_store = assoc.send_c_store
+
+    def send(dataset, *args, **kwargs):
+        if not isinstance(dataset, Outgoing):
+            return send_c_store(dataset, *args, **kwargs)
+        instance = dataset.stored
+        try:
+            rsp = send_c_store(
+                scu.payload(instance, scu.accepted_syntaxes(assoc, instance.sop_class_uid)), *args, **kwargs
+            )
+        except Exception as exc:  # pynetdicom counts it as a failed sub-operation and lists the UID
+            if session is not None:
+                session.failures += 1
+            log.warning("cannot send %s: %s", instance.sop_instance_uid, exc)
+            raise
+        ok = "Status" in rsp and (rsp.Status == 0 or rsp.Status in scu.WARNING_STATUSES)
+        if session is not None:
+            if ok:
+                session.images_sent += 1
+            else:
+                session.failures += 1
+        return rsp
+
+    assoc.send_c_store = send
+    assoc.imaging_sender = True
+
+
+def sub_operations(event, instances):
+    """The (status, data set) pairs a retrieve handler yields: one per instance, or Cancel."""
+    for instance in instances:
+        if event.is_cancelled:
+            # 0xFE00 Cancel: pynetdicom reports the remaining and failed counts.
+            yield CANCEL, None
+            return
+        yield PENDING, Outgoing(instance)
