@@ -176,6 +176,12 @@ DICOM_SHUTDOWN_GRACE = envint("DICOM_SHUTDOWN_GRACE", 30)
 # Character set assumed for names in data sets that declare none (issue: many
 # Chinese modalities send GB18030 without Specific Character Set).
 DICOM_FALLBACK_CHARSET = envstr("DICOM_FALLBACK_CHARSET", "ISO_IR 100")
+# C-FIND/QIDO: Person Names match case-insensitively ("wang^xi*" finds WANG^XIAOMING),
+# as PS3.4 C.2.2.2.1 allows and users expect; on SQLite ASCII letters only.
+DICOM_PN_CASE_INSENSITIVE = envbool("DICOM_PN_CASE_INSENSITIVE", True)
+# C-FIND answers at most this many matches (the first ones, newest studies first)
+# and logs a warning: a workstation shows a partial list rather than none.
+DICOM_FIND_MAX_RESULTS = envint("DICOM_FIND_MAX_RESULTS", 1000)
 
 # --- Celery ----------------------------------------------------------------------
 CELERY_BROKER_URL = envstr("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")

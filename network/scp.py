@@ -36,8 +36,10 @@ from pydicom.uid import (
 from pynetdicom import AE, _config, evt
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import (
+    PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
     PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
     Verification,
@@ -47,6 +49,7 @@ from pynetdicom.transport import AssociationServer, RequestHandler
 from network import access, reactor
 from network.dimse.association import handle_requested, session_of
 from network.dimse.echo import handle_echo
+from network.dimse.find import handle_find
 from network.dimse.get import handle_get
 from network.dimse.move import handle_move
 from network.dimse.store import handle_store
@@ -97,6 +100,8 @@ def build_ae(ae_title: str | None = None) -> AE:
     # server's (DICOM_MAX_ASSOCIATIONS), not the AE's.
     ae.maximum_associations = max(settings.DICOM_MAX_ASSOCIATIONS, 1)
     ae.add_supported_context(Verification)
+    for find_model in (PatientRootQueryRetrieveInformationModelFind, StudyRootQueryRetrieveInformationModelFind):
+        ae.add_supported_context(find_model, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     for retrieve_model in RETRIEVE_MODELS:
         ae.add_supported_context(retrieve_model, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     for context in AllStoragePresentationContexts:
@@ -109,6 +114,7 @@ def handlers(handoff: IndexHandoff) -> list:
     return [
         (evt.EVT_REQUESTED, handle_requested),
         (evt.EVT_C_ECHO, handle_echo),
+        (evt.EVT_C_FIND, handle_find),
         (evt.EVT_C_STORE, handle_store, [handoff]),
         (evt.EVT_C_MOVE, handle_move),
         (evt.EVT_C_GET, handle_get),

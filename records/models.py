@@ -6,6 +6,7 @@ the modality used.
 """
 
 from django.db import models
+from django.db.models.functions import Upper
 
 
 class Patient(models.Model):
@@ -29,6 +30,13 @@ class Patient(models.Model):
         ordering = ["name_alphabetic", "patient_id"]
         constraints = [
             models.UniqueConstraint(fields=["patient_id", "issuer"], name="patient_id_issuer_unique"),
+        ]
+        # C-FIND/QIDO PatientName matching, case-insensitive on any name group
+        # (network/query.py: UPPER(name_*) = ? or a prefix range for "WANG^XI*").
+        indexes = [
+            models.Index(Upper("name_alphabetic"), name="patient_name_alpha_upper"),
+            models.Index(Upper("name_ideographic"), name="patient_name_ideo_upper"),
+            models.Index(Upper("name_phonetic"), name="patient_name_phon_upper"),
         ]
 
     def __str__(self) -> str:

@@ -1,0 +1,297 @@
+"""network/query.py: a C-FIND identifier to rows and back, without sockets."""
+
+import datetime as dt
+import io
+
+import pytest
+from pydicom.dataset import Dataset
+from pynetdicom.dsutils import decode, encode
+
+from network import query
+from records.models import Instance, Patient, Series, Study
+
+pytestmark = pytest.mark.django_db
+
+_uid = iter(range(1, 10**6))
+
+
+def uid() -> str:
+    return f"1.2.826.0.1.3680043.8.498.{next(_uid)}"
+
+
+def add_study(patient, *, date="20240115", time="101500", modalities=("CT",), images=2, **fields) -> Study:
+    study = Study.objects.create(
+        patient=patient,
+        study_instance_uid=fields.pop("study_uid", None) or uid(),
+        study_date=dt.datetime.strptime(date, "%Y%m%d").date() if date else None,  # noqa: DTZ007
+        study_time=dt.datetime.strptime(time, "%H%M%S").time() if time else None,  # noqa: DTZ007
+        modalities_in_study="\\".join(sorted(set(modalities))),
+        number_of_series=len(modalities),
+        number_of_instances=len(modalities) * images,
+        **fields,
+    )
+    for number, modality in enumerate(modalities, 1):
+        series = Series.objects.create(
+            study=study, series_instance_uid=uid(), modality=modality, series_number=number, number_of_instances=images
+        )
+        for i in range(images):
+            Instance.objects.create(
+                series=series,
+                sop_instance_uid=uid(),
+                sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+                instance_number=i + 1,
+                transfer_syntax_uid="1.2.840.10008.1.2.1",
+                rows=64,
+                columns=64,
+                file_path=f"x/{uid()}.dcm",
+                file_size=1,
+                checksum="0",
+                received_at=dt.datetime(2024, 1, 1, tzinfo=dt.UTC),
+            )
+    return study
+
+
+def add_patient(patient_id, name="", **fields) -> Patient:
+    groups = (name.split("=") + ["", ""])[:3]
+    return Patient.objects.create(
+        patient_id=patient_id,
+        name=name,
+        name_alphabetic=groups[0],
+        name_ideographic=groups[1],
+        name_phonetic=groups[2],
+        **fields,
+    )
+
+
+def identifier(level, **keys) -> Dataset:
+    ds = Dataset()
+    ds.QueryRetrieveLevel = level
+    for keyword, value in keys.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+def find(level, model=query.STUDY_ROOT, **keys) -> list[Dataset]:
+    return query.find(identifier(level, **keys), model=model)
+
+
+def values(responses, keyword) -> list:
+    return sorted(r[keyword].value if r[keyword].VM < 2 else "\\".join(r[keyword].value) for r in responses)
+
+
+@pytest.fixture
+def archive():
+    wang = add_patient("P-WANG", "WANG^XIAOMING=王^小明=ワン^シャオミン", sex="M", birth_date=dt.date(1980, 5, 1))
+    li = add_patient("P-LI", "Li^Na", sex="F")
+    smith = add_patient("P_100%", "SMITH^JOHN")
+    return {
+        "wang_ct": add_study(wang, date="20240110", time="083000", modalities=("CT", "SR"), accession_number="A1"),
+        "wang_mr": add_study(wang, date="20240301", time="230000", modalities=("MR",), accession_number="A2"),
+        "li": add_study(li, date="20240302", time="020000", modalities=("CT",), accession_number="A3"),
+        "smith": add_study(smith, date="20231231", time="120000", modalities=("US",), accession_number="B1"),
+    }
+
+
+def test_universal_matching_returns_every_study_with_the_requested_keys(archive):
+    found = find("STUDY", StudyInstanceUID="", PatientName="")
+    assert len(found) == 4
+    assert all(r.QueryRetrieveLevel == "STUDY" for r in found)
+    assert values(found, "StudyInstanceUID") == sorted(s.study_instance_uid for s in archive.values())
+
+
+def test_single_value_matching_is_exact_and_case_sensitive_outside_names(archive):
+    assert values(find("STUDY", AccessionNumber="A1", StudyInstanceUID=""), "StudyInstanceUID") == [
+        archive["wang_ct"].study_instance_uid
+    ]
+    assert find("STUDY", AccessionNumber="a1") == []
+    assert len(find("STUDY", PatientID="P-WANG")) == 2
+
+
+def test_wildcards_translate_safely(archive):
+    assert values(find("STUDY", AccessionNumber="A*"), "AccessionNumber") == ["A1", "A2", "A3"]
+    assert values(find("STUDY", AccessionNumber="?1"), "AccessionNumber") == ["A1", "B1"]
+    # % and _ are literal characters in DICOM, not wildcards.
+    assert values(find("STUDY", PatientID="P_1*"), "PatientID") == ["P_100%"]
+    assert find("STUDY", PatientID="P%") == []
+    assert find("STUDY", PatientID="P_WANG") == []
+    assert values(find("STUDY", PatientID="*%"), "PatientID") == ["P_100%"]
+
+
+def test_a_list_of_uids_matches_any_of_them(archive):
+    wanted = [archive["li"].study_instance_uid, archive["smith"].study_instance_uid]
+    assert values(find("STUDY", StudyInstanceUID=wanted), "StudyInstanceUID") == sorted(wanted)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("20240301", ["A2"]),
+        ("20240101-20240301", ["A1", "A2"]),
+        ("-20240110", ["A1", "B1"]),
+        ("20240302-", ["A3"]),
+    ],
+)
+def test_date_ranges_including_open_ended_ones(archive, value, expected):
+    assert values(find("STUDY", StudyDate=value, AccessionNumber=""), "AccessionNumber") == expected
+
+
+def test_study_date_and_time_combine_into_one_range(archive):
+    # From 1 March 22:00 to 2 March 06:00: the MR at 23:00 and Li's CT at 02:00,
+    # not any study between 22:00 and 06:00 on other days.
+    found = find("STUDY", StudyDate="20240301-20240302", StudyTime="2200-0600", AccessionNumber="")
+    assert values(found, "AccessionNumber") == ["A2", "A3"]
+    assert values(find("STUDY", StudyDate="20240110", StudyTime="08-09", AccessionNumber=""), "AccessionNumber") == [
+        "A1"
+    ]
+    assert values(find("STUDY", StudyTime="0800-1300", AccessionNumber=""), "AccessionNumber") == ["A1", "B1"]
+
+
+@pytest.mark.parametrize("bad", ["2024-01-01", "20241301", "20240301-20240101", "-"])
+def test_a_bad_date_range_is_unable_to_process(archive, bad):
+    with pytest.raises(query.QueryError) as exc:
+        find("STUDY", StudyDate=bad)
+    assert exc.value.status == 0xC000
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["WANG^XIAOMING", "wang^xiaoming", "Wang^Xiao*", "WANG*", "王^小明", "王*", "*小明", "ワン^シャオミン", "W?NG^*"],
+)
+def test_person_names_match_any_group_case_insensitively(archive, name):
+    assert values(find("STUDY", PatientName=name, PatientID=""), "PatientID") == [
+        "P-WANG",
+        "P-WANG",
+    ]
+
+
+def test_person_name_groups_in_the_query_match_their_own_columns(archive):
+    assert len(find("PATIENT", query.PATIENT_ROOT, PatientName="wang^*=王*")) == 1
+    assert find("PATIENT", query.PATIENT_ROOT, PatientName="=WANG*") == []
+
+
+def test_person_names_are_case_sensitive_when_configured(archive, settings):
+    settings.DICOM_PN_CASE_INSENSITIVE = False
+    assert find("STUDY", PatientName="li^na") == []
+    assert len(find("STUDY", PatientName="Li^Na")) == 1
+    assert len(find("STUDY", PatientName="L?^*")) == 1
+
+
+def test_modalities_in_study_matches_any_series(archive):
+    found = find("STUDY", ModalitiesInStudy="SR\\US", AccessionNumber="")
+    assert values(found, "AccessionNumber") == ["A1", "B1"]
+    assert values(found, "ModalitiesInStudy") == ["CT\\SR", "US"]
+
+
+def test_computed_counts_at_each_level(archive):
+    [study] = find(
+        "STUDY",
+        AccessionNumber="A1",
+        NumberOfStudyRelatedSeries="",
+        NumberOfStudyRelatedInstances="",
+        ModalitiesInStudy="",
+        NumberOfPatientRelatedStudies="",
+    )
+    assert (study.NumberOfStudyRelatedSeries, study.NumberOfStudyRelatedInstances) == (2, 4)
+    assert list(study.ModalitiesInStudy) == ["CT", "SR"] and study.NumberOfPatientRelatedStudies == 2
+    [patient] = find(
+        "PATIENT",
+        query.PATIENT_ROOT,
+        PatientID="P-WANG",
+        NumberOfPatientRelatedStudies="",
+        NumberOfPatientRelatedSeries="",
+        NumberOfPatientRelatedInstances="",
+    )
+    assert (
+        patient.NumberOfPatientRelatedStudies,
+        patient.NumberOfPatientRelatedSeries,
+        patient.NumberOfPatientRelatedInstances,
+    ) == (2, 3, 6)
+    series = find(
+        "SERIES", StudyInstanceUID=archive["wang_ct"].study_instance_uid, Modality="", NumberOfSeriesRelatedInstances=""
+    )
+    assert [(s.Modality, s.NumberOfSeriesRelatedInstances) for s in series] == [("CT", 2), ("SR", 2)]
+
+
+def test_series_and_image_levels(archive):
+    study_uid = archive["wang_ct"].study_instance_uid
+    series = find("SERIES", StudyInstanceUID=study_uid, SeriesInstanceUID="", Modality="CT", SeriesNumber="")
+    assert len(series) == 1 and series[0].SeriesNumber == 1
+    images = find(
+        "IMAGE",
+        StudyInstanceUID=study_uid,
+        SeriesInstanceUID=series[0].SeriesInstanceUID,
+        SOPInstanceUID="",
+        InstanceNumber="",
+        SOPClassUID="",
+    )
+    assert [i.InstanceNumber for i in images] == [1, 2]
+    assert all(i.SOPClassUID == "1.2.840.10008.5.1.4.1.1.2" for i in images)
+    assert (
+        len(
+            find("IMAGE", StudyInstanceUID=study_uid, SeriesInstanceUID=series[0].SeriesInstanceUID, InstanceNumber="2")
+        )
+        == 1
+    )
+
+
+def test_patient_root_levels_need_the_unique_keys_above(archive):
+    assert len(find("STUDY", query.PATIENT_ROOT, PatientID="P-WANG", StudyDate="")) == 2
+    for level, keys in [
+        ("STUDY", {"PatientName": "WANG*"}),
+        ("SERIES", {"PatientID": "P-WANG"}),
+        ("IMAGE", {"StudyInstanceUID": archive["li"].study_instance_uid}),
+    ]:
+        with pytest.raises(query.QueryError) as exc:
+            find(level, query.PATIENT_ROOT, **keys)
+        assert exc.value.status == 0xA900
+    # A Study Instance UID is unique by itself: PatientID may be left out.
+    assert len(find("SERIES", query.PATIENT_ROOT, StudyInstanceUID=archive["li"].study_instance_uid)) == 1
+
+
+def test_study_root_has_no_patient_level_and_needs_a_level(archive):
+    for ds in (identifier("PATIENT"), identifier("WARD"), Dataset()):
+        with pytest.raises(query.QueryError) as exc:
+            query.parse(ds, model=query.STUDY_ROOT)
+        assert exc.value.status == 0xA900
+
+
+def test_unknown_and_lower_level_keys_come_back_empty(archive):
+    [study] = find("STUDY", AccessionNumber="A3", OtherPatientIDs="", SeriesInstanceUID="", ReferencedStudySequence=[])
+    assert "OtherPatientIDs" in study and study.OtherPatientIDs in ("", None)
+    assert "SeriesInstanceUID" in study and not study.SeriesInstanceUID
+    assert study.ReferencedStudySequence == []
+
+
+def test_responses_declare_utf8_only_when_needed(archive):
+    [wang] = find("PATIENT", query.PATIENT_ROOT, PatientID="P-WANG", PatientName="")
+    assert wang.SpecificCharacterSet == "ISO_IR 192"
+    assert str(wang.PatientName) == "WANG^XIAOMING=王^小明=ワン^シャオミン"
+    [li] = find("PATIENT", query.PATIENT_ROOT, PatientID="P-LI", PatientName="")
+    assert "SpecificCharacterSet" not in li
+
+
+def test_a_query_in_gb18030_matches_chinese_names(archive):
+    # As pynetdicom hands it over: raw bytes, decoded on access.
+    ds = identifier("STUDY", SpecificCharacterSet="GB18030", PatientName="王^小明", PatientID="")
+    received = decode(io.BytesIO(encode(ds, True, True)), True, True)
+    assert values(query.find(received, model=query.STUDY_ROOT), "PatientID") == ["P-WANG", "P-WANG"]
+
+
+def test_results_are_capped_newest_first(archive, caplog):
+    found = query.find(identifier("STUDY", AccessionNumber=""), model=query.STUDY_ROOT, limit=2)
+    assert [r.AccessionNumber for r in found] == ["A3", "A2"]
+    assert "more than 2 results" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("value", "like", "glob"),
+    [("A*", "A%", "A*"), ("a_b%?", "a\\_b\\%_", "a_b%?"), ("x[1]", "x[1]", "x[[]1[]]"), ("c\\d", "c\\\\d", "c\\d")],
+)
+def test_wildcard_translation(value, like, glob):
+    assert query.like_pattern(value) == like
+    assert query.glob_pattern(value) == glob
+
+
+def test_a_study_query_costs_one_sql_statement(archive, django_assert_num_queries):
+    with django_assert_num_queries(1):
+        find("STUDY", PatientName="WANG*", NumberOfPatientRelatedStudies="", ModalitiesInStudy="CT")
