@@ -22,12 +22,14 @@ written against; anything else keeps pynetdicom's own behaviour.
 import logging
 import os
 import select
+import socket
 import sys
 import time
 
 import pynetdicom
 from pynetdicom import association as _association
 from pynetdicom import dul as _dul
+from pynetdicom.transport import AssociationSocket
 
 log = logging.getLogger(__name__)
 
@@ -35,17 +37,23 @@ SUPPORTED_VERSIONS = {"3.0.4"}
 
 
 class _Clock:
-    """Stands in for the ``time`` module; only ``sleep`` from one loop is changed."""
+    """Stands in for the ``time`` module; only ``sleep`` from one loop of one object is changed.
 
-    def __init__(self, loop_code, wait):
+    Other associations in the process (the outgoing one a C-MOVE opens) keep
+    pynetdicom's own sleeps.
+    """
+
+    def __init__(self, loop_code, owner, wait):
         self._loop_code = loop_code
+        self._owner = owner
         self._wait = wait
 
     def __getattr__(self, name):
         return getattr(time, name)
 
     def sleep(self, seconds: float) -> None:
-        if sys._getframe(1).f_code is self._loop_code:
+        frame = sys._getframe(1)
+        if frame.f_code is self._loop_code and frame.f_locals.get("self") is self._owner:
             self._wait(seconds)
         else:
             time.sleep(seconds)
@@ -116,6 +124,17 @@ def _recv_whole(sock, nr_bytes: int) -> bytearray:
     return buffer
 
 
+_original_create_socket = AssociationSocket._create_socket
+
+
+def _create_socket_without_nagle(self, address):
+    # Outgoing associations (C-MOVE sub-operations): without TCP_NODELAY a small
+    # PDU can wait for the peer's delayed ACK, 40 ms a time.
+    sock = _original_create_socket(self, address)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
 def install(assoc) -> bool:
     """Make ``assoc``'s loops event-driven; call once, in the association's own process."""
     if pynetdicom.__version__ not in SUPPORTED_VERSIONS:
@@ -123,9 +142,11 @@ def install(assoc) -> bool:
         return False
     _association.time = _Clock(
         _association.Association._run_reactor.__code__,
+        assoc,
         lambda seconds: _wait_for_message(assoc.dimse.msg_queue, seconds),
     )
-    _dul.time = _Clock(_dul.DULServiceProvider.run_reactor.__code__, _DULWaiter(assoc.dul))
+    _dul.time = _Clock(_dul.DULServiceProvider.run_reactor.__code__, assoc.dul, _DULWaiter(assoc.dul))
+    AssociationSocket._create_socket = _create_socket_without_nagle
     transport = assoc.dul.socket
     if transport is not None and transport.socket is not None and transport.tls_args is None:
         raw = transport.socket

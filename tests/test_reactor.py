@@ -30,14 +30,21 @@ def test_waiting_for_a_message_lasts_no_longer_than_the_sleep_it_replaces():
     assert time.monotonic() - started < 1
 
 
-def test_the_clock_changes_sleep_only_for_the_loop_it_was_made_for():
+class Loop:
+    def __init__(self, clock=None):
+        self.clock = clock
+
+    def run(self):
+        self.clock.sleep(0.001)
+
+
+def test_the_clock_changes_sleep_only_for_the_loop_and_the_object_it_was_made_for():
     calls = []
-
-    def loop():
-        clock.sleep(0.001)
-
-    clock = reactor._Clock(loop.__code__, calls.append)
-    loop()
-    clock.sleep(0)  # any other caller sleeps as usual
+    ours, other = Loop(), Loop()
+    clock = reactor._Clock(Loop.run.__code__, ours, calls.append)
+    ours.clock = other.clock = clock
+    ours.run()
+    other.run()  # another association's loop sleeps as pynetdicom meant
+    clock.sleep(0)  # and so does any other caller
     assert calls == [0.001]
     assert clock.monotonic() > 0  # everything else is the real time module
