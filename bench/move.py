@@ -124,12 +124,13 @@ def main() -> int:
             stdout=subprocess.DEVNULL,
         )
         ours_port = free_port()
+        scp_log = (root / "ours" / "runscp.log").open("wb")  # noqa: SIM115 - open as long as the process
         procs.append(
             subprocess.Popen(
                 [*manage, "runscp", "--port", str(ours_port), "--host", "127.0.0.1"],
                 env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
+                stdout=scp_log,
+                stderr=subprocess.STDOUT,
             )
         )
         wait_for("runscp", lambda: echo_ok("IMAGING", ours_port))
