@@ -14,6 +14,19 @@ def session_of(assoc) -> access.Session | None:
     return getattr(assoc, "imaging_session", None)
 
 
+def permitted(event, service: str, permission: str) -> bool:
+    """Record that ``service`` was used; False (failure counted and logged) if the node may not use it."""
+    session = session_of(event.assoc)
+    if session is None:
+        return True
+    session.services.add(service)
+    if session.allows(permission):
+        return True
+    session.failures += 1
+    log.warning("%s from %s refused: the node lacks %s", service, event.assoc.requestor.ae_title.strip(), permission)
+    return False
+
+
 def handle_requested(event) -> None:
     """EVT_REQUESTED: accept or reject before any presentation context is negotiated."""
     assoc = event.assoc

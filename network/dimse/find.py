@@ -5,7 +5,7 @@ import logging
 from django.conf import settings
 
 from network import access, query
-from network.dimse.association import session_of
+from network.dimse.association import permitted, session_of
 
 log = logging.getLogger(__name__)
 
@@ -24,14 +24,10 @@ MODELS = {
 def handle_find(event):
     """EVT_C_FIND handler: yields (status, identifier) pairs; never raises."""
     calling_ae = event.assoc.requestor.ae_title.strip()
+    if not permitted(event, "C-FIND", "may_query"):
+        yield access.NOT_AUTHORIZED, None
+        return
     session = session_of(event.assoc)
-    if session is not None:
-        session.services.add("C-FIND")
-        if not session.allows("may_query"):
-            session.failures += 1
-            log.warning("C-FIND from %s refused: the node may not query", calling_ae)
-            yield access.NOT_AUTHORIZED, None
-            return
     model = MODELS.get(str(event.request.AffectedSOPClassUID))
     # As for stored images: the node's character set for identifiers that declare none.
     node = session.node if session is not None else None

@@ -17,7 +17,7 @@ from pynetdicom.dsutils import encode_file_meta
 
 from imaging import storage
 from network import access
-from network.dimse.association import session_of
+from network.dimse.association import permitted, session_of
 
 log = logging.getLogger(__name__)
 
@@ -112,13 +112,9 @@ def handle_store(event, handoff) -> int:
     """EVT_C_STORE handler: never raises, every failure is a DICOM status."""
     calling_ae = event.assoc.requestor.ae_title.strip()
     request = event.request
+    if not permitted(event, "C-STORE", "may_store"):
+        return access.NOT_AUTHORIZED
     session = session_of(event.assoc)
-    if session is not None:
-        session.services.add("C-STORE")
-        if not session.allows("may_store"):
-            session.failures += 1
-            log.warning("C-STORE from %s refused: the node may not store", calling_ae)
-            return access.NOT_AUTHORIZED
     try:
         stream = event.encoded_dataset(include_meta=False)
         relpath = store(event.file_meta, stream, calling_ae)
