@@ -101,7 +101,7 @@ def start_scp(env: dict, logs: Path, name: str = "runscp", ae_title: str = "IMAG
         logs / f"{name}.log",
     )
     try:
-        procs.wait_for(lambda: procs.port_open(port) or proc.poll() is not None, 30, "runscp to listen")
+        procs.wait_for(lambda: procs.dicom_answers(port) or proc.poll() is not None, 30, "runscp to answer")
     except TimeoutError:
         procs.stop(proc)
         raise
@@ -164,5 +164,8 @@ def system(pipeline, transactional_db):
 
     ModalityNode.objects.create(ae_title="MODALITY", host="127.0.0.1", port=procs.free_port())
     yield pipeline
+    # An association's process logs it after the peer has released: let every one
+    # finish before the database is emptied, or the two race (a deadlock on PostgreSQL).
+    procs.wait_for(lambda: not procs.children(pipeline.procs["runscp"].pid), 60, "runscp's associations to end")
     for folder in ("instances", "thumbnails"):
         shutil.rmtree(pipeline.storage / folder, ignore_errors=True)

@@ -37,6 +37,44 @@ def port_open(port: int) -> bool:
         return False
 
 
+def dicom_answers(port: int) -> bool:
+    """Does a DICOM SCP answer on ``port``? Accepted or rejected, it answered.
+
+    A bare TCP connect would not do: our SCP's process for that connection would
+    wait for an A-ASSOCIATE-RQ until the ACSE timeout.
+    """
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    ae = AE(ae_title="READINESS")
+    ae.acse_timeout = ae.network_timeout = 5
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", port, ae_title="IMAGING")
+    if assoc.is_established:
+        assoc.release()
+        return True
+    return assoc.is_rejected
+
+
+def children(pid: int) -> list[int]:
+    """The live child processes of ``pid`` (Linux /proc); zombies, already finished, are left out."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    live = []
+    for child in found:
+        try:
+            state = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            live.append(child)
+    return live
+
+
 def start(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
     log = open(log_path, "ab")  # noqa: SIM115 - owned by the process for its lifetime
     return subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
