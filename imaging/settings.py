@@ -171,6 +171,9 @@ DICOM_DIMSE_TIMEOUT = envint("DICOM_DIMSE_TIMEOUT", 60)
 # Replace pynetdicom's 1 ms polling sleeps with waits that end when there is work
 # (network/reactor.py); 0 restores pynetdicom's own loops.
 DICOM_EVENT_DRIVEN_LOOPS = envbool("DICOM_EVENT_DRIVEN_LOOPS", True)
+# Write our C-STORE requests (C-MOVE/C-GET sub-operations, sends to nodes) to the
+# socket in one piece (network/fastsend.py); 0 leaves them to pynetdicom.
+DICOM_FAST_SEND = envbool("DICOM_FAST_SEND", True)
 # On SIGTERM, associations in progress get this long to finish before being aborted.
 DICOM_SHUTDOWN_GRACE = envint("DICOM_SHUTDOWN_GRACE", 30)
 # Character set assumed for names in data sets that declare none (issue: many

@@ -25,6 +25,7 @@ import select
 import socket
 import sys
 import time
+import weakref
 
 import pynetdicom
 from pynetdicom import association as _association
@@ -37,26 +38,31 @@ SUPPORTED_VERSIONS = {"3.0.4"}
 
 
 class _Clock:
-    """Stands in for the ``time`` module; only ``sleep`` from one loop of one object is changed.
+    """Stands in for the ``time`` module; only ``sleep`` from one loop of the registered objects is changed.
 
-    Other associations in the process (the outgoing one a C-MOVE opens) keep
-    pynetdicom's own sleeps.
+    A process may run several associations (a C-MOVE opens one to the
+    destination beside the one it serves): each registers its own loop object
+    and wait; every other caller, and every loop that registered nothing, keeps
+    pynetdicom's own sleep.
     """
 
-    def __init__(self, loop_code, owner, wait):
+    def __init__(self, loop_code):
         self._loop_code = loop_code
-        self._owner = owner
-        self._wait = wait
+        self._waits = weakref.WeakKeyDictionary()
+
+    def register(self, owner, wait) -> None:
+        self._waits[owner] = wait
 
     def __getattr__(self, name):
         return getattr(time, name)
 
     def sleep(self, seconds: float) -> None:
         frame = sys._getframe(1)
-        if frame.f_code is self._loop_code and frame.f_locals.get("self") is self._owner:
-            self._wait(seconds)
-        else:
+        wait = self._waits.get(frame.f_locals.get("self")) if frame.f_code is self._loop_code else None
+        if wait is None:
             time.sleep(seconds)
+        else:
+            wait(seconds)
 
 
 def _wait_for_message(msg_queue, seconds: float) -> None:
@@ -64,6 +70,16 @@ def _wait_for_message(msg_queue, seconds: float) -> None:
     with msg_queue.not_empty:
         if not msg_queue._qsize():
             msg_queue.not_empty.wait(seconds)
+        if msg_queue._qsize():
+            # Queue.put wakes one waiter. This one takes nothing off the queue, so pass
+            # the wake-up on, or a thread blocked in get() (a send_* call waiting for
+            # its response) would sleep until its timeout.
+            msg_queue.not_empty.notify()
+
+
+def _close_pipe(*fds) -> None:
+    for fd in fds:
+        os.close(fd)
 
 
 class _DULWaiter:
@@ -71,9 +87,12 @@ class _DULWaiter:
 
     def __init__(self, dul):
         self._dul = dul
+        self._poll = self._polled = None
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
+        # A long-lived process (the worker sending studies) opens many associations.
+        weakref.finalize(self, _close_pipe, self._wake_r, self._wake_w)
         outgoing = dul.to_provider_queue
         put = outgoing.put
 
@@ -94,11 +113,16 @@ class _DULWaiter:
             return
         if self._dul.to_provider_queue.qsize():
             return
+        if self._poll is None or self._polled is not sock:
+            # poll, not select: a long-lived process may hold descriptors beyond FD_SETSIZE.
+            self._poll, self._polled = select.poll(), sock
+            self._poll.register(sock, select.POLLIN | select.POLLPRI)
+            self._poll.register(self._wake_r, select.POLLIN)
         try:
-            ready, _, _ = select.select([sock, self._wake_r], [], [], seconds)
+            ready = self._poll.poll(seconds * 1000)
         except (OSError, ValueError):
             return
-        if self._wake_r in ready:
+        if any(fd == self._wake_r for fd, _ in ready):
             try:
                 while os.read(self._wake_r, 4096):
                     pass
@@ -135,20 +159,45 @@ def _create_socket_without_nagle(self, address):
     return sock
 
 
-def install(assoc) -> bool:
-    """Make ``assoc``'s loops event-driven; call once, in the association's own process."""
+def _clocks() -> tuple[_Clock, _Clock]:
+    """The clocks of pynetdicom's association and DUL loops, put in place on first use."""
+    if not isinstance(_association.time, _Clock):
+        _association.time = _Clock(_association.Association._run_reactor.__code__)
+    if not isinstance(_dul.time, _Clock):
+        _dul.time = _Clock(_dul.DULServiceProvider.run_reactor.__code__)
+    return _association.time, _dul.time
+
+
+def supported() -> bool:
     if pynetdicom.__version__ not in SUPPORTED_VERSIONS:
         log.debug("pynetdicom %s: keeping its polling loops", pynetdicom.__version__)
         return False
-    _association.time = _Clock(
-        _association.Association._run_reactor.__code__,
-        assoc,
-        lambda seconds: _wait_for_message(assoc.dimse.msg_queue, seconds),
-    )
-    _dul.time = _Clock(_dul.DULServiceProvider.run_reactor.__code__, assoc.dul, _DULWaiter(assoc.dul))
+    return True
+
+
+def install(assoc) -> bool:
+    """Make ``assoc``'s loops event-driven; call once, in the association's own process."""
+    if not supported():
+        return False
+    association_clock, dul_clock = _clocks()
+    association_clock.register(assoc, lambda seconds: _wait_for_message(assoc.dimse.msg_queue, seconds))
+    dul_clock.register(assoc.dul, _DULWaiter(assoc.dul))
     AssociationSocket._create_socket = _create_socket_without_nagle
     transport = assoc.dul.socket
     if transport is not None and transport.socket is not None and transport.tls_args is None:
         raw = transport.socket
         transport.recv = lambda nr_bytes: _recv_whole(raw, nr_bytes)
+    return True
+
+
+def install_outgoing(assoc) -> bool:
+    """Make the DUL loop of an association we requested event-driven: its responses are read at once.
+
+    Call once it is established (EVT_ESTABLISHED), from any thread. Its association
+    loop is left alone: while we send, pynetdicom keeps it paused.
+    """
+    if not supported():
+        return False
+    _association_clock, dul_clock = _clocks()
+    dul_clock.register(assoc.dul, _DULWaiter(assoc.dul))
     return True

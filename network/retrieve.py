@@ -173,9 +173,7 @@ def install_sender(assoc, session: access.Session | None) -> None:
             return send_c_store(dataset, *args, **kwargs)
         instance = dataset.stored
         try:
-            rsp = send_c_store(
-                scu.payload(instance, scu.accepted_syntaxes(assoc, instance.sop_class_uid)), *args, **kwargs
-            )
+            rsp = scu.send_stored(assoc, instance, **kwargs)
         except Exception as exc:  # pynetdicom counts it as a failed sub-operation and lists the UID
             if session is not None:
                 session.failures += 1

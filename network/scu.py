@@ -14,11 +14,13 @@ from dataclasses import dataclass
 import pydicom
 from django.conf import settings
 from django.utils import timezone
+from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import Verification
 
 from imaging import storage
+from network import fastsend, reactor
 from network.models import ModalityNode, SendJob
 
 log = logging.getLogger(__name__)
@@ -81,6 +83,8 @@ def _associate(ae: AE, node: ModalityNode):
     finally:
         pynetdicom_log.removeHandler(capture)
     if assoc.is_established:
+        if settings.DICOM_EVENT_DRIVEN_LOOPS:
+            reactor.install_outgoing(assoc)
         return assoc, ""
     where = f"{node.ae_title} at {node.host}:{node.port}"
     if assoc.is_rejected:
@@ -176,10 +180,34 @@ def payload(instance, accepted: set[str]):
     return ds
 
 
+def send_stored(assoc, instance, **kwargs) -> Dataset:
+    """C-STORE one stored instance: as stored when the peer accepts that, else decompressed.
+
+    ``kwargs`` are ``send_c_store``'s (msg_id, originator_aet, originator_id). Returns the
+    response's status elements (empty when none came). Raises ``CannotSend``.
+    """
+    accepted = accepted_syntaxes(assoc, instance.sop_class_uid)
+    data = payload(instance, accepted)
+    if not fastsend.usable(assoc):
+        return assoc.send_c_store(data, **kwargs)
+    if isinstance(data, Dataset):
+        syntax = ExplicitVRLittleEndian if ExplicitVRLittleEndian in accepted else ImplicitVRLittleEndian
+    else:
+        syntax = instance.transfer_syntax_uid
+    return fastsend.send_c_store(
+        assoc,
+        data,
+        transfer_syntax=syntax,
+        sop_class=instance.sop_class_uid,
+        sop_instance=instance.sop_instance_uid,
+        **kwargs,
+    )
+
+
 def _send_one(assoc, instance) -> tuple[bool, str, str]:
     """Send one stored instance; returns (stored, status, error)."""
     try:
-        rsp = assoc.send_c_store(payload(instance, accepted_syntaxes(assoc, instance.sop_class_uid)))
+        rsp = send_stored(assoc, instance)
     except CannotSend as exc:
         return False, "", str(exc)
     if "Status" not in rsp:

@@ -38,13 +38,38 @@ class Loop:
         self.clock.sleep(0.001)
 
 
-def test_the_clock_changes_sleep_only_for_the_loop_and_the_object_it_was_made_for():
+def test_the_clock_changes_sleep_only_for_the_loop_and_the_objects_registered():
     calls = []
-    ours, other = Loop(), Loop()
-    clock = reactor._Clock(Loop.run.__code__, ours, calls.append)
-    ours.clock = other.clock = clock
+    ours, also_ours, other = Loop(), Loop(), Loop()
+    clock = reactor._Clock(Loop.run.__code__)
+    clock.register(ours, lambda seconds: calls.append(("ours", seconds)))
+    clock.register(also_ours, lambda seconds: calls.append(("also ours", seconds)))
+    ours.clock = also_ours.clock = other.clock = clock
     ours.run()
-    other.run()  # another association's loop sleeps as pynetdicom meant
+    also_ours.run()  # a C-MOVE's outgoing association beside the one it serves
+    other.run()  # an association that registered nothing sleeps as pynetdicom meant
     clock.sleep(0)  # and so does any other caller
-    assert calls == [0.001]
+    assert calls == [("ours", 0.001), ("also ours", 0.001)]
     assert clock.monotonic() > 0  # everything else is the real time module
+
+
+def test_a_loop_woken_by_a_message_passes_the_wake_up_on_to_a_thread_waiting_for_it():
+    # Queue.put wakes one waiter: if the loop's wait took that wake-up, a send_* call
+    # blocked in get() would sleep until its DIMSE timeout.
+    messages = queue.Queue()
+    got = []
+    loop_waiting = threading.Thread(target=reactor._wait_for_message, args=(messages, 10))
+    loop_waiting.start()
+    deadline = time.monotonic() + 5
+    while not messages.not_empty._waiters and time.monotonic() < deadline:
+        time.sleep(0.001)
+    getter = threading.Thread(target=lambda: got.append(messages.get(timeout=10)))
+    getter.start()
+    while len(messages.not_empty._waiters) < 2 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    started = time.monotonic()
+    messages.put(("ctx", "msg"))
+    getter.join(5)
+    loop_waiting.join(5)
+    assert got == [("ctx", "msg")]
+    assert time.monotonic() - started < 2

@@ -14,17 +14,20 @@ registered node, sees an empty association, and no image leaves.
 
 import logging
 
+from django.conf import settings
 from pynetdicom import evt
 from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import Verification
 
-from network import access, retrieve
+from network import access, reactor, retrieve
 from network.dimse.association import session_of
 
 log = logging.getLogger(__name__)
 
 
 def _on_established(event, session) -> None:
+    if settings.DICOM_EVENT_DRIVEN_LOOPS:
+        reactor.install_outgoing(event.assoc)
     retrieve.install_sender(event.assoc, session)
 
 
