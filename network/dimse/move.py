@@ -18,8 +18,8 @@ from pynetdicom import evt
 from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import Verification
 
-from network import access, retrieve
-from network.dimse.association import session_of
+from network import retrieve
+from network.dimse.association import requested_instances, session_of
 
 log = logging.getLogger(__name__)
 
@@ -32,28 +32,20 @@ def handle_move(event):
     """EVT_C_MOVE handler; never raises, every failure is a DICOM status."""
     session = session_of(event.assoc)
     calling_ae = event.assoc.requestor.ae_title.strip()
-    if session is not None:
-        session.services.add("C-MOVE")
     node = retrieve.destination(event.move_destination)
     if node is None:
         # 0xA801 Move destination unknown: pynetdicom answers it for (None, None).
         log.warning("C-MOVE from %s to unknown destination %r refused", calling_ae, event.move_destination)
         if session is not None:
+            session.services.add("C-MOVE")
             session.failures += 1
         yield None, None
         return
-    try:
-        if session is not None and not session.allows("may_retrieve"):
-            raise retrieve.RetrieveError(access.NOT_AUTHORIZED, "the node may not retrieve")
-        root = retrieve.root_of(event.request.AffectedSOPClassUID)
-        instances = retrieve.select_instances(event.identifier, root=root)
-    except retrieve.RetrieveError as exc:
-        log.warning("C-MOVE from %s refused (0x%04X): %s", calling_ae, exc.status, exc.reason)
-        if session is not None:
-            session.failures += 1
+    instances, refusal = requested_instances(event, "C-MOVE")
+    if refusal:
         yield node.host, node.port, {"contexts": [build_context(Verification)]}
         yield 1
-        yield exc.status, None
+        yield refusal[0], None
         return
     log.info("C-MOVE from %s: %d instance(s) to %s", calling_ae, len(instances), node)
     yield (
