@@ -6,17 +6,21 @@ pynetdicom drives the exchange from what this generator yields: the destination
 the destination, sends the Pending responses with the remaining/completed/
 failed/warning counts and the final response with the Failed SOP Instance UID List.
 
-Before it has associated with the destination, pynetdicom can only answer 0xA801
-(destination unknown). Every other refusal (not authorised, bad identifier) is
-therefore yielded as the status of the first sub-operation: the destination, a
-registered node, sees an empty association, and no image leaves.
+A refusal never reaches the destination. pynetdicom 3.0.4
+(``QueryRetrieveServiceClass._move_scp``) answers 0xA801 itself when the
+destination yielded is (None, None); for any other refusal it has no status of
+its own, and each way a handler can end the exchange makes it send a final
+response (nothing yielded: 0xC514 with a logged exception; zero sub-operations:
+0x0000), so a response sent by the handler would be a second one. A refusal
+(0x0124 not authorised, 0xA900, 0xC000, 0xA701) therefore yields zero
+sub-operations, which pynetdicom answers at once without associating, and that
+one final response leaves with the refusal's status (``_refuse``).
 """
 
 import logging
 
 from pynetdicom import evt
-from pynetdicom.presentation import build_context
-from pynetdicom.sop_class import Verification
+from pynetdicom.dimse_primitives import C_MOVE
 
 from network import retrieve
 from network.dimse.association import requested_instances, session_of
@@ -43,9 +47,7 @@ def handle_move(event):
         return
     instances, refusal = requested_instances(event, "C-MOVE")
     if refusal:
-        yield node.host, node.port, {"contexts": [build_context(Verification)]}
-        yield 1
-        yield refusal[0], None
+        yield from _refuse(event, node, refusal[0])
         return
     log.info("C-MOVE from %s: %d instance(s) to %s", calling_ae, len(instances), node)
     yield (
@@ -58,3 +60,33 @@ def handle_move(event):
     )
     yield len(instances)
     yield from retrieve.sub_operations(event, instances)
+
+
+def _refuse(event, node, status: int):
+    """Answer the C-MOVE with ``status`` alone: one final response, no association with ``node``."""
+    _refusals(event.assoc)[event.request.MessageID] = status
+    # pynetdicom checks the destination, then answers zero sub-operations with its
+    # final response before it would associate: the address is never used.
+    yield node.host, node.port
+    yield 0
+
+
+def _refusals(assoc) -> dict[int, int]:
+    """Message ID -> status, for the C-MOVE requests on ``assoc`` refused and not yet answered.
+
+    The association's DIMSE provider is wrapped, once, to give the final response
+    to such a request the refusal's status instead of pynetdicom's Success.
+    """
+    dimse = assoc.dimse
+    refusals = getattr(dimse, "imaging_refusals", None)
+    if refusals is None:
+        refusals = dimse.imaging_refusals = {}
+        send_msg = dimse.send_msg
+
+        def send(primitive, context_id):
+            if isinstance(primitive, C_MOVE) and primitive.MessageIDBeingRespondedTo in refusals:
+                primitive.Status = refusals.pop(primitive.MessageIDBeingRespondedTo)
+            send_msg(primitive, context_id)
+
+        dimse.send_msg = send
+    return refusals
