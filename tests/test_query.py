@@ -1,10 +1,13 @@
-"""network/query.py: a C-FIND identifier to rows and back, without sockets."""
+"""network/query.py: C-FIND identifiers to rows and back, retrieve identifiers to instances, without sockets."""
 
 import datetime as dt
 import io
 import struct
 
 import pytest
+from django.conf import settings
+from django.db import connection
+from django.db.models.functions import Upper
 from pydicom.dataset import Dataset
 from pynetdicom.dsutils import decode, encode
 
@@ -407,3 +410,60 @@ def test_an_identifier_that_cannot_be_decoded_is_unable_to_process(archive):
     with pytest.raises(query.QueryError) as exc:
         query.retrieve_instances(received, model=query.STUDY_ROOT)
     assert exc.value.status == 0xC000
+
+
+# --- PostgreSQL: the wildcard and range queries use indexes ------------------------------
+
+postgresql_only = pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="PostgreSQL's operator classes and planner (SQLite: a prefix range)"
+)
+
+
+@pytest.fixture
+def many_patients():
+    """100,000 patients with a study each, 100 of them named Wang^Xiao<n>; fresh planner statistics."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            INSERT INTO records_patient (patient_id, issuer, name, name_alphabetic, name_ideographic, name_phonetic,
+                                         sex, created_at, updated_at)
+            SELECT 'P' || i, '', name, name, '', '', 'O', now(), now()
+            FROM (SELECT i, CASE WHEN i % 1000 = 0 THEN 'Wang^Xiao' || i
+                                 ELSE initcap(substr(md5(i::text), 1, 7)) || '^' || substr(md5((7 * i)::text), 1, 5)
+                            END AS name
+                  FROM generate_series(1, 100000) AS i) AS names
+            """
+        )
+        cursor.execute(
+            """
+            INSERT INTO records_study (patient_id, study_instance_uid, study_id, accession_number, study_date,
+                                       study_time, description, referring_physician, modalities_in_study,
+                                       number_of_series, number_of_instances, created_at, updated_at)
+            SELECT id, '1.2.826.0.1.3680043.8.498.' || id, '', 'A' || id, date '2015-01-01' + (id % 3650)::int,
+                   time '10:00', '', '', 'CT', 1, 1, now(), now()
+            FROM records_patient
+            """
+        )
+        cursor.execute("ANALYZE records_patient")
+        cursor.execute("ANALYZE records_study")
+
+
+@postgresql_only
+def test_name_and_patient_id_wildcards_and_date_ranges_use_an_index_on_postgresql(many_patients):
+    alpha, ideo, phon = "patient_name_alpha_upper_like", "patient_name_ideo_upper_like", "patient_name_phon_upper_like"
+    # The query shape alone: UPPER(name_alphabetic) LIKE 'WANG%'.
+    plan = Patient.objects.filter(query._wildcard_q(Upper("name_alphabetic"), "WANG*")).explain()
+    assert f"Index Scan on {alpha}" in plan, plan
+    cases = [
+        # PatientName=WANG* on any name group: one index for each.
+        ("PATIENT", query.PATIENT_ROOT, {"PatientName": "WANG*"}, [alpha, ideo, phon]),
+        ("STUDY", query.STUDY_ROOT, {"PatientName": "wang^xiao1*"}, [alpha, ideo, phon]),
+        ("STUDY", query.STUDY_ROOT, {"PatientID": "P1234*"}, ["patient_patient_id_like"]),
+        ("STUDY", query.STUDY_ROOT, {"StudyDate": "20200101-20200105"}, ["records_study_study_date_"]),
+    ]
+    for level, model, keys, indexes in cases:
+        parsed = query.parse(identifier(level, StudyInstanceUID="", **keys), model=model)
+        # As results() asks it: at most DICOM_FIND_MAX_RESULTS + 1 rows.
+        plan = parsed.queryset[: settings.DICOM_FIND_MAX_RESULTS + 1].explain()
+        assert "Index Scan" in plan and all(index in plan for index in indexes), (keys, plan)
+        assert "Seq Scan on records_patient" not in plan, (keys, plan)
