@@ -14,6 +14,9 @@ C-FIND (``network/dimse/find.py``) and QIDO-RS share it. PS3.4 Annex C:
   case-insensitive (``DICOM_PN_CASE_INSENSITIVE``) on any name group.
 - Responses carry every requested key: what the index knows, counts computed
   from it, and an empty (zero-length) element for anything else.
+
+C-MOVE and C-GET (``network/dimse/move.py``, ``get.py``) read their identifier
+here too, with the retrieve rules (C.4.2.2.1, C.4.3.2.1): ``retrieve_instances``.
 """
 
 import datetime as dt
@@ -28,7 +31,7 @@ from django.db.models.functions import Coalesce, Upper
 from django.db.models.lookups import Lookup
 from pydicom.dataset import Dataset
 
-from imaging import charsets
+from imaging import charsets, storage
 from records.models import Instance, Patient, Series, Study
 
 log = logging.getLogger(__name__)
@@ -37,9 +40,9 @@ PATIENT_ROOT = "patient"
 STUDY_ROOT = "study"
 LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")
 
-# Failure statuses of C-FIND (PS3.4 C.4.1.1.4).
-IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS = 0xA900  # no or bad QueryRetrieveLevel, missing unique keys
-UNABLE_TO_PROCESS = 0xC000  # a value we cannot read (a date range such as 20241301-)
+# Failure statuses of C-FIND, C-MOVE and C-GET (PS3.4 C.4.1.1.4, C.4.2.1.5, C.4.3.1.4).
+IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS = 0xA900  # no or bad QueryRetrieveLevel, missing or invalid unique keys
+UNABLE_TO_PROCESS = 0xC000  # a value we cannot read (a date range such as 20241301-, a broken identifier)
 
 
 class QueryError(Exception):
@@ -110,7 +113,12 @@ _ORDER = {
     "SERIES": ("series_number", "pk"),
     "IMAGE": ("instance_number", "pk"),
 }
-_UNIQUE_KEYS = {"PATIENT": "PatientID", "STUDY": "StudyInstanceUID", "SERIES": "SeriesInstanceUID"}
+_UNIQUE_KEYS = {
+    "PATIENT": "PatientID",
+    "STUDY": "StudyInstanceUID",
+    "SERIES": "SeriesInstanceUID",
+    "IMAGE": "SOPInstanceUID",
+}
 _NAME_GROUPS = ("name_alphabetic", "name_ideographic", "name_phonetic")
 # Keys of the identifier that are not requested attributes.
 _NOT_RETURNED = {"QueryRetrieveLevel", "SpecificCharacterSet"}
@@ -321,10 +329,15 @@ def date_time_q(prefix: str, date_value: str, time_value: str) -> Q:
     return q
 
 
+def uid_list(value: str) -> list[str]:
+    """The UIDs of a UID key: one, or a list ("1.2.3\\1.2.4", C.2.2.2.2)."""
+    return [u.strip() for u in value.split("\\") if u.strip()]
+
+
 def _match_q(prefix: str, keyword: str, attr: Attr, value: str) -> Q:
     column = prefix + (attr.column or "")
     if attr.kind == "uid":
-        uids = [u.strip() for u in value.split("\\") if u.strip()]
+        uids = uid_list(value)
         return Q(**{column: uids[0]}) if len(uids) == 1 else Q(**{f"{column}__in": uids})
     if attr.kind == "pn":
         return person_name_q(prefix, value)
@@ -362,11 +375,7 @@ def parse(identifier: Dataset, *, model: str, fallback_charset: str | None = Non
     """Turn a C-FIND identifier into a Query; raises QueryError with the status to answer."""
     if fallback_charset:
         charsets.apply_fallback(identifier, fallback_charset)
-    level = str(identifier.get("QueryRetrieveLevel", "") or "").strip().upper()
-    if level not in LEVELS:
-        raise QueryError(IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, f"QueryRetrieveLevel {level!r} is not one of {LEVELS}")
-    if model == STUDY_ROOT and level == "PATIENT":
-        raise QueryError(IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, "the Study Root model has no PATIENT level")
+    level = _level(identifier, model)
     depth = LEVELS.index(level)
     values = {}
     for keyword, attr in _ATTRS.items():
@@ -397,6 +406,16 @@ def parse(identifier: Dataset, *, model: str, fallback_charset: str | None = Non
     queryset = _MODELS[level].objects.filter(q).order_by(*_ORDER[level])
     queryset, columns = _select(queryset, level, {kw for _, kw, _ in requested})
     return Query(model=model, level=level, queryset=queryset, requested=requested, columns=columns)
+
+
+def _level(identifier: Dataset, model: str) -> str:
+    """The identifier's QueryRetrieveLevel, one the information model has."""
+    level = str(identifier.get("QueryRetrieveLevel", "") or "").strip().upper()
+    if level not in LEVELS:
+        raise QueryError(IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, f"QueryRetrieveLevel {level!r} is not one of {LEVELS}")
+    if model == STUDY_ROOT and level == "PATIENT":
+        raise QueryError(IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, "the Study Root model has no PATIENT level")
+    return level
 
 
 def _check_unique_keys(model: str, level: str, values: dict[str, str]) -> None:
@@ -446,6 +465,57 @@ def _select(queryset, level: str, keywords: set[str]):
             columns[keyword] = f"_{keyword}"
     queryset = queryset.annotate(**annotations) if annotations else queryset
     return queryset.values(*sorted(set(columns.values()))), columns
+
+
+# --- Retrieve identifier -> instances (C-MOVE, C-GET) -------------------------------
+
+
+def retrieve_instances(identifier: Dataset, *, model: str) -> list[Instance]:
+    """The stored instances a C-MOVE/C-GET identifier names, in study, series then instance order.
+
+    Only unique keys count (PS3.4 C.4.2.2.1): the retrieve level's is required
+    (PatientID; or Study, Series, SOP Instance UIDs, one or a list); those of the
+    levels above narrow the selection when present (relational-retrieve SCUs send
+    only the level's key, hierarchical ones all of them); keys below the level are
+    ignored; IssuerOfPatientID narrows a PatientID. Each is matched as a value,
+    never as a wildcard. Raises ``QueryError`` with the status to answer. The rows
+    carry only what sending needs.
+    """
+    try:
+        level = _level(identifier, model)
+        q = Q()
+        for upper in LEVELS[: LEVELS.index(level) + 1]:
+            keyword = _UNIQUE_KEYS[upper]
+            values = _unique_key(identifier, keyword)
+            if not values:
+                if upper == level:
+                    raise QueryError(IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, f"{keyword} is required at the {level} level")
+                continue
+            column = _PATHS["IMAGE"][upper] + _ATTRS[keyword].column
+            q &= Q(**{column: values[0]}) if len(values) == 1 else Q(**{f"{column}__in": values})
+            if upper == "PATIENT" and (issuer := charsets.text(identifier, "IssuerOfPatientID")):
+                q &= Q(**{_PATHS["IMAGE"]["PATIENT"] + _ATTRS["IssuerOfPatientID"].column: issuer})
+    except QueryError:
+        raise
+    except Exception as exc:  # pydicom decodes the identifier lazily: a broken one fails here
+        raise QueryError(UNABLE_TO_PROCESS, f"identifier cannot be decoded: {exc}") from exc
+    return list(
+        Instance.objects.filter(q)
+        .only("sop_instance_uid", "sop_class_uid", "transfer_syntax_uid", "file_path")
+        .order_by("series__study_id", "series__series_number", "series_id", "instance_number", "id")
+    )
+
+
+def _unique_key(identifier: Dataset, keyword: str) -> list[str]:
+    """A unique key's values in a retrieve identifier: the PatientID, or its UIDs, each a valid one."""
+    value = charsets.text(identifier, keyword)
+    if keyword == "PatientID":
+        return [value] if value else []
+    uids = uid_list(value)
+    for uid in uids:
+        if not storage.is_valid_uid(uid):
+            raise QueryError(IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, f"{keyword} {uid!r} is not a valid UID")
+    return uids
 
 
 # --- Rows -> responses ---------------------------------------------------------------

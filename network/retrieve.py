@@ -1,7 +1,7 @@
 """C-MOVE and C-GET, the parts that are not DIMSE plumbing (PS3.4 Annex C.4.2, C.4.3).
 
-- ``select_instances``: a retrieve identifier (Patient Root or Study Root, any
-  level, unique keys possibly lists of UIDs) -> the stored instances it names.
+Which instances an identifier names is ``network.query.retrieve_instances``.
+
 - ``storage_contexts``: what to propose to a C-MOVE destination: per SOP class,
   the uncompressed syntaxes and each stored syntax on its own.
 - ``Outgoing`` and ``install_sender``: pynetdicom's retrieve loops send what the
@@ -18,8 +18,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID
 from pynetdicom.presentation import build_context
 
-from imaging import storage
-from network import access, scu
+from network import access, query, scu
 from network.models import ModalityNode
 
 log = logging.getLogger(__name__)
@@ -27,98 +26,14 @@ log = logging.getLogger(__name__)
 # C-MOVE / C-GET statuses (PS3.4 C.4.2.1.5, C.4.3.1.4; PS3.7 C).
 PENDING = 0xFF00
 CANCEL = 0xFE00
-IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS = 0xA900
-UNABLE_TO_PROCESS = 0xC000
 
-PATIENT_ROOT = "PATIENT"
-STUDY_ROOT = "STUDY"
-LEVELS = {PATIENT_ROOT: ("PATIENT", "STUDY", "SERIES", "IMAGE"), STUDY_ROOT: ("STUDY", "SERIES", "IMAGE")}
-# The unique key of each level, and the index field it selects on.
-UID_KEYS = (
-    ("STUDY", "StudyInstanceUID", "series__study__study_instance_uid__in"),
-    ("SERIES", "SeriesInstanceUID", "series__series_instance_uid__in"),
-    ("IMAGE", "SOPInstanceUID", "sop_instance_uid__in"),
-)
 # pynetdicom's sub-operation counters are US: a retrieve cannot name more instances.
 MAX_SUB_OPERATIONS = 65535
 
 
-class RetrieveError(Exception):
-    def __init__(self, status: int, reason: str):
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-
-
-def _text(identifier: Dataset, keyword: str) -> str:
-    value = identifier.get(keyword, "")
-    return str(value if value is not None else "").strip().rstrip("\x00")
-
-
-def _uids(identifier: Dataset, keyword: str) -> list[str]:
-    """The UIDs of a unique key: a single value or a list (VM 1-n in a retrieve identifier)."""
-    value = identifier.get(keyword)
-    if value is None or value == "":
-        return []
-    values = [value] if isinstance(value, str) else list(value)
-    uids = [str(v).strip().rstrip("\x00") for v in values]
-    uids = [u for u in uids if u]
-    for uid in uids:
-        if not storage.is_valid_uid(uid):
-            raise RetrieveError(IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, f"{keyword} {uid!r} is not a valid UID")
-    return uids
-
-
-def select_instances(identifier: Dataset, *, root: str) -> list:
-    """The stored instances a C-MOVE/C-GET identifier names, in series then instance order.
-
-    The unique key of the retrieve level is required; unique keys of the levels
-    above narrow the selection when present (relational-retrieve SCUs send only
-    the level's key, hierarchical ones all of them); keys below the level are
-    ignored. Raises ``RetrieveError`` with the status to answer.
-    """
-    from records.models import Instance
-
-    try:
-        level = _text(identifier, "QueryRetrieveLevel").upper()
-        if level not in LEVELS[root]:
-            raise RetrieveError(
-                IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
-                f"Query/Retrieve Level {level!r} is not one of {', '.join(LEVELS[root])} ({root} root)",
-            )
-        depth = LEVELS[PATIENT_ROOT].index(level)
-        filters = {}
-        patient_id = _text(identifier, "PatientID")
-        if level == "PATIENT" and not patient_id:
-            raise RetrieveError(IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, "PatientID is required at the PATIENT level")
-        if patient_id:
-            filters["series__study__patient__patient_id"] = patient_id
-            issuer = _text(identifier, "IssuerOfPatientID")
-            if issuer:
-                filters["series__study__patient__issuer"] = issuer
-        for key_level, keyword, lookup in UID_KEYS:
-            key_depth = LEVELS[PATIENT_ROOT].index(key_level)
-            if key_depth > depth:
-                break
-            uids = _uids(identifier, keyword)
-            if key_depth == depth and not uids:
-                raise RetrieveError(IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, f"{keyword} is required at the {level} level")
-            if uids:
-                filters[lookup] = uids
-    except RetrieveError:
-        raise
-    except Exception as exc:  # pydicom decodes the identifier lazily: a bad one fails here
-        raise RetrieveError(UNABLE_TO_PROCESS, f"identifier cannot be decoded: {exc}") from exc
-    return list(
-        Instance.objects.filter(**filters)
-        .only("sop_instance_uid", "sop_class_uid", "transfer_syntax_uid", "file_path")
-        .order_by("series__study_id", "series__series_number", "series_id", "instance_number", "id")
-    )
-
-
 def root_of(sop_class: str) -> str:
     """Patient Root or Study Root, from the C-MOVE/C-GET request's Affected SOP Class UID."""
-    return PATIENT_ROOT if UID(sop_class).keyword.startswith("PatientRoot") else STUDY_ROOT
+    return query.PATIENT_ROOT if UID(sop_class).keyword.startswith("PatientRoot") else query.STUDY_ROOT
 
 
 def destination(ae_title: str | None) -> ModalityNode | None:

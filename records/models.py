@@ -32,7 +32,9 @@ class Patient(models.Model):
             models.UniqueConstraint(fields=["patient_id", "issuer"], name="patient_id_issuer_unique"),
         ]
         # C-FIND/QIDO PatientName matching, case-insensitive on any name group
-        # (network/query.py: UPPER(name_*) = ? or a prefix range for "WANG^XI*").
+        # (network/query.py: UPPER(name_*) = ? or, on SQLite, a prefix range for "WANG^XI*").
+        # PostgreSQL's UPPER(name_*) LIKE 'WANG^XI%' needs text_pattern_ops twins, and
+        # PatientID=P12* a varchar_pattern_ops index: migration 0004, PostgreSQL only.
         indexes = [
             models.Index(Upper("name_alphabetic"), name="patient_name_alpha_upper"),
             models.Index(Upper("name_ideographic"), name="patient_name_ideo_upper"),

@@ -1,6 +1,7 @@
 """C-MOVE SCP: DCMTK movescu and pynetdicom ask runscp to send stored images to a DCMTK storescp."""
 
 import shutil
+import struct
 
 import pydicom
 import pytest
@@ -11,6 +12,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelMove,
     StudyRootQueryRetrieveInformationModelMove,
+    Verification,
 )
 
 from imaging import ingest, storage
@@ -70,14 +72,22 @@ def movescu(port, *keys, destination="DEST", calling="MODALITY", model="-S"):
 
 
 def pynetdicom_move(port, identifier, *, destination="DEST", calling="MODALITY", model=None):
-    """C-MOVE with pynetdicom; returns the list of (status, identifier) responses."""
+    """C-MOVE with pynetdicom; returns the list of (status, identifier) responses.
+
+    A C-ECHO follows on the same association: had the SCP sent anything after the
+    final C-MOVE response, that would be what the echo receives first.
+    """
     model = model or StudyRootQueryRetrieveInformationModelMove
     ae = AE(ae_title=calling)
-    ae.add_requested_context(model)
+    ae.add_requested_context(model, ExplicitVRLittleEndian)
+    ae.add_requested_context(Verification)
     assoc = ae.associate("127.0.0.1", port, ae_title="IMAGING")
     assert assoc.is_established
     try:
-        return [(status, ds) for status, ds in assoc.send_c_move(identifier, destination, model) if "Status" in status]
+        responses = [(s, ds) for s, ds in assoc.send_c_move(identifier, destination, model) if "Status" in s]
+        echo = assoc.send_c_echo()
+        assert echo.Status == 0x0000 and "NumberOfCompletedSuboperations" not in echo, echo
+        return responses
     finally:
         assoc.release()
 
@@ -154,24 +164,84 @@ def test_an_unknown_destination_gets_a801(system, study, tmp_path):
     assert "Refused: MoveDestinationUnknown" in result.stderr
 
 
-def test_a_requester_that_may_not_retrieve_is_refused(system, study, tmp_path):
+def associations_accepted(log_path) -> int:
+    """How many associations a ``storescp -v`` has accepted (DCMTK writes its log line by line).
+
+    Not "Association Received": storescp logs that for any TCP connection, the
+    readiness check's too. It accepts any storage or verification context we propose.
+    """
+    return log_path.read_text(errors="replace").count("Association Acknowledged")
+
+
+def assert_refused_without_the_destination(responses, status, dest_log, system, study, log_from):
+    """One final response, with ``status`` and no sub-operation; the destination never associated.
+
+    A C-MOVE that works is sent after the refused one: the destination logs its
+    association, so an earlier one would be in its log before it. Nothing went
+    wrong in pynetdicom either: runscp logged no exception from ``log_from`` on.
+    """
+    assert [s.Status for s, _ in responses] == [status]
+    final = responses[0][0]
+    assert not final.NumberOfCompletedSuboperations and not final.NumberOfFailedSuboperations
+    moved = pynetdicom_move(system.port, identifier("STUDY", StudyInstanceUID=study[0]))
+    assert moved[-1][0].Status == 0x0000
+    assert procs.wait_for(lambda: associations_accepted(dest_log), 10, "the destination's log") == 1
+    assert "Traceback" not in system.log("runscp")[log_from:]
+
+
+def refusal_logged(system) -> None:
+    """The refused association is logged with one failure (the C-MOVE after it, with none)."""
+    procs.wait_for(
+        lambda: AssociationLog.objects.filter(calling_ae="MODALITY", failures=1, images_sent=0).exists(),
+        20,
+        "the log of the refused C-MOVE",
+    )
+
+
+def test_a_requester_that_may_not_retrieve_is_refused_without_associating_with_the_destination(system, study, tmp_path):
     study_uid, _, _ = study
     ModalityNode.objects.create(ae_title="STORE_ONLY", host="127.0.0.1", port=104, may_retrieve=False)
-    with storescp(tmp_path / "in", tmp_path / "storescp.log", ae_title="DEST") as port:
+    dest_log, log_from = tmp_path / "storescp.log", len(system.log("runscp"))
+    with storescp(tmp_path / "in", dest_log, "-v", ae_title="DEST") as port:
         ModalityNode.objects.create(ae_title="DEST", host="127.0.0.1", port=port)
         responses = pynetdicom_move(system.port, identifier("STUDY", StudyInstanceUID=study_uid), calling="STORE_ONLY")
-    assert [s.Status for s, _ in responses] == [0x0124]
-    assert list((tmp_path / "in").iterdir()) == []
+        assert_refused_without_the_destination(responses, 0x0124, dest_log, system, study, log_from)
     entry = last_log("STORE_ONLY")
     assert "C-MOVE" in entry.services and entry.images_sent == 0 and entry.failures == 1
 
 
-def test_a_bad_identifier_gets_a900(system, study, tmp_path):
-    with storescp(tmp_path / "in", tmp_path / "storescp.log", ae_title="DEST") as port:
+@pytest.mark.parametrize(
+    ("level", "keys"),
+    [
+        ("SERIES", {"SeriesInstanceUID": ""}),  # the level's unique key is missing
+        ("PATIENT", {"PatientID": "MOVE01"}),  # Study Root has no PATIENT level
+        ("STUDY", {"StudyInstanceUID": "1.2.3.x"}),  # not a UID
+    ],
+)
+def test_a_bad_identifier_gets_a900_without_associating_with_the_destination(system, study, tmp_path, level, keys):
+    dest_log, log_from = tmp_path / "storescp.log", len(system.log("runscp"))
+    with storescp(tmp_path / "in", dest_log, "-v", ae_title="DEST") as port:
         ModalityNode.objects.create(ae_title="DEST", host="127.0.0.1", port=port)
-        no_key = pynetdicom_move(system.port, identifier("SERIES", StudyInstanceUID=study[0]))
-        patient_in_study_root = pynetdicom_move(system.port, identifier("PATIENT", PatientID="MOVE01"))
-    assert no_key[-1][0].Status == 0xA900 and patient_in_study_root[-1][0].Status == 0xA900
+        responses = pynetdicom_move(system.port, identifier(level, **keys))
+        assert_refused_without_the_destination(responses, 0xA900, dest_log, system, study, log_from)
+    refusal_logged(system)
+
+
+def test_an_identifier_that_cannot_be_decoded_gets_c000_without_associating_with_the_destination(
+    system, study, tmp_path, monkeypatch
+):
+    # What pydicom would never write: StudyInstanceUID as US, 3 bytes (Explicit VR Little Endian).
+    stream = struct.pack("<HH2sH", 0x0008, 0x0052, b"CS", 6) + b"STUDY "
+    stream += struct.pack("<HH2sH", 0x0020, 0x000D, b"US", 3) + b"abc"
+    dest_log, log_from = tmp_path / "storescp.log", len(system.log("runscp"))
+    with storescp(tmp_path / "in", dest_log, "-v", ae_title="DEST") as port:
+        ModalityNode.objects.create(ae_title="DEST", host="127.0.0.1", port=port)
+        with monkeypatch.context() as patched:
+            patched.setattr("pynetdicom.association.encode", lambda *args, **kwargs: stream)
+            responses = pynetdicom_move(system.port, identifier("STUDY"))
+        assert_refused_without_the_destination(responses, 0xC000, dest_log, system, study, log_from)
+    assert "identifier cannot be decoded" in system.log("runscp")[log_from:]
+    refusal_logged(system)
 
 
 def test_nothing_matched_is_success_with_no_sub_operations(system, study, tmp_path):

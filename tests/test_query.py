@@ -1,9 +1,13 @@
-"""network/query.py: a C-FIND identifier to rows and back, without sockets."""
+"""network/query.py: C-FIND identifiers to rows and back, retrieve identifiers to instances, without sockets."""
 
 import datetime as dt
 import io
+import struct
 
 import pytest
+from django.conf import settings
+from django.db import connection
+from django.db.models.functions import Upper
 from pydicom.dataset import Dataset
 from pynetdicom.dsutils import decode, encode
 
@@ -295,3 +299,171 @@ def test_wildcard_translation(value, like, glob):
 def test_a_study_query_costs_one_sql_statement(archive, django_assert_num_queries):
     with django_assert_num_queries(1):
         find("STUDY", PatientName="WANG*", NumberOfPatientRelatedStudies="", ModalitiesInStudy="CT")
+
+
+# --- Retrieve (C-MOVE, C-GET): which instances an identifier names ----------------------
+
+
+def retrieve(level, model=query.STUDY_ROOT, **keys) -> list[Instance]:
+    return query.retrieve_instances(identifier(level, **keys), model=model)
+
+
+def instances_of(*studies) -> list[str]:
+    """The SOP Instance UIDs of the studies, in study, series then instance order."""
+    return [
+        i.sop_instance_uid
+        for study in studies
+        for i in Instance.objects.filter(series__study=study).order_by("series__series_number", "instance_number")
+    ]
+
+
+def test_a_retrieve_names_every_instance_below_its_level_in_order(archive):
+    wang_ct, wang_mr = archive["wang_ct"], archive["wang_mr"]
+    [sr] = wang_ct.series.filter(modality="SR")
+    [image] = sr.instances.filter(instance_number=2)
+    by_level = {
+        "PATIENT": ({"PatientID": "P-WANG"}, instances_of(wang_ct, wang_mr)),
+        "STUDY": ({"StudyInstanceUID": wang_ct.study_instance_uid}, instances_of(wang_ct)),
+        "SERIES": ({"SeriesInstanceUID": sr.series_instance_uid}, [i.sop_instance_uid for i in sr.instances.all()]),
+        "IMAGE": ({"SOPInstanceUID": image.sop_instance_uid}, [image.sop_instance_uid]),
+    }
+    for level, (keys, expected) in by_level.items():
+        assert [i.sop_instance_uid for i in retrieve(level, query.PATIENT_ROOT, **keys)] == expected, level
+
+
+def test_a_retrieve_loads_only_what_sending_needs_in_one_statement(archive, django_assert_num_queries):
+    with django_assert_num_queries(1):
+        [first, *_] = retrieve("STUDY", StudyInstanceUID=archive["li"].study_instance_uid)
+    loaded = {f.attname for f in Instance._meta.concrete_fields} - first.get_deferred_fields()
+    assert loaded == {"id", "sop_instance_uid", "sop_class_uid", "transfer_syntax_uid", "file_path"}
+
+
+def test_a_retrieve_takes_lists_of_uids(archive):
+    li, smith = archive["li"], archive["smith"]
+    both = retrieve("STUDY", StudyInstanceUID=[li.study_instance_uid, smith.study_instance_uid])
+    assert [i.sop_instance_uid for i in both] == instances_of(li, smith)
+    images = instances_of(archive["wang_mr"])
+    assert {i.sop_instance_uid for i in retrieve("IMAGE", SOPInstanceUID=images)} == set(images)
+    # As a workstation may encode it: one string, backslash-separated.
+    assert len(retrieve("IMAGE", SOPInstanceUID="\\".join(images[:2]))) == 2
+
+
+def test_unique_keys_above_the_level_narrow_and_keys_below_are_ignored(archive):
+    wang_ct, li = archive["wang_ct"], archive["li"]
+    [ct] = wang_ct.series.filter(modality="CT")
+    series_uid = ct.series_instance_uid
+    assert len(retrieve("SERIES", StudyInstanceUID=wang_ct.study_instance_uid, SeriesInstanceUID=series_uid)) == 2
+    assert retrieve("SERIES", StudyInstanceUID=li.study_instance_uid, SeriesInstanceUID=series_uid) == []
+    assert retrieve("SERIES", PatientID="P-LI", SeriesInstanceUID=series_uid) == []
+    assert len(retrieve("SERIES", query.PATIENT_ROOT, PatientID="P-WANG", SeriesInstanceUID=series_uid)) == 2
+    # A SeriesInstanceUID below the STUDY level does not narrow a study.
+    assert len(retrieve("STUDY", StudyInstanceUID=li.study_instance_uid, SeriesInstanceUID=series_uid)) == 2
+
+
+def test_issuer_of_patient_id_narrows_a_patient_id(archive):
+    other = add_study(add_patient("P-WANG", "WANG^WEI", issuer="OTHER HOSPITAL"), images=1)
+    assert len(retrieve("PATIENT", query.PATIENT_ROOT, PatientID="P-WANG")) == 7
+    narrowed = retrieve("PATIENT", query.PATIENT_ROOT, PatientID="P-WANG", IssuerOfPatientID="OTHER HOSPITAL")
+    assert [i.sop_instance_uid for i in narrowed] == instances_of(other)
+
+
+def test_a_patient_id_in_a_retrieve_is_a_value_not_a_pattern(archive):
+    assert retrieve("PATIENT", query.PATIENT_ROOT, PatientID="P-WANG*") == []
+    assert len(retrieve("PATIENT", query.PATIENT_ROOT, PatientID="P_100%")) == 2
+
+
+@pytest.mark.parametrize(
+    ("level", "model", "keys"),
+    [
+        ("PATIENT", query.PATIENT_ROOT, {"PatientName": "WANG*"}),
+        ("STUDY", query.STUDY_ROOT, {"PatientID": "P-WANG"}),
+        ("SERIES", query.STUDY_ROOT, {"StudyInstanceUID": "1.2.3"}),
+        ("IMAGE", query.PATIENT_ROOT, {"SeriesInstanceUID": "1.2.3", "SOPInstanceUID": ""}),
+        ("IMAGE", query.STUDY_ROOT, {"SOPInstanceUID": "\\"}),
+    ],
+)
+def test_a_retrieve_without_the_unique_key_of_its_level_does_not_match_the_sop_class(archive, level, model, keys):
+    with pytest.raises(query.QueryError) as exc:
+        retrieve(level, model, **keys)
+    assert exc.value.status == 0xA900 and "required" in exc.value.reason
+
+
+@pytest.mark.parametrize("bad", ["1.2.*", "1.2.3a", "1..2", "1" * 65, ["1.2.3", "not-a-uid"]])
+def test_an_invalid_uid_does_not_match_the_sop_class(archive, bad):
+    with pytest.raises(query.QueryError) as exc:
+        retrieve("STUDY", StudyInstanceUID=bad)
+    assert exc.value.status == 0xA900 and "not a valid UID" in exc.value.reason
+
+
+def test_a_study_root_retrieve_has_no_patient_level(archive):
+    for ds in (identifier("PATIENT", PatientID="P-WANG"), identifier("WARD"), Dataset()):
+        with pytest.raises(query.QueryError) as exc:
+            query.retrieve_instances(ds, model=query.STUDY_ROOT)
+        assert exc.value.status == 0xA900
+
+
+def test_an_identifier_that_cannot_be_decoded_is_unable_to_process(archive):
+    # As pynetdicom hands it over: StudyInstanceUID sent as US with 3 bytes fails when read.
+    stream = struct.pack("<HH2sH", 0x0008, 0x0052, b"CS", 6) + b"STUDY "
+    stream += struct.pack("<HH2sH", 0x0020, 0x000D, b"US", 3) + b"abc"
+    received = decode(io.BytesIO(stream), False, True)
+    with pytest.raises(query.QueryError) as exc:
+        query.retrieve_instances(received, model=query.STUDY_ROOT)
+    assert exc.value.status == 0xC000
+
+
+# --- PostgreSQL: the wildcard and range queries use indexes ------------------------------
+
+postgresql_only = pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="PostgreSQL's operator classes and planner (SQLite: a prefix range)"
+)
+
+
+@pytest.fixture
+def many_patients():
+    """100,000 patients with a study each, 100 of them named Wang^Xiao<n>; fresh planner statistics."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            INSERT INTO records_patient (patient_id, issuer, name, name_alphabetic, name_ideographic, name_phonetic,
+                                         sex, created_at, updated_at)
+            SELECT 'P' || i, '', name, name, '', '', 'O', now(), now()
+            FROM (SELECT i, CASE WHEN i % 1000 = 0 THEN 'Wang^Xiao' || i
+                                 ELSE initcap(substr(md5(i::text), 1, 7)) || '^' || substr(md5((7 * i)::text), 1, 5)
+                            END AS name
+                  FROM generate_series(1, 100000) AS i) AS names
+            """
+        )
+        cursor.execute(
+            """
+            INSERT INTO records_study (patient_id, study_instance_uid, study_id, accession_number, study_date,
+                                       study_time, description, referring_physician, modalities_in_study,
+                                       number_of_series, number_of_instances, created_at, updated_at)
+            SELECT id, '1.2.826.0.1.3680043.8.498.' || id, '', 'A' || id, date '2015-01-01' + (id % 3650)::int,
+                   time '10:00', '', '', 'CT', 1, 1, now(), now()
+            FROM records_patient
+            """
+        )
+        cursor.execute("ANALYZE records_patient")
+        cursor.execute("ANALYZE records_study")
+
+
+@postgresql_only
+def test_name_and_patient_id_wildcards_and_date_ranges_use_an_index_on_postgresql(many_patients):
+    alpha, ideo, phon = "patient_name_alpha_upper_like", "patient_name_ideo_upper_like", "patient_name_phon_upper_like"
+    # The query shape alone: UPPER(name_alphabetic) LIKE 'WANG%'.
+    plan = Patient.objects.filter(query._wildcard_q(Upper("name_alphabetic"), "WANG*")).explain()
+    assert f"Index Scan on {alpha}" in plan, plan
+    cases = [
+        # PatientName=WANG* on any name group: one index for each.
+        ("PATIENT", query.PATIENT_ROOT, {"PatientName": "WANG*"}, [alpha, ideo, phon]),
+        ("STUDY", query.STUDY_ROOT, {"PatientName": "wang^xiao1*"}, [alpha, ideo, phon]),
+        ("STUDY", query.STUDY_ROOT, {"PatientID": "P1234*"}, ["patient_patient_id_like"]),
+        ("STUDY", query.STUDY_ROOT, {"StudyDate": "20200101-20200105"}, ["records_study_study_date_"]),
+    ]
+    for level, model, keys, indexes in cases:
+        parsed = query.parse(identifier(level, StudyInstanceUID="", **keys), model=model)
+        # As results() asks it: at most DICOM_FIND_MAX_RESULTS + 1 rows.
+        plan = parsed.queryset[: settings.DICOM_FIND_MAX_RESULTS + 1].explain()
+        assert "Index Scan" in plan and all(index in plan for index in indexes), (keys, plan)
+        assert "Seq Scan on records_patient" not in plan, (keys, plan)

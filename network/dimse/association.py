@@ -1,13 +1,15 @@
-"""Association requests: who is calling, may they, and the log of it."""
+"""Association requests: who is calling, may they, and the log of it; what a retrieve may take."""
 
 import logging
 
-from network import access
+from network import access, query, retrieve
 
 log = logging.getLogger(__name__)
 
 # Rejected-transient, service-user, no reason given: we could not decide (database down).
 REJECT_TRANSIENT = (0x02, 0x01, 0x01)
+# C-MOVE/C-GET: Out of resources, unable to calculate number of matches (PS3.4 C.4.2.1.5): the database failed us.
+CANNOT_CALCULATE_MATCHES = 0xA701
 
 
 def session_of(assoc) -> access.Session | None:
@@ -25,6 +27,35 @@ def permitted(event, service: str, permission: str) -> bool:
     session.failures += 1
     log.warning("%s from %s refused: the node lacks %s", service, event.assoc.requestor.ae_title.strip(), permission)
     return False
+
+
+def requested_instances(event, service: str) -> tuple[list | None, tuple[int, str] | None]:
+    """What a C-MOVE or C-GET request retrieves: ``(instances, None)``, or ``(None, (status, reason))``.
+
+    A refusal is logged and counted in the session: the node lacks may_retrieve
+    (0x0124), the identifier names nothing we can select (0xA900), cannot be
+    decoded (0xC000), or the database failed (0xA701).
+    """
+    if not permitted(event, service, "may_retrieve"):
+        return None, (access.NOT_AUTHORIZED, "the node lacks may_retrieve")
+    calling_ae = event.assoc.requestor.ae_title.strip()
+    try:
+        model = retrieve.root_of(event.request.AffectedSOPClassUID)
+        try:
+            identifier = event.identifier
+        except Exception as exc:  # pynetdicom decodes it on first access
+            raise query.QueryError(query.UNABLE_TO_PROCESS, f"identifier cannot be decoded: {exc}") from exc
+        return query.retrieve_instances(identifier, model=model), None
+    except query.QueryError as exc:
+        refusal = exc.status, exc.reason
+        log.warning("%s from %s refused (0x%04X): %s", service, calling_ae, exc.status, exc.reason)
+    except Exception:
+        refusal = CANNOT_CALCULATE_MATCHES, "the instances cannot be selected"
+        log.exception("%s from %s failed", service, calling_ae)
+    session = session_of(event.assoc)
+    if session is not None:
+        session.failures += 1
+    return None, refusal
 
 
 def handle_requested(event) -> None:

@@ -9,32 +9,21 @@ of sub-operations, then one (status, data set) pair per instance.
 
 import logging
 
-from network import access, retrieve
-from network.dimse.association import session_of
+from network import retrieve
+from network.dimse.association import requested_instances, session_of
 
 log = logging.getLogger(__name__)
 
 
 def handle_get(event):
     """EVT_C_GET handler; never raises, every failure is a DICOM status."""
-    session = session_of(event.assoc)
-    calling_ae = event.assoc.requestor.ae_title.strip()
-    if session is not None:
-        session.services.add("C-GET")
-    try:
-        if session is not None and not session.allows("may_retrieve"):
-            raise retrieve.RetrieveError(access.NOT_AUTHORIZED, "the node may not retrieve")
-        root = retrieve.root_of(event.request.AffectedSOPClassUID)
-        instances = retrieve.select_instances(event.identifier, root=root)
-    except retrieve.RetrieveError as exc:
-        log.warning("C-GET from %s refused (0x%04X): %s", calling_ae, exc.status, exc.reason)
-        if session is not None:
-            session.failures += 1
+    instances, refusal = requested_instances(event, "C-GET")
+    if refusal:
         # A failure status can only follow a number of sub-operations in pynetdicom's protocol.
         yield 1
-        yield exc.status, None
+        yield refusal[0], None
         return
-    log.info("C-GET from %s: %d instance(s)", calling_ae, len(instances))
-    retrieve.install_sender(event.assoc, session)
+    log.info("C-GET from %s: %d instance(s)", event.assoc.requestor.ae_title.strip(), len(instances))
+    retrieve.install_sender(event.assoc, session_of(event.assoc))
     yield len(instances)
     yield from retrieve.sub_operations(event, instances)

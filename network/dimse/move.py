@@ -6,21 +6,25 @@ pynetdicom drives the exchange from what this generator yields: the destination
 the destination, sends the Pending responses with the remaining/completed/
 failed/warning counts and the final response with the Failed SOP Instance UID List.
 
-Before it has associated with the destination, pynetdicom can only answer 0xA801
-(destination unknown). Every other refusal (not authorised, bad identifier) is
-therefore yielded as the status of the first sub-operation: the destination, a
-registered node, sees an empty association, and no image leaves.
+A refusal never reaches the destination. pynetdicom 3.0.4
+(``QueryRetrieveServiceClass._move_scp``) answers 0xA801 itself when the
+destination yielded is (None, None); for any other refusal it has no status of
+its own, and each way a handler can end the exchange makes it send a final
+response (nothing yielded: 0xC514 with a logged exception; zero sub-operations:
+0x0000), so a response sent by the handler would be a second one. A refusal
+(0x0124 not authorised, 0xA900, 0xC000, 0xA701) therefore yields zero
+sub-operations, which pynetdicom answers at once without associating, and that
+one final response leaves with the refusal's status (``_refuse``).
 """
 
 import logging
 
 from django.conf import settings
 from pynetdicom import evt
-from pynetdicom.presentation import build_context
-from pynetdicom.sop_class import Verification
+from pynetdicom.dimse_primitives import C_MOVE
 
-from network import access, reactor, retrieve
-from network.dimse.association import session_of
+from network import reactor, retrieve
+from network.dimse.association import requested_instances, session_of
 
 log = logging.getLogger(__name__)
 
@@ -35,28 +39,18 @@ def handle_move(event):
     """EVT_C_MOVE handler; never raises, every failure is a DICOM status."""
     session = session_of(event.assoc)
     calling_ae = event.assoc.requestor.ae_title.strip()
-    if session is not None:
-        session.services.add("C-MOVE")
     node = retrieve.destination(event.move_destination)
     if node is None:
         # 0xA801 Move destination unknown: pynetdicom answers it for (None, None).
         log.warning("C-MOVE from %s to unknown destination %r refused", calling_ae, event.move_destination)
         if session is not None:
+            session.services.add("C-MOVE")
             session.failures += 1
         yield None, None
         return
-    try:
-        if session is not None and not session.allows("may_retrieve"):
-            raise retrieve.RetrieveError(access.NOT_AUTHORIZED, "the node may not retrieve")
-        root = retrieve.root_of(event.request.AffectedSOPClassUID)
-        instances = retrieve.select_instances(event.identifier, root=root)
-    except retrieve.RetrieveError as exc:
-        log.warning("C-MOVE from %s refused (0x%04X): %s", calling_ae, exc.status, exc.reason)
-        if session is not None:
-            session.failures += 1
-        yield node.host, node.port, {"contexts": [build_context(Verification)]}
-        yield 1
-        yield exc.status, None
+    instances, refusal = requested_instances(event, "C-MOVE")
+    if refusal:
+        yield from _refuse(event, node, refusal[0])
         return
     log.info("C-MOVE from %s: %d instance(s) to %s", calling_ae, len(instances), node)
     yield (
@@ -69,3 +63,33 @@ def handle_move(event):
     )
     yield len(instances)
     yield from retrieve.sub_operations(event, instances)
+
+
+def _refuse(event, node, status: int):
+    """Answer the C-MOVE with ``status`` alone: one final response, no association with ``node``."""
+    _refusals(event.assoc)[event.request.MessageID] = status
+    # pynetdicom checks the destination, then answers zero sub-operations with its
+    # final response before it would associate: the address is never used.
+    yield node.host, node.port
+    yield 0
+
+
+def _refusals(assoc) -> dict[int, int]:
+    """Message ID -> status, for the C-MOVE requests on ``assoc`` refused and not yet answered.
+
+    The association's DIMSE provider is wrapped, once, to give the final response
+    to such a request the refusal's status instead of pynetdicom's Success.
+    """
+    dimse = assoc.dimse
+    refusals = getattr(dimse, "imaging_refusals", None)
+    if refusals is None:
+        refusals = dimse.imaging_refusals = {}
+        send_msg = dimse.send_msg
+
+        def send(primitive, context_id):
+            if isinstance(primitive, C_MOVE) and primitive.MessageIDBeingRespondedTo in refusals:
+                primitive.Status = refusals.pop(primitive.MessageIDBeingRespondedTo)
+            send_msg(primitive, context_id)
+
+        dimse.send_msg = send
+    return refusals
