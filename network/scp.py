@@ -46,7 +46,7 @@ from pynetdicom.sop_class import (
 )
 from pynetdicom.transport import AssociationServer, RequestHandler
 
-from network import access, reactor
+from network import access, fastsend, reactor
 from network.dimse.association import handle_requested, session_of
 from network.dimse.echo import handle_echo
 from network.dimse.find import handle_find
@@ -145,6 +145,7 @@ class AssociationProcessHandler(RequestHandler):
         assoc = self._create_association()
         if settings.DICOM_EVENT_DRIVEN_LOOPS:
             reactor.install(assoc)
+        fastsend.install_messages(assoc)
         evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
         assoc.start()
         while assoc.is_alive():

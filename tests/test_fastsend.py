@@ -1,0 +1,187 @@
+"""Our own encoding of DIMSE command sets and P-DATA-TF PDUs, checked against pynetdicom's."""
+
+import struct
+from io import BytesIO
+from pathlib import Path
+
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.tag import Tag
+from pynetdicom.dimse import _RQ_TO_MESSAGE, _RSP_TO_MESSAGE
+from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_GET, C_MOVE, C_STORE
+from pynetdicom.dsutils import encode, split_dataset
+from pynetdicom.pdu import P_DATA_TF
+
+from network import fastsend
+
+CT = "1.2.840.10008.5.1.4.1.1.2"
+STUDY_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
+
+
+def pynetdicom_command_set(primitive) -> bytes:
+    table = _RQ_TO_MESSAGE if primitive.MessageIDBeingRespondedTo is None else _RSP_TO_MESSAGE
+    message = table[type(primitive)]()
+    message.primitive_to_message(primitive)
+    return encode(message.command_set, True, True)
+
+
+def ours(primitive) -> bytes | None:
+    table = _RQ_TO_MESSAGE if primitive.MessageIDBeingRespondedTo is None else _RSP_TO_MESSAGE
+    name = table[type(primitive)].__name__
+    data_set = getattr(primitive, fastsend._DATASET_KEYWORDS.get(name, ""), None)
+    return fastsend.message_command_set(primitive, name.replace("_", "-"), data_set)
+
+
+def store_response(**extra):
+    rsp = C_STORE()
+    rsp.MessageIDBeingRespondedTo = 7
+    rsp.AffectedSOPClassUID = CT
+    rsp.AffectedSOPInstanceUID = "1.2.3.4.5.6.7"
+    rsp.Status = 0x0000
+    for keyword, value in extra.items():
+        setattr(rsp, keyword, value)
+    return rsp
+
+
+def move_response(status, *, identifier=None, counts=(3, 1, 0, 0)):
+    rsp = C_MOVE()
+    rsp.MessageIDBeingRespondedTo = 65535
+    rsp.AffectedSOPClassUID = STUDY_MOVE
+    rsp.Status = status
+    rsp.Identifier = identifier
+    (
+        rsp.NumberOfRemainingSuboperations,
+        rsp.NumberOfCompletedSuboperations,
+        rsp.NumberOfFailedSuboperations,
+        rsp.NumberOfWarningSuboperations,
+    ) = counts
+    return rsp
+
+
+def get_response():
+    rsp = C_GET()
+    rsp.MessageIDBeingRespondedTo = 2
+    rsp.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.2.2.3"
+    rsp.Status = 0xFF00
+    rsp.NumberOfRemainingSuboperations = 10
+    rsp.NumberOfCompletedSuboperations = 290
+    rsp.NumberOfFailedSuboperations = 0
+    rsp.NumberOfWarningSuboperations = 0
+    return rsp
+
+
+def find_response():
+    rsp = C_FIND()
+    rsp.MessageIDBeingRespondedTo = 1
+    rsp.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.2.2.1"
+    rsp.Status = 0xFF00
+    rsp.Identifier = BytesIO(b"\x08\x00\x52\x00\x06\x00\x00\x00STUDY ")
+    return rsp
+
+
+def echo_response():
+    rsp = C_ECHO()
+    rsp.MessageIDBeingRespondedTo = 1
+    rsp.AffectedSOPClassUID = "1.2.840.10008.1.1"
+    rsp.Status = 0x0000
+    return rsp
+
+
+def store_request(**extra):
+    req = C_STORE()
+    req.MessageID = 12
+    req.AffectedSOPClassUID = CT
+    req.AffectedSOPInstanceUID = "1.2.3.4.5.6.7.8"
+    req.Priority = 2
+    req.DataSet = BytesIO(b"\x00" * 8)
+    for keyword, value in extra.items():
+        setattr(req, keyword, value)
+    return req
+
+
+@pytest.mark.parametrize(
+    "primitive",
+    [
+        store_response(),
+        store_response(Status=0xA700, ErrorComment="cannot write the file"),
+        store_response(Status=0xB000, ErrorComment="odd"),  # an odd length is padded
+        move_response(0xFF00),
+        move_response(0x0000, counts=(None, 4, 0, 0)),
+        move_response(0xA702, identifier=BytesIO(b"\x08\x00\x58\x00\x02\x00\x00\x001\x00")),
+        get_response(),
+        find_response(),
+        echo_response(),
+        store_request(),
+        store_request(MoveOriginatorApplicationEntityTitle="MOVESCU", MoveOriginatorMessageID=3),
+        store_request(MoveOriginatorApplicationEntityTitle="ODD"),
+    ],
+    ids=lambda p: f"{type(p).__name__}-{'rq' if p.MessageIDBeingRespondedTo is None else 'rsp'}",
+)
+def test_it_encodes_command_sets_exactly_as_pynetdicom_does(primitive):
+    assert ours(primitive) == pynetdicom_command_set(primitive)
+
+
+def test_it_leaves_to_pynetdicom_what_it_does_not_encode():
+    offending = store_response(Status=0xC000)
+    offending.OffendingElement = [Tag(0x0010, 0x0010)]
+    assert ours(offending) is None
+    assert ours(store_response(Status=0xA700, ErrorComment="王")) is None
+
+
+def test_the_c_store_request_it_writes_is_pynetdicoms():
+    req = store_request(Priority=0, MoveOriginatorApplicationEntityTitle="WS1", MoveOriginatorMessageID=9)
+    assert fastsend.c_store_rq(
+        sop_class=CT,
+        sop_instance="1.2.3.4.5.6.7.8",
+        message_id=12,
+        priority=0,
+        originator_aet="WS1",
+        originator_id=9,
+    ) == pynetdicom_command_set(req)
+
+
+def decode_pdus(stream: bytes, max_pdu: int = 0) -> list[tuple[int, int, bytes]]:
+    """(context ID, control header, fragment) of each PDV, decoded by pynetdicom."""
+    pdvs = []
+    while stream:
+        (length,) = struct.unpack(">L", stream[2:6])
+        assert not max_pdu or length <= max_pdu, "a PDU longer than the peer's maximum"
+        pdu = P_DATA_TF()
+        pdu.decode(stream[: 6 + length])
+        primitive = pdu.to_primitive()
+        pdvs += [(cx, data[0], data[1:]) for cx, data in primitive.presentation_data_value_list]
+        stream = stream[6 + length :]
+    return pdvs
+
+
+def test_it_fragments_a_message_into_pdus_no_longer_than_the_peer_accepts():
+    data_set = bytes(range(256)) * 200  # 51,200 bytes: four PDUs of 16 KB at most
+    buffers = fastsend.p_data_pdus(5, b"COMMAND!", data_set, 16384)
+    pdvs = decode_pdus(b"".join(bytes(b) for b in buffers), 16384)
+    assert pdvs[0] == (5, 0x03, b"COMMAND!")  # command, last fragment
+    assert [control for _cx, control, _f in pdvs[1:]] == [0x00, 0x00, 0x00, 0x02]
+    assert all(len(f) <= 16384 - 6 for _cx, _c, f in pdvs)
+    assert b"".join(f for _cx, _c, f in pdvs[1:]) == data_set
+
+
+def test_without_a_limit_each_part_is_one_pdu():
+    buffers = fastsend.p_data_pdus(1, b"CMD", b"DATA" * 10_000, 0)
+    pdvs = decode_pdus(b"".join(bytes(b) for b in buffers))
+    assert [(cx, control, len(f)) for cx, control, f in pdvs] == [(1, 0x03, 3), (1, 0x02, 40_000)]
+
+
+def test_it_reads_the_data_set_of_a_stored_file_as_encoded():
+
+    path = get_testdata_file("CT_small.dcm")
+    _meta, offset = split_dataset(path)
+    with open(path, "rb") as f:
+        f.seek(offset)
+        expected = f.read()
+    assert bytes(fastsend.stored_data_set(Path(path))) == expected
+
+
+def test_a_file_without_group_length_is_refused(tmp_path):
+    path = tmp_path / "bad.dcm"
+    path.write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00\x01\x00OB\0\0\x02\x00\x00\x00\0\1")
+    with pytest.raises(ValueError, match="Group Length"):
+        fastsend.stored_data_set(path)
