@@ -272,12 +272,12 @@ def send_c_store(
     priority: int = PRIORITY_MEDIUM,
     originator_aet: str | None = None,
     originator_id: int | None = None,
-) -> Dataset:
+) -> tuple[int | None, str]:
     """Send a stored file as it is encoded (a Path) or a data set encoded in ``transfer_syntax``.
 
-    Returns the response's status elements as pynetdicom's ``send_c_store`` does (an
-    empty Dataset when no response came, the association then aborted). Raises
-    ``ValueError`` when no accepted context fits and ``OSError`` when the connection fails.
+    Returns the response's (Status, Error Comment); (None, "") when no valid response
+    came, the association then aborted. Raises ``ValueError`` when no accepted
+    context fits and ``OSError`` when the connection fails.
     """
     if not assoc.is_established:
         raise RuntimeError("the association is not established")
@@ -314,8 +314,12 @@ def send_c_store(
     if rsp is None:
         assoc._reactor_checkpoint.set()
         assoc._handle_no_response()
-        return Dataset()
-    return assoc._check_received_status(rsp)
+        return None, ""
+    if not rsp.is_valid_response:
+        log.error("invalid C-STORE response from %s; aborting", assoc.acceptor.ae_title)
+        assoc.abort()
+        return None, ""
+    return rsp.Status, rsp.ErrorComment or ""
 
 
 # --- Every other message we send (responses above all), still through the DUL --------------

@@ -64,13 +64,39 @@ def storage_contexts(instances) -> list:
 
 
 class Outgoing(Dataset):
-    """What a retrieve handler yields for one stored instance: the UIDs, and the row to send."""
+    """What a retrieve handler yields for one stored instance: the row to send, and its UIDs.
+
+    pynetdicom reads only SOPInstanceUID of it (to list a failed sub-operation):
+    the UIDs are read from the row, not set as elements, which costs pydicom's
+    validation for every image.
+    """
 
     def __init__(self, instance):
         super().__init__()
-        self.SOPClassUID = instance.sop_class_uid
-        self.SOPInstanceUID = instance.sop_instance_uid
-        self.stored = instance
+        self.__dict__["stored"] = instance
+
+    def __bool__(self) -> bool:
+        # pynetdicom sends only a data set that is true; a Dataset without elements is not.
+        return True
+
+    @property
+    def SOPClassUID(self):  # noqa: N802 - a DICOM keyword
+        return UID(self.stored.sop_class_uid)
+
+    @property
+    def SOPInstanceUID(self):  # noqa: N802 - a DICOM keyword
+        return UID(self.stored.sop_instance_uid)
+
+
+class _SubOperationStatus:
+    """What pynetdicom's retrieve loops read of a C-STORE sub-operation's response: its Status.
+
+    Without one (no response) reading it fails, and pynetdicom counts the sub-operation as failed.
+    """
+
+    def __init__(self, status: int | None):
+        if status is not None:
+            self.Status = status
 
 
 def install_sender(assoc, session: access.Session | None) -> None:
@@ -88,19 +114,18 @@ def install_sender(assoc, session: access.Session | None) -> None:
             return send_c_store(dataset, *args, **kwargs)
         instance = dataset.stored
         try:
-            rsp = scu.send_stored(assoc, instance, **kwargs)
+            result = scu.send_stored(assoc, instance, **kwargs)
         except Exception as exc:  # pynetdicom counts it as a failed sub-operation and lists the UID
             if session is not None:
                 session.failures += 1
             log.warning("cannot send %s: %s", instance.sop_instance_uid, exc)
             raise
-        ok = "Status" in rsp and (rsp.Status == 0 or rsp.Status in scu.WARNING_STATUSES)
         if session is not None:
-            if ok:
+            if result.stored:
                 session.images_sent += 1
             else:
                 session.failures += 1
-        return rsp
+        return _SubOperationStatus(result.status)
 
     assoc.send_c_store = send
     assoc.imaging_sender = True

@@ -180,21 +180,34 @@ def payload(instance, accepted: set[str]):
     return ds
 
 
-def send_stored(assoc, instance, **kwargs) -> Dataset:
+@dataclass(frozen=True)
+class StoreResult:
+    status: int | None  # None: no response (timeout, aborted association)
+    comment: str = ""
+
+    @property
+    def stored(self) -> bool:
+        return self.status is not None and (self.status == 0x0000 or self.status in WARNING_STATUSES)
+
+
+def send_stored(assoc, instance, **kwargs) -> StoreResult:
     """C-STORE one stored instance: as stored when the peer accepts that, else decompressed.
 
-    ``kwargs`` are ``send_c_store``'s (msg_id, originator_aet, originator_id). Returns the
-    response's status elements (empty when none came). Raises ``CannotSend``.
+    ``kwargs`` are ``send_c_store``'s (msg_id, originator_aet, originator_id). Raises
+    ``CannotSend``, or what the connection raises.
     """
     accepted = accepted_syntaxes(assoc, instance.sop_class_uid)
     data = payload(instance, accepted)
     if not fastsend.usable(assoc):
-        return assoc.send_c_store(data, **kwargs)
+        rsp = assoc.send_c_store(data, **kwargs)
+        if "Status" not in rsp:
+            return StoreResult(None)
+        return StoreResult(rsp.Status, str(rsp.get("ErrorComment", "") or ""))
     if isinstance(data, Dataset):
         syntax = ExplicitVRLittleEndian if ExplicitVRLittleEndian in accepted else ImplicitVRLittleEndian
     else:
         syntax = instance.transfer_syntax_uid
-    return fastsend.send_c_store(
+    status, comment = fastsend.send_c_store(
         assoc,
         data,
         transfer_syntax=syntax,
@@ -202,21 +215,21 @@ def send_stored(assoc, instance, **kwargs) -> Dataset:
         sop_instance=instance.sop_instance_uid,
         **kwargs,
     )
+    return StoreResult(status, comment)
 
 
 def _send_one(assoc, instance) -> tuple[bool, str, str]:
     """Send one stored instance; returns (stored, status, error)."""
     try:
-        rsp = send_stored(assoc, instance)
+        result = send_stored(assoc, instance)
     except CannotSend as exc:
         return False, "", str(exc)
-    if "Status" not in rsp:
+    if result.status is None:
         return False, "", "no C-STORE response (timeout or aborted association)"
-    status = rsp.Status
-    if status == 0x0000 or status in WARNING_STATUSES:
-        return True, f"0x{status:04X}", ""
-    comment = str(rsp.get("ErrorComment", "")) if "ErrorComment" in rsp else ""
-    return False, f"0x{status:04X}", comment or "failure status"
+    status = f"0x{result.status:04X}"
+    if result.stored:
+        return True, status, ""
+    return False, status, result.comment or "failure status"
 
 
 def send_study(study_id: int, node_id: int, job_id: int, timeout: float | None = None) -> SendJob:
