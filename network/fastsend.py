@@ -31,6 +31,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID
 from pynetdicom.dimse import _RQ_TO_MESSAGE, _RSP_TO_MESSAGE
 from pynetdicom.dimse_messages import _COMMAND_SET_KEYWORDS, _DATASET_KEYWORDS, _MESSAGE_TYPES
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
 from pynetdicom.pdu_primitives import P_DATA
 
@@ -300,6 +301,7 @@ def send_c_store(
         originator_id=originator_id,
     )
     pdus = p_data_pdus(context_id, command, data_set, assoc.dimse.maximum_pdu_size or 0)
+    _decode_store_responses(assoc)
     _pause_loop(assoc)
     lock = _transport_lock(assoc)
     raw = assoc.dul.socket.socket
@@ -320,6 +322,91 @@ def send_c_store(
         assoc.abort()
         return None, ""
     return rsp.Status, rsp.ErrorComment or ""
+
+
+# --- The responses to them ------------------------------------------------------------------
+
+_C_STORE_RSP = _COMMAND_FIELDS["C-STORE-RSP"]
+# Group length, Affected SOP Class, Command Field, Message ID Being Responded To, Command
+# Data Set Type, Status, Error Comment, Affected SOP Instance: a C-STORE-RSP but an Offending Element.
+_STORE_RSP_ELEMENTS = {0x0000, 0x0002, 0x0100, 0x0120, 0x0800, 0x0900, 0x0902, 0x1000}
+
+
+def decode_command_set(raw: bytes) -> dict[int, bytes] | None:
+    """Element number -> value bytes of an Implicit VR Little Endian command set; None if it is not one."""
+    values = {}
+    offset, end = 0, len(raw)
+    while offset < end:
+        if offset + 8 > end:
+            return None
+        group, number, length = struct.unpack_from("<HHL", raw, offset)
+        offset += 8
+        if group != 0x0000 or offset + length > end:
+            return None
+        values[number] = raw[offset : offset + length]
+        offset += length
+    return values
+
+
+def store_response(raw: bytes) -> C_STORE | None:
+    """A complete C-STORE-RSP command set as pynetdicom's primitive; None for anything else.
+
+    Only the elements a C-STORE response has without an Offending Element; any
+    other message, or one with elements we do not read, is left to pynetdicom.
+    """
+    values = decode_command_set(raw)
+    if values is None or not set(values) <= _STORE_RSP_ELEMENTS:
+        return None
+    if values.get(0x0100) != struct.pack("<H", _C_STORE_RSP) or values.get(0x0800) != struct.pack("<H", _NO_DATA_SET):
+        return None
+    try:
+        (message_id,) = struct.unpack("<H", values[0x0120])
+        (status,) = struct.unpack("<H", values[0x0900])
+    except (KeyError, struct.error):
+        return None
+    rsp = C_STORE()
+    rsp.MessageIDBeingRespondedTo = message_id
+    rsp.Status = status
+    try:
+        for number, keyword in ((0x0002, "AffectedSOPClassUID"), (0x1000, "AffectedSOPInstanceUID")):
+            if number in values:
+                setattr(rsp, keyword, values[number].rstrip(b"\0 ").decode("ascii"))
+        if 0x0902 in values:
+            rsp.ErrorComment = values[0x0902].rstrip(b"\0 ").decode("ascii")
+    except (UnicodeDecodeError, ValueError, TypeError):
+        return None
+    return rsp
+
+
+def _decode_store_responses(assoc) -> None:
+    """Decode the C-STORE responses ``assoc`` receives ourselves, instead of through pydicom.
+
+    pynetdicom's DUL thread decodes every incoming command set into a pydicom
+    Dataset, then into a primitive: a few hundred microseconds for each image we
+    send, while we wait for that very response. A response that comes in one
+    P-DATA with one PDV (every SCP sends a command set that small so) becomes
+    the same primitive on the same queue; anything else is pynetdicom's.
+    """
+    dimse = assoc.dimse
+    if getattr(dimse, "imaging_store_responses", False):
+        return
+    receive_primitive = dimse.receive_primitive
+
+    def receive(primitive):
+        pdvs = primitive.presentation_data_value_list
+        pending = dimse.message is not None and (
+            dimse.message.encoded_command_set.tell() or dimse.message.data_set.tell()
+        )
+        if len(pdvs) == 1 and not pending and pdvs[0][1][:1] == b"\x03":
+            context_id, data = pdvs[0]
+            rsp = store_response(data[1:])
+            if rsp is not None:
+                dimse.msg_queue.put((context_id, rsp))
+                return
+        receive_primitive(primitive)
+
+    dimse.receive_primitive = receive
+    dimse.imaging_store_responses = True
 
 
 # --- Every other message we send (responses above all), still through the DUL --------------

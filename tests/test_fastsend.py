@@ -185,3 +185,26 @@ def test_a_file_without_group_length_is_refused(tmp_path):
     path.write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00\x01\x00OB\0\0\x02\x00\x00\x00\0\1")
     with pytest.raises(ValueError, match="Group Length"):
         fastsend.stored_data_set(path)
+
+
+@pytest.mark.parametrize(
+    "primitive",
+    [store_response(), store_response(Status=0xA700, ErrorComment="disk full"), store_response(Status=0xB007)],
+)
+def test_it_decodes_a_store_response_as_pynetdicom_does(primitive):
+    raw = pynetdicom_command_set(primitive)
+    decoded = fastsend.store_response(raw)
+    assert decoded is not None
+    for keyword in ("MessageIDBeingRespondedTo", "Status", "AffectedSOPClassUID", "AffectedSOPInstanceUID"):
+        assert getattr(decoded, keyword) == getattr(primitive, keyword)
+    assert (decoded.ErrorComment or None) == primitive.ErrorComment
+    assert decoded.is_valid_response
+
+
+def test_it_leaves_other_responses_to_pynetdicom():
+    offending = store_response(Status=0xC000)
+    offending.OffendingElement = [Tag(0x0010, 0x0010)]
+    assert fastsend.store_response(pynetdicom_command_set(offending)) is None
+    assert fastsend.store_response(pynetdicom_command_set(find_response())) is None
+    assert fastsend.store_response(pynetdicom_command_set(move_response(0xFF00))) is None
+    assert fastsend.store_response(b"\x00\x00\x00\x00\x04\x00") is None  # truncated
