@@ -185,6 +185,10 @@ DICOM_PN_CASE_INSENSITIVE = envbool("DICOM_PN_CASE_INSENSITIVE", True)
 # C-FIND answers at most this many matches (the first ones, newest studies first)
 # and logs a warning: a workstation shows a partial list rather than none.
 DICOM_FIND_MAX_RESULTS = envint("DICOM_FIND_MAX_RESULTS", 1000)
+# C-MOVE/C-GET Pending responses (optional, PS3.4 C.4.2.3) at most this often, in
+# milliseconds: a progress bar needs a few a second, and one after each image costs
+# the requester and us CPU beside every image sent. 0 sends one after each sub-operation.
+DICOM_RETRIEVE_PENDING_INTERVAL_MS = envint("DICOM_RETRIEVE_PENDING_INTERVAL_MS", 200)
 
 # --- Celery ----------------------------------------------------------------------
 CELERY_BROKER_URL = envstr("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")

@@ -13,9 +13,13 @@ Which instances an identifier names is ``network.query.retrieve_instances``.
 """
 
 import logging
+import math
+import time
 
+from django.conf import settings
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
+from pynetdicom.dimse_primitives import C_GET, C_MOVE
 from pynetdicom.presentation import build_context
 
 from network import access, query, scu
@@ -131,8 +135,52 @@ def install_sender(assoc, session: access.Session | None) -> None:
     assoc.imaging_sender = True
 
 
+class _Responses:
+    """The C-MOVE/C-GET responses pynetdicom sends on one association, adjusted before they leave.
+
+    - A refused request (``refuse``) gets its final response with the refusal's
+      status instead of pynetdicom's Success.
+    - Pending responses (optional, PS3.4 C.4.2.3 and C.4.3.3) leave at most every
+      ``DICOM_RETRIEVE_PENDING_INTERVAL_MS``: the first at once, the final one always.
+    """
+
+    def __init__(self, dimse):
+        self._refusals: dict[int, int] = {}  # Message ID -> status
+        self._last_pending: dict[int, float] = {}  # Message ID -> when
+        self._interval = settings.DICOM_RETRIEVE_PENDING_INTERVAL_MS / 1000
+        self._send_msg = dimse.send_msg
+
+    def refuse(self, message_id: int, status: int) -> None:
+        self._refusals[message_id] = status
+
+    def send_msg(self, primitive, context_id) -> None:
+        if isinstance(primitive, (C_MOVE, C_GET)) and primitive.MessageIDBeingRespondedTo is not None:
+            message_id = primitive.MessageIDBeingRespondedTo
+            if message_id in self._refusals:
+                primitive.Status = self._refusals.pop(message_id)
+            elif primitive.Status == PENDING and primitive.Identifier is None:
+                now = time.monotonic()
+                if now - self._last_pending.get(message_id, -math.inf) < self._interval:
+                    return
+                self._last_pending[message_id] = now
+            else:
+                self._last_pending.pop(message_id, None)
+        self._send_msg(primitive, context_id)
+
+
+def responses(assoc) -> _Responses:
+    """The response adjuster of ``assoc`` (the requester's association), installed on first use."""
+    dimse = assoc.dimse
+    adjuster = getattr(dimse, "imaging_responses", None)
+    if adjuster is None:
+        adjuster = dimse.imaging_responses = _Responses(dimse)
+        dimse.send_msg = adjuster.send_msg
+    return adjuster
+
+
 def sub_operations(event, instances):
     """The (status, data set) pairs a retrieve handler yields: one per instance, or Cancel."""
+    responses(event.assoc)
     for instance in instances:
         if event.is_cancelled:
             # 0xFE00 Cancel: pynetdicom reports the remaining and failed counts.

@@ -208,3 +208,53 @@ def test_it_leaves_other_responses_to_pynetdicom():
     assert fastsend.store_response(pynetdicom_command_set(find_response())) is None
     assert fastsend.store_response(pynetdicom_command_set(move_response(0xFF00))) is None
     assert fastsend.store_response(b"\x00\x00\x00\x00\x04\x00") is None  # truncated
+
+
+class FakeDIMSE:
+    def __init__(self):
+        self.sent = []
+
+    def send_msg(self, primitive, context_id):
+        self.sent.append((primitive.Status, primitive.NumberOfRemainingSuboperations))
+
+
+class FakeAssociation:
+    def __init__(self):
+        self.dimse = FakeDIMSE()
+
+
+def test_pending_retrieve_responses_leave_at_most_every_interval(settings, monkeypatch):
+    from network import retrieve
+
+    settings.DICOM_RETRIEVE_PENDING_INTERVAL_MS = 200
+    clock = [1000.0]
+    monkeypatch.setattr(retrieve.time, "monotonic", lambda: clock[0])
+    assoc = FakeAssociation()
+    dimse = assoc.dimse
+    responses = retrieve.responses(assoc)
+    assert retrieve.responses(assoc) is responses  # installed once
+    for remaining, at in ((9, 0.0), (8, 0.05), (7, 0.19), (6, 0.21), (5, 0.3), (4, 0.45)):
+        clock[0] = 1000.0 + at
+        dimse.send_msg(move_response(0xFF00, counts=(remaining, 9 - remaining, 0, 0)), 1)
+    dimse.send_msg(move_response(0x0000, counts=(None, 10, 0, 0)), 1)
+    assert [r for _s, r in dimse.sent] == [9, 6, 4, None]  # 0 ms, 210 ms, 450 ms, then the final one
+
+
+def test_with_no_interval_every_pending_response_leaves(settings):
+    from network import retrieve
+
+    settings.DICOM_RETRIEVE_PENDING_INTERVAL_MS = 0
+    assoc = FakeAssociation()
+    retrieve.responses(assoc)
+    for remaining in (3, 2, 1, 0):
+        assoc.dimse.send_msg(move_response(0xFF00, counts=(remaining, 3 - remaining, 0, 0)), 1)
+    assert [r for _s, r in assoc.dimse.sent] == [3, 2, 1, 0]
+
+
+def test_a_refused_request_gets_its_status_in_the_one_final_response(settings):
+    from network import retrieve
+
+    assoc = FakeAssociation()
+    retrieve.responses(assoc).refuse(65535, 0x0124)
+    assoc.dimse.send_msg(move_response(0x0000, counts=(None, 0, 0, 0)), 1)
+    assert assoc.dimse.sent == [(0x0124, None)]

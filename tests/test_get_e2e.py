@@ -92,7 +92,7 @@ def test_a_cancel_stops_the_sub_operations(system, tmp_path):
     archive(*dicomgen.ct_series(tmp_path / "src", 30, size=16, study_uid=study_uid))
     getter = Getter(system.port)
     try:
-        responses = getter.get(identifier("STUDY", StudyInstanceUID=study_uid), cancel_after=2)
+        responses = getter.get(identifier("STUDY", StudyInstanceUID=study_uid), cancel_after=1)
     finally:
         getter.release()
     final = responses[-1][0]

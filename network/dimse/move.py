@@ -14,14 +14,14 @@ response (nothing yielded: 0xC514 with a logged exception; zero sub-operations:
 0x0000), so a response sent by the handler would be a second one. A refusal
 (0x0124 not authorised, 0xA900, 0xC000, 0xA701) therefore yields zero
 sub-operations, which pynetdicom answers at once without associating, and that
-one final response leaves with the refusal's status (``_refuse``).
+one final response leaves with the refusal's status (``_refuse``,
+``retrieve.responses``).
 """
 
 import logging
 
 from django.conf import settings
 from pynetdicom import evt
-from pynetdicom.dimse_primitives import C_MOVE
 
 from network import reactor, retrieve
 from network.dimse.association import requested_instances, session_of
@@ -67,29 +67,8 @@ def handle_move(event):
 
 def _refuse(event, node, status: int):
     """Answer the C-MOVE with ``status`` alone: one final response, no association with ``node``."""
-    _refusals(event.assoc)[event.request.MessageID] = status
+    retrieve.responses(event.assoc).refuse(event.request.MessageID, status)
     # pynetdicom checks the destination, then answers zero sub-operations with its
     # final response before it would associate: the address is never used.
     yield node.host, node.port
     yield 0
-
-
-def _refusals(assoc) -> dict[int, int]:
-    """Message ID -> status, for the C-MOVE requests on ``assoc`` refused and not yet answered.
-
-    The association's DIMSE provider is wrapped, once, to give the final response
-    to such a request the refusal's status instead of pynetdicom's Success.
-    """
-    dimse = assoc.dimse
-    refusals = getattr(dimse, "imaging_refusals", None)
-    if refusals is None:
-        refusals = dimse.imaging_refusals = {}
-        send_msg = dimse.send_msg
-
-        def send(primitive, context_id):
-            if isinstance(primitive, C_MOVE) and primitive.MessageIDBeingRespondedTo in refusals:
-                primitive.Status = refusals.pop(primitive.MessageIDBeingRespondedTo)
-            send_msg(primitive, context_id)
-
-        dimse.send_msg = send
-    return refusals
