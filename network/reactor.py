@@ -130,6 +130,56 @@ class _DULWaiter:
                 pass
 
 
+def _reading_between_sends(dul) -> None:
+    """Let the DUL loop read what the peer sent between the PDUs it sends, not only once it has sent all.
+
+    Each turn, pynetdicom's loop sends a queued PDU or, only if none is queued,
+    reads one. A C-CANCEL arriving while we answer a query with hundreds of
+    matches would wait until the last of them had left. Here, when data waits on
+    the socket and the loop has just sent, it reads first: sends and reads take
+    turns, and a peer that keeps sending cannot hold our responses back either.
+    """
+    process_recv_primitive = dul._process_recv_primitive
+    poll = select.poll()
+    polled = [None]
+    read_last = [False]
+
+    def send_or_read() -> bool:
+        transport = dul.socket
+        sock = getattr(transport, "socket", None)
+        if not read_last[0] and sock is not None and dul.to_provider_queue.queue:
+            if polled[0] is not sock:
+                poll.register(sock, select.POLLIN)
+                polled[0] = sock
+            try:
+                readable = bool(poll.poll(0))
+            except (OSError, ValueError):
+                readable = False
+            if readable and dul.state_machine.current_state == "Sta6":
+                read_last[0] = True
+                return False  # the loop reads one PDU this turn
+        read_last[0] = False
+        return process_recv_primitive()
+
+    dul._process_recv_primitive = send_or_read
+
+
+def wait_until_sent(assoc, *, most: int, timeout: float) -> None:
+    """Until at most ``most`` PDUs wait in ``assoc``'s send queue (or ``timeout`` seconds passed).
+
+    A handler producing responses faster than they leave would otherwise queue
+    them all: memory grows, and it is past its last result before it can see a C-CANCEL.
+    """
+    outgoing = assoc.dul.to_provider_queue
+    deadline = time.monotonic() + timeout
+    with outgoing.not_full:  # Queue.get, which the DUL calls as it sends, notifies it
+        while outgoing._qsize() > most:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not assoc.is_established:
+                return
+            outgoing.not_full.wait(min(remaining, 0.05))
+
+
 def _recv_whole(sock, nr_bytes: int) -> bytearray:
     """Read exactly ``nr_bytes`` (fewer only if the peer closes), in as few calls as the kernel allows.
 
@@ -182,6 +232,7 @@ def install(assoc) -> bool:
     association_clock, dul_clock = _clocks()
     association_clock.register(assoc, lambda seconds: _wait_for_message(assoc.dimse.msg_queue, seconds))
     dul_clock.register(assoc.dul, _DULWaiter(assoc.dul))
+    _reading_between_sends(assoc.dul)
     AssociationSocket._create_socket = _create_socket_without_nagle
     transport = assoc.dul.socket
     if transport is not None and transport.socket is not None and transport.tls_args is None:

@@ -143,6 +143,29 @@ def test_it_reports_pending_counts_and_moves_a_list_of_series(system, study, tmp
     assert set(received(tmp_path / "in")) == set(stored)
 
 
+def test_a_c_cancel_stops_the_move(system, tmp_path):
+    study_uid = generate_uid(dicomgen.PYNETDICOM_ROOT)
+    archive(*dicomgen.ct_series(tmp_path / "src", 200, size=64, study_uid=study_uid))
+    with storescp(tmp_path / "in", tmp_path / "storescp.log", ae_title="DEST") as port:
+        ModalityNode.objects.create(ae_title="DEST", host="127.0.0.1", port=port)
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove, ExplicitVRLittleEndian)
+        assoc = ae.associate("127.0.0.1", system.port, ae_title="IMAGING")
+        assert assoc.is_established
+        responses = []
+        query = identifier("STUDY", StudyInstanceUID=study_uid)
+        for status, _ in assoc.send_c_move(query, "DEST", StudyRootQueryRetrieveInformationModelMove, msg_id=5):
+            responses.append(status)
+            if len(responses) == 1:  # the first Pending response leaves at once
+                assoc.send_c_cancel(5, query_model=StudyRootQueryRetrieveInformationModelMove)
+        assoc.release()
+    final = responses[-1]
+    assert final.Status == 0xFE00
+    assert 0 < final.NumberOfRemainingSuboperations < 200
+    assert final.NumberOfCompletedSuboperations + final.NumberOfRemainingSuboperations == 200
+    assert len(list((tmp_path / "in").iterdir())) == final.NumberOfCompletedSuboperations
+
+
 def test_it_moves_single_images_named_by_a_list_of_sop_instance_uids(system, study, tmp_path):
     study_uid, stored, series_uids = study
     wanted = sorted(stored)[:2]

@@ -4,7 +4,7 @@ import logging
 
 from django.conf import settings
 
-from network import access, query
+from network import access, query, reactor
 from network.dimse.association import permitted, session_of
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,8 @@ def handle_find(event):
     try:
         parsed = query.parse(identifier, model=model or query.STUDY_ROOT, fallback_charset=fallback)
         for match in query.results(parsed):
+            # One response ahead of the network at most: a C-CANCEL read meanwhile is seen here.
+            reactor.wait_until_sent(event.assoc, most=1, timeout=settings.DICOM_DIMSE_TIMEOUT)
             if event.is_cancelled:
                 log.info("C-FIND from %s cancelled", calling_ae)
                 yield CANCELLED, None
