@@ -43,8 +43,9 @@ def handle_find(event):
     try:
         parsed = query.parse(identifier, model=model or query.STUDY_ROOT, fallback_charset=fallback)
         for match in query.results(parsed):
-            # One response ahead of the network at most: a C-CANCEL read meanwhile is seen here.
-            reactor.wait_until_sent(event.assoc, most=1, timeout=settings.DICOM_DIMSE_TIMEOUT)
+            # A few responses ahead of the network at most: a C-CANCEL read meanwhile is
+            # seen here, and a large result does not pile up in memory.
+            reactor.wait_until_sent(event.assoc, most=8, timeout=settings.DICOM_DIMSE_TIMEOUT)
             if event.is_cancelled:
                 log.info("C-FIND from %s cancelled", calling_ae)
                 yield CANCELLED, None
