@@ -444,7 +444,16 @@ def install_messages(assoc) -> bool:
         if command is None:
             return send_msg(primitive, context_id)
         max_pdu = dimse.maximum_pdu_size or 0
-        for control_more, control_last, payload in ((1, 3, command), (0, 2, data_set.getvalue() if data_set else b"")):
+        data = data_set.getvalue() if data_set else b""
+        if data and (not max_pdu or len(command) + len(data) + 12 <= max_pdu):
+            # A small message (a C-FIND match) in one PDU of two PDVs, command then
+            # data set (PS3.8 9.3.5, E.2): half the work for the DUL and the network.
+            pdata = P_DATA()
+            pdata.presentation_data_value_list.append((context_id, b"\x03" + command))
+            pdata.presentation_data_value_list.append((context_id, b"\x02" + data))
+            assoc.dul.send_pdu(pdata)
+            return
+        for control_more, control_last, payload in ((1, 3, command), (0, 2, data)):
             if control_more == 0 and not payload:
                 break
             fragments = _fragments(payload, max_pdu)

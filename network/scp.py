@@ -88,6 +88,9 @@ RETRIEVE_MODELS = [
 
 # pynetdicom's per-PDU logging handlers cost time on every fragment of every image.
 _config.LOG_HANDLER_LEVEL = "none"
+# ... and its pretty-printing of every C-FIND/C-MOVE/C-GET identifier, even unlogged.
+_config.LOG_RESPONSE_IDENTIFIERS = False
+_config.LOG_REQUEST_IDENTIFIERS = False
 
 
 def build_ae(ae_title: str | None = None) -> AE:

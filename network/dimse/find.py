@@ -42,7 +42,8 @@ def handle_find(event):
         return
     try:
         parsed = query.parse(identifier, model=model or query.STUDY_ROOT, fallback_charset=fallback)
-        for match in query.results(parsed):
+        implicit_vr = event.context.transfer_syntax.is_implicit_VR
+        for match in query.results(parsed, implicit_vr=implicit_vr):
             # A few responses ahead of the network at most: a C-CANCEL read meanwhile is
             # seen here, and a large result does not pile up in memory.
             reactor.wait_until_sent(event.assoc, most=8, timeout=settings.DICOM_DIMSE_TIMEOUT)
