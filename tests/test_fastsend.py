@@ -258,3 +258,30 @@ def test_a_refused_request_gets_its_status_in_the_one_final_response(settings):
     retrieve.responses(assoc).refuse(65535, 0x0124)
     assoc.dimse.send_msg(move_response(0x0000, counts=(None, 0, 0, 0)), 1)
     assert assoc.dimse.sent == [(0x0124, None)]
+
+
+def test_a_reused_buffer_reads_each_file_whole(tmp_path):
+    small, large = tmp_path / "small.dcm", tmp_path / "large.dcm"
+    for path, n in ((small, 2), (large, 50)):
+        ds = dicomgen_dataset(n)
+        ds.save_as(path, enforce_file_format=True)
+    buffer = bytearray()
+    first = bytes(fastsend.stored_data_set(large, buffer))
+    second = bytes(fastsend.stored_data_set(small, buffer))  # shorter than what the buffer holds
+    assert first == bytes(fastsend.stored_data_set(large))
+    assert second == bytes(fastsend.stored_data_set(small))
+    assert len(second) < len(first)
+
+
+def dicomgen_dataset(n: int):
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = CT
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SOPClassUID = CT
+    ds.PatientName = "BUFFER^" + "X" * n
+    return ds
