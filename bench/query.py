@@ -4,10 +4,12 @@
 
 For each size: a fresh SQLite database in a temporary VAR_DIR, filled with
 bulk_create (realistic names, IDs, dates over ten years, modalities), runscp on
-a free port, one registered node, then findscu (process start included,
+a free port, one registered node. Then findscu (process start included,
 TCP_NODELAY=1) for three queries that each match fewer than 100 studies: an
-exact PatientID, a name prefix wildcard, one StudyDate. Prints median and 95th
-percentile per query and the ratio of the largest size to the smallest.
+exact PatientID, a name prefix wildcard, one StudyDate; the sizes take turns
+query by query, so that the machine's drift over the run weighs on each alike.
+Prints median and 95th percentile per query and the ratio of the largest size
+to the smallest.
 """
 
 import argparse
@@ -134,7 +136,8 @@ def probes(env: dict) -> dict[str, list[str]]:
     }
 
 
-def measure(size: int, runs: int, var: Path) -> dict[str, tuple[float, float, int]]:
+def prepare(size: int, var: Path) -> tuple[dict, dict[str, list[str]]]:
+    """A fresh database of ``size`` studies with one node; returns (environment, probes)."""
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "imaging.settings",
@@ -149,24 +152,45 @@ def measure(size: int, runs: int, var: Path) -> dict[str, tuple[float, float, in
     subprocess.run([sys.executable, __file__, "--fill", str(size)], env=env, cwd=ROOT, check=True)
     print(f"  filled {size:,} studies in {time.perf_counter() - t:.0f} s", flush=True)
     subprocess.run(procs.manage("modality", "add", "BENCH", "127.0.0.1", "0"), env=env, cwd=ROOT, check=True)
-    queries = probes(env)
-    port = procs.free_port()
-    scp = procs.start(procs.manage("runscp", "--port", str(port), "--host", "127.0.0.1"), env, var / "runscp.log")
+    return env, probes(env)
+
+
+def measure(sizes: list[int], runs: int, root: Path) -> dict[int, dict[str, tuple[float, float, int]]]:
+    """Every size's runscp at once, the queries taking turns: drift of the machine hits each size alike."""
+    servers, scps = {}, []
     try:
-        procs.wait_for(lambda: procs.port_open(port), 30, "runscp")
+        for size in sizes:
+            var = root / str(size)
+            var.mkdir()
+            print(f"{size:,} studies ({var})", flush=True)
+            env, queries = prepare(size, var)
+            port = procs.free_port()
+            scps.append(
+                procs.start(procs.manage("runscp", "--port", str(port), "--host", "127.0.0.1"), env, var / "runscp.log")
+            )
+            procs.wait_for(lambda port=port: procs.port_open(port), 30, "runscp")
+            servers[size] = (port, queries)
+        times = {size: {name: [] for name in queries} for size, (_port, queries) in servers.items()}
+        matches: dict[int, dict[str, int]] = {size: {} for size in sizes}
+        for port, queries in servers.values():
+            for keys in queries.values():
+                findscu(port, keys)  # warm up
+        for _ in range(runs):
+            for size, (port, queries) in servers.items():
+                for name, keys in queries.items():
+                    ms, matches[size][name] = findscu(port, keys)
+                    times[size][name].append(ms)
         results = {}
-        for name, keys in queries.items():
-            findscu(port, keys)  # warm up
-            times, matches = [], 0
-            for _ in range(runs):
-                ms, matches = findscu(port, keys)
-                times.append(ms)
-            times.sort()
-            p95 = times[min(len(times) - 1, round(0.95 * (len(times) - 1)))]
-            results[name] = (statistics.median(times), p95, matches)
+        for size in sizes:
+            results[size] = {}
+            for name, series in times[size].items():
+                series.sort()
+                p95 = series[min(len(series) - 1, round(0.95 * (len(series) - 1)))]
+                results[size][name] = (statistics.median(series), p95, matches[size][name])
         return results
     finally:
-        procs.stop(scp)
+        for scp in scps:
+            procs.stop(scp)
 
 
 def main() -> None:
@@ -179,14 +203,11 @@ def main() -> None:
         fill(args.fill)
         return
     sizes = [int(s) for s in args.sizes.split(",")]
-    table = {}
-    for size in sizes:
-        var = Path(tempfile.mkdtemp(prefix=f"bench-query-{size}-"))
-        print(f"{size:,} studies ({var})", flush=True)
-        try:
-            table[size] = measure(size, args.runs, var)
-        finally:
-            shutil.rmtree(var, ignore_errors=True)
+    root = Path(tempfile.mkdtemp(prefix="bench-query-"))
+    try:
+        table = measure(sizes, args.runs, root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
     print()
     print("| query | " + " | ".join(f"{s:,} studies: median / p95 ms (matches)" for s in sizes) + " | ratio |")
     print("|---|" + "---|" * (len(sizes) + 1))
