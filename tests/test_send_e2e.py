@@ -11,7 +11,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage
 
 from imaging import ingest, storage
-from network import scu, tasks
+from network import fastsend, scu, tasks
 from network.models import ModalityNode, SendJob
 from records.models import Study
 from tests import procs
@@ -59,12 +59,23 @@ def make_job(study, node) -> SendJob:
     )
 
 
-def test_it_sends_compressed_images_as_stored_to_a_node_that_accepts_them(study, tmp_path):
+# Our own C-STORE writing (network/fastsend.py), and pynetdicom's with DICOM_FAST_SEND=0.
+both_senders = pytest.mark.parametrize("fast_send", [True, False], ids=["fastsend", "pynetdicom"])
+
+
+@both_senders
+def test_it_sends_compressed_images_as_stored_to_a_node_that_accepts_them(
+    study, tmp_path, settings, monkeypatch, fast_send
+):
+    settings.DICOM_FAST_SEND = fast_send
+    ours, written = fastsend.send_c_store, []
+    monkeypatch.setattr(fastsend, "send_c_store", lambda *a, **kw: written.append(1) or ours(*a, **kw))
     study, uids = study
     with storescp(tmp_path / "in", tmp_path / "storescp.log", "+xa") as port:
         node = ModalityNode.objects.create(ae_title="TARGET", host="127.0.0.1", port=port)
         job = scu.send_study(study.pk, node.pk, make_job(study, node).pk)
     assert (job.state, job.total, job.sent, job.failed, job.failures) == ("succeeded", 2, 2, 0, [])
+    assert len(written) == (2 if fast_send else 0)
     got = received(tmp_path / "in")
     assert set(got) == set(uids.values())
     rle, _ = got[uids["MR_small_RLE.dcm"]]
@@ -79,7 +90,9 @@ def test_it_sends_compressed_images_as_stored_to_a_node_that_accepts_them(study,
     assert job.finished_at >= job.started_at
 
 
-def test_it_decompresses_for_a_node_that_accepts_only_uncompressed_images(study, tmp_path):
+@both_senders
+def test_it_decompresses_for_a_node_that_accepts_only_uncompressed_images(study, tmp_path, settings, fast_send):
+    settings.DICOM_FAST_SEND = fast_send
     study, uids = study
     with storescp(tmp_path / "in", tmp_path / "storescp.log") as port:
         node = ModalityNode.objects.create(ae_title="TARGET", host="127.0.0.1", port=port)
