@@ -1,22 +1,29 @@
-"""C-STORE requests of ours written straight to the socket: C-MOVE and C-GET sub-operations, sends to nodes.
+"""The DIMSE messages we send, encoded by us; our C-STORE requests written straight to the socket.
 
-pynetdicom sends a C-STORE request as a queue of P-DATA primitives, one per
+pynetdicom builds a pydicom Dataset for every command set it sends or
+receives; it sends a C-STORE request as a queue of P-DATA primitives, one per
 PDU of the peer's maximum length (16 KB for DCMTK's tools), that its DUL thread
 takes, encodes and writes one at a time; and it pauses and resumes the
 association's own loop around every request, which costs up to a millisecond
-each time. For a 512 KB CT slice that is most of the time an image takes.
+each time. For a 512 KB CT slice sent in a C-MOVE that was most of the time.
 
-Here the whole request (command set, then the data set, fragmented into
-P-DATA-TF PDUs no longer than the peer accepts, PS3.8 9.3.5 and E.2) is built
-in one buffer and written with one ``sendall``, under a lock that the DUL's own
-writes take too. pynetdicom still negotiates the association, reads and
-decodes the response, and runs the C-MOVE/C-GET protocol; the association's
-loop, which would otherwise take the response off the queue, is paused once
-and stays paused while we send (pynetdicom's ``release()`` resumes it).
+- ``send_c_store``: the whole request (command set, then the data set read from
+  the file, fragmented into P-DATA-TF PDUs no longer than the peer accepts,
+  PS3.8 9.3.5 and E.2) is written with ``sendmsg``, under a lock the DUL's own
+  writes take too; its response is decoded by us into pynetdicom's primitive.
+  The association's loop, which would otherwise take the response off the
+  queue, is paused once and stays paused while we send (pynetdicom's
+  ``release()`` and ``abort()`` resume it).
+- ``install_messages``: every other message the association sends (C-STORE,
+  C-FIND, C-MOVE, C-GET, C-ECHO responses) gets its command set from us, and
+  still goes through the DUL as P-DATA primitives, in order.
 
-Used only where it is known to be right: pynetdicom versions this was written
-against, no TLS, ``DICOM_FAST_SEND`` on. Anywhere else ``send_c_store`` is
-pynetdicom's own.
+pynetdicom still negotiates, reads and decodes everything else and runs the
+services. EVT_DIMSE_SENT/RECV are not triggered for these messages (nothing
+here binds them). The encoders are checked byte for byte against pynetdicom's
+in tests/test_fastsend.py. Used only where known to be right: the pynetdicom
+versions this was written against, no TLS, ``DICOM_FAST_SEND`` on; anywhere
+else pynetdicom does it all.
 """
 
 import logging
