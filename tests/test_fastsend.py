@@ -43,10 +43,10 @@ def store_response(**extra):
     return rsp
 
 
-def move_response(status, *, identifier=None, counts=(3, 1, 0, 0)):
-    rsp = C_MOVE()
-    rsp.MessageIDBeingRespondedTo = 65535
-    rsp.AffectedSOPClassUID = STUDY_MOVE
+def retrieve_response(primitive_class, sop_class, status, *, identifier=None, counts=(3, 1, 0, 0), message_id=65535):
+    rsp = primitive_class()
+    rsp.MessageIDBeingRespondedTo = message_id
+    rsp.AffectedSOPClassUID = sop_class
     rsp.Status = status
     rsp.Identifier = identifier
     (
@@ -58,16 +58,12 @@ def move_response(status, *, identifier=None, counts=(3, 1, 0, 0)):
     return rsp
 
 
+def move_response(status, *, identifier=None, counts=(3, 1, 0, 0)):
+    return retrieve_response(C_MOVE, STUDY_MOVE, status, identifier=identifier, counts=counts)
+
+
 def get_response():
-    rsp = C_GET()
-    rsp.MessageIDBeingRespondedTo = 2
-    rsp.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.2.2.3"
-    rsp.Status = 0xFF00
-    rsp.NumberOfRemainingSuboperations = 10
-    rsp.NumberOfCompletedSuboperations = 290
-    rsp.NumberOfFailedSuboperations = 0
-    rsp.NumberOfWarningSuboperations = 0
-    return rsp
+    return retrieve_response(C_GET, "1.2.840.10008.5.1.4.1.2.2.3", 0xFF00, counts=(10, 290, 0, 0), message_id=2)
 
 
 def find_response():
