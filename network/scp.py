@@ -14,7 +14,7 @@ import threading
 import time
 
 from django.conf import settings
-from django.db import connections
+from django.db import DatabaseError, connections
 from pydicom.uid import (
     HTJ2K,
     JPEG2000,
@@ -265,8 +265,12 @@ def _warm_up_database() -> None:
     """
     from records.models import Instance
 
-    ModalityNode.objects.filter(ae_title="").exists()
-    Instance.objects.filter(sop_instance_uid="").values("pk").first()
+    try:
+        ModalityNode.objects.filter(ae_title="").exists()
+        Instance.objects.filter(sop_instance_uid="").values("pk").first()
+    except DatabaseError:
+        # The SCP listens all the same: each association is refused transiently until it is back.
+        log.exception("the database cannot be read at start-up")
 
 
 def serve(
