@@ -9,47 +9,23 @@ of the movescu run. Every DCMTK tool and Orthanc run with TCP_NODELAY=1.
 """
 
 import argparse
-import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+import orthanc  # noqa: E402 - bench/orthanc.py
+
 PYTHON = sys.executable
-NODELAY = {**os.environ, "TCP_NODELAY": "1"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(what, condition, timeout=60):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
-def echo_ok(aet, port, calling="BENCH") -> bool:
-    return (
-        subprocess.run(
-            ["echoscu", "-to", "2", "-aet", calling, "-aec", aet, "127.0.0.1", str(port)],
-            capture_output=True,
-            env=NODELAY,
-        ).returncode
-        == 0
-    )
+NODELAY = orthanc.NODELAY
 
 
 def move(aet, port, study_uid, out: Path) -> float:
@@ -99,7 +75,7 @@ def main() -> int:
         study_uid = pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID
         out = root / "received"
         out.mkdir()
-        dest_port = free_port()
+        dest_port = orthanc.free_port()
         procs.append(
             subprocess.Popen(
                 ["storescp", "-aet", "DEST", "-od", str(out), str(dest_port)],
@@ -110,7 +86,11 @@ def main() -> int:
         )
 
         # Ours: runscp on a fresh SQLite database, the sender and the destination registered.
-        env = {**os.environ, "VAR_DIR": str(root / "ours"), "CELERY_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0"}
+        env = {
+            **os.environ,
+            "VAR_DIR": str(root / "ours"),
+            "CELERY_BROKER_URL": f"redis://127.0.0.1:{orthanc.free_port()}/0",
+        }
         (root / "ours").mkdir()
         manage = [PYTHON, str(REPO / "manage.py")]
         subprocess.run([*manage, "migrate", "-v", "0"], env=env, check=True)
@@ -123,7 +103,7 @@ def main() -> int:
             check=True,
             stdout=subprocess.DEVNULL,
         )
-        ours_port = free_port()
+        ours_port = orthanc.free_port()
         scp_log = (root / "ours" / "runscp.log").open("wb")  # noqa: SIM115 - open as long as the process
         procs.append(
             subprocess.Popen(
@@ -133,42 +113,13 @@ def main() -> int:
                 stderr=subprocess.STDOUT,
             )
         )
-        wait_for("runscp", lambda: echo_ok("IMAGING", ours_port))
+        orthanc.wait_for("runscp", lambda: orthanc.echo_ok("IMAGING", ours_port))
 
         # Orthanc: its defaults, its own folders, the destination declared.
-        home = root / "orthanc"
-        home.mkdir()
-        orthanc_port, http_port = free_port(), free_port()
-        config = {
-            "Name": "bench",
-            "StorageDirectory": str(home / "storage"),
-            "IndexDirectory": str(home / "index"),
-            "DicomAet": "ORTHANC",
-            "DicomPort": orthanc_port,
-            "HttpPort": http_port,
-            "DicomCheckCalledAet": False,
-            "RemoteAccessAllowed": False,
-            "DicomModalities": {"dest": ["DEST", "127.0.0.1", dest_port], "bench": ["BENCH", "127.0.0.1", 104]},
-        }
-        (home / "orthanc.json").write_text(json.dumps(config))
-        procs.append(
-            subprocess.Popen(
-                ["Orthanc", str(home / "orthanc.json")],
-                env=NODELAY,
-                cwd=home,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
+        orthanc_proc, orthanc_port = orthanc.start(
+            root / "orthanc", {"dest": ("DEST", dest_port), "bench": ("BENCH", 104)}
         )
-
-        def orthanc_up():
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{http_port}/system", timeout=1)  # noqa: S310 - ours
-                return echo_ok("ORTHANC", orthanc_port)
-            except OSError:
-                return False
-
-        wait_for("Orthanc", orthanc_up)
+        procs.append(orthanc_proc)
 
         for aet, port in (("IMAGING", ours_port), ("ORTHANC", orthanc_port)):
             sent = subprocess.run(
@@ -191,10 +142,10 @@ def main() -> int:
                     raise RuntimeError(f"{name}: {received} of {args.slices} images arrived")
                 rates[name].append(args.slices / elapsed)
                 print(f"  {name:8} {rates[name][-1]:6.0f} images/s", flush=True)
-        ours, orthanc = statistics.median(rates["ours"]), statistics.median(rates["orthanc"])
+        ours, theirs = statistics.median(rates["ours"]), statistics.median(rates["orthanc"])
         print(
             f"\nC-MOVE of a {args.slices}-slice 512x512 CT to storescp, median of {args.repeat} (images/s): "
-            f"ours {ours:.0f}, Orthanc {orthanc:.0f}, ratio {ours / orthanc:.2f}"
+            f"ours {ours:.0f}, Orthanc {theirs:.0f}, ratio {ours / theirs:.2f}"
         )
         return 0
     finally:

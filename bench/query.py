@@ -102,8 +102,8 @@ def fill(studies: int, seed: int = 4) -> None:
     Study.objects.bulk_create(rows)
 
 
-def findscu(port: int, keys: list[str]) -> tuple[float, int]:
-    args = ["findscu", "-v", "-S", "-aet", "BENCH", "-aec", "IMAGING", "127.0.0.1", str(port)]
+def findscu(port: int, keys: list[str], called: str = "IMAGING") -> tuple[float, int]:
+    args = ["findscu", "-v", "-S", "-aet", "BENCH", "-aec", called, "127.0.0.1", str(port)]
     given = {key.partition("=")[0] for key in keys}  # a later empty -k would replace a matching key
     for key in ["QueryRetrieveLevel=STUDY", *keys, *(k for k in REQUESTED if k not in given)]:
         args += ["-k", key]
