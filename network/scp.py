@@ -3,15 +3,19 @@
 Python's interpreter lock caps one process at roughly one core, so each
 association gets its own process (as DCMTK's ``storescp --fork`` does): several
 modalities sending at once use every core, and a crash while handling one
-association cannot take the listener down. The parent only accepts and forks.
+association cannot take the listener down. The parent only forks: one spare
+child at a time waits in accept() for the next connection, already warmed up,
+and tells the parent when it has one so that the parent forks the next spare.
 """
 
 import logging
 import os
+import select
 import signal
 import socket
 import threading
 import time
+from pathlib import Path
 
 from django.conf import settings
 from django.db import DatabaseError, connections
@@ -145,11 +149,6 @@ class AssociationProcessHandler(RequestHandler):
             self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass
-        # pynetdicom deep-copies the server's presentation contexts (about 180 here, with
-        # 2,700 transfer syntaxes) for every association, so that associations running
-        # as threads of one process cannot share them: 25 ms before each A-ASSOCIATE-AC.
-        # This process serves one association, and after fork the contexts are its own.
-        transport.deepcopy = list
         assoc = self._create_association()
         if settings.DICOM_EVENT_DRIVEN_LOOPS:
             reactor.install(assoc)
@@ -182,12 +181,14 @@ class AssociationProcessHandler(RequestHandler):
 
 
 class ForkingAssociationServer(AssociationServer):
-    """An AssociationServer whose associations each run in a forked process."""
+    """An AssociationServer whose associations each run in a forked process, forked ahead of time."""
 
     def __init__(self, ae, address, ae_title, contexts, evt_handlers, handoff, max_children):
         self.handoff = handoff
         self.max_children = max_children
         self.children: set[int] = set()
+        self.spare: int | None = None  # the child waiting in accept() for the next connection
+        self._accepted_r, self._accepted_w = os.pipe()  # a spare says here it took one
         super().__init__(
             ae, address, ae_title, contexts, evt_handlers=evt_handlers, request_handler=AssociationProcessHandler
         )
@@ -207,44 +208,65 @@ class ForkingAssociationServer(AssociationServer):
             if pid == 0:
                 return
             self.children.discard(pid)
+            if pid == self.spare:
+                self.spare = None  # it died before a connection came: fork another
             if block:
                 return
 
-    def process_request(self, request, client_address) -> None:
+    def _fork_spare(self) -> None:
+        """Fork the process that takes the next connection, and let it get ready before it comes.
+
+        A fresh child pays for fork and for its first touch of each page it shares
+        with the listener (copy on write) on its first queries and objects: 10 ms
+        or so on the way to the A-ASSOCIATE-AC. The spare pays that while it waits.
+        """
         pid = os.fork()
         if pid:
             self.children.add(pid)
-            self.close_request(request)
+            self.spare = pid
             return
-        # Child: keep nothing of the parent's listener, so a stopped server frees its port.
         status = 1
+        request = None
         try:
-            self.socket.close()
+            # Idle, a spare has nothing to finish: SIGTERM ends it at once (accept() would
+            # otherwise resume after the handler, and the port stay open).
+            signal.signal(signal.SIGTERM, _exit_idle)
+            signal.signal(signal.SIGINT, _exit_idle)
+            os.close(self._accepted_r)
+            _name_process(SPARE_NAME)
+            _warm_up_child(self)
+            request, client_address = self.socket.accept()
+            _name_process(ASSOCIATION_NAME)
             signal.signal(signal.SIGTERM, _request_shutdown)
             signal.signal(signal.SIGINT, _request_shutdown)
+            os.write(self._accepted_w, b"\0")  # the listener forks the next spare
+            # Keep nothing of the listener, so a stopped server frees its port.
+            self.socket.close()
             self.finish_request(request, client_address)
             status = 0
         except Exception:
-            log.exception("association from %s failed", client_address)
+            log.exception("association process failed")
         finally:
             try:
-                self.shutdown_request(request)
+                if request is not None:
+                    self.shutdown_request(request)
             finally:
                 logging.shutdown()
                 os._exit(status)
 
     def serve_until_stopped(self) -> None:
-        """Accept and fork until SIGTERM/SIGINT, then let the children finish."""
-        self.timeout = 0.5
+        """Keep a spare process waiting for the next connection until SIGTERM/SIGINT, then let the children finish."""
         while not _Shutdown.requested:
             self.reap()
-            if len(self.children) >= self.max_children:
-                # Beyond the limit new connections wait in the listen backlog.
-                time.sleep(0.05)
-                continue
-            self.handle_request()
+            if self.spare is None and len(self.children) < self.max_children:
+                self._fork_spare()
+            # Beyond the limit new connections wait in the listen backlog until a child ends.
+            ready, _, _ = select.select([self._accepted_r], [], [], 0.5)
+            if ready:
+                os.read(self._accepted_r, 64)
+                self.spare = None
         self.server_close()
-        log.info("stopping: waiting for %d association(s) to finish", len(self.children))
+        log.info("stopping: waiting for %d association(s) to finish", len(self.children) - (self.spare is not None))
         for pid in list(self.children):
             try:
                 os.kill(pid, signal.SIGTERM)
@@ -255,6 +277,54 @@ class ForkingAssociationServer(AssociationServer):
 
     def handle_timeout(self) -> None:
         pass
+
+
+# What ps and /proc show of a child: waiting for a connection, or serving one.
+SPARE_NAME = "dicom-spare"
+ASSOCIATION_NAME = "dicom-assoc"
+
+
+def _name_process(name: str) -> None:
+    try:
+        Path("/proc/self/comm").write_text(name)
+    except OSError:
+        pass  # not Linux: the name is only for people and tests
+
+
+def _exit_idle(signum, frame) -> None:
+    os._exit(0)
+
+
+def _warm_up_child(server) -> None:
+    """In a spare, before its connection comes: what every association does first, done once.
+
+    It touches the code and objects it will need (copying the pages it shares with the
+    listener while nobody waits), connects to the database and reads the nodes the way
+    an association request will, and builds a query the way a C-FIND will.
+    """
+    from pydicom.dataset import Dataset
+    from pynetdicom._globals import MODE_ACCEPTOR
+    from pynetdicom.association import Association
+
+    from network import query
+
+    # pynetdicom deep-copies the server's presentation contexts (about 180 here, with
+    # 2,700 transfer syntaxes) for every association, so that associations running
+    # as threads of one process cannot share them: 25 ms before each A-ASSOCIATE-AC.
+    # This process serves one association, and after fork the contexts are its own.
+    transport.deepcopy = list
+    try:
+        Association(server.ae, MODE_ACCEPTOR)
+        access.decide(called_ae=settings.DICOM_AE_TITLE, calling_ae="WARM-UP", peer_address="127.0.0.1")
+        identifier = Dataset()
+        identifier.QueryRetrieveLevel = "STUDY"
+        identifier.PatientName = "WARM^UP*"
+        identifier.StudyDate = ""
+        str(query.parse(identifier, model=query.STUDY_ROOT).queryset.query)
+    except Exception:  # a warm-up: whatever fails here fails again, and is handled, for real
+        log.debug("warm-up failed", exc_info=True)
+    finally:
+        connections.close_all()
 
 
 def _warm_up_database() -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
+from network.scp import SPARE_NAME
 from tests import procs
 
 _STORAGE = Path(tempfile.mkdtemp(prefix="imaging-test-storage-"))
@@ -166,6 +167,7 @@ def system(pipeline, transactional_db):
     yield pipeline
     # An association's process logs it after the peer has released: let every one
     # finish before the database is emptied, or the two race (a deadlock on PostgreSQL).
-    procs.wait_for(lambda: not procs.children(pipeline.procs["runscp"].pid), 60, "runscp's associations to end")
+    runscp = pipeline.procs["runscp"].pid
+    procs.wait_for(lambda: not procs.children(runscp, but=SPARE_NAME), 60, "runscp's associations to end")
     for folder in ("instances", "thumbnails"):
         shutil.rmtree(pipeline.storage / folder, ignore_errors=True)

@@ -56,8 +56,11 @@ def dicom_answers(port: int) -> bool:
     return assoc.is_rejected
 
 
-def children(pid: int) -> list[int]:
-    """The live child processes of ``pid`` (Linux /proc); zombies, already finished, are left out."""
+def children(pid: int, *, but: str | None = None) -> list[int]:
+    """The live child processes of ``pid`` (Linux /proc); zombies, already finished, are left out.
+
+    ``but``: leave out the children of that name too (runscp's spare, waiting for a connection).
+    """
     found = []
     for task in Path(f"/proc/{pid}/task").glob("*"):
         try:
@@ -70,9 +73,17 @@ def children(pid: int) -> list[int]:
             state = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if state != "Z":
-            live.append(child)
+        if state == "Z" or (but and _name(child) == but):
+            continue
+        live.append(child)
     return live
+
+
+def _name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
 
 
 def start(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
