@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from django.conf import settings
-from django.db import DatabaseError, connections
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
 from pydicom.uid import (
     HTJ2K,
     JPEG2000,
@@ -119,7 +119,7 @@ def build_ae(ae_title: str | None = None) -> AE:
 
 def handlers(handoff: IndexHandoff) -> list:
     return [
-        (evt.EVT_REQUESTED, handle_requested),
+        (evt.EVT_REQUESTED, _handle_requested),
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_C_FIND, handle_find),
         (evt.EVT_C_STORE, handle_store, [handoff]),
@@ -299,8 +299,9 @@ def _warm_up_child(server) -> None:
     """In a spare, before its connection comes: what every association does first, done once.
 
     It touches the code and objects it will need (copying the pages it shares with the
-    listener while nobody waits), connects to the database and reads the nodes the way
-    an association request will, and builds a query the way a C-FIND will.
+    listener while nobody waits), connects to the database (the connection the
+    association will use) and reads the nodes the way an association request will,
+    and builds a query the way a C-FIND will.
     """
     from pydicom.dataset import Dataset
     from pynetdicom._globals import MODE_ACCEPTOR
@@ -321,10 +322,35 @@ def _warm_up_child(server) -> None:
         identifier.PatientName = "WARM^UP*"
         identifier.StudyDate = ""
         str(query.parse(identifier, model=query.STUDY_ROOT).queryset.query)
+        # The connection stays open for the association's thread (_adopt_connection).
+        connection = connections[DEFAULT_DB_ALIAS]
+        connection.inc_thread_sharing()
+        _Warm.connection = connection
     except Exception:  # a warm-up: whatever fails here fails again, and is handled, for real
         log.debug("warm-up failed", exc_info=True)
-    finally:
         connections.close_all()
+
+
+class _Warm:
+    """What a spare prepared for the association it will serve."""
+
+    connection = None
+
+
+def _adopt_connection() -> None:
+    """In the association's thread: use the database connection the spare opened, not a new one.
+
+    Django's connections belong to a thread; this one is shared (inc_thread_sharing)
+    between the process's main thread, which logs the association at its end, and
+    the association's, which uses it until then: never both at once.
+    """
+    if _Warm.connection is not None:
+        connections[DEFAULT_DB_ALIAS] = _Warm.connection
+
+
+def _handle_requested(event) -> None:
+    _adopt_connection()
+    handle_requested(event)
 
 
 def _warm_up_database() -> None:
