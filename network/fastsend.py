@@ -34,8 +34,10 @@ import time
 from pathlib import Path
 
 from django.conf import settings
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
+from pynetdicom import service_class
 from pynetdicom.dimse import _RQ_TO_MESSAGE, _RSP_TO_MESSAGE
 from pynetdicom.dimse_messages import _COMMAND_SET_KEYWORDS, _DATASET_KEYWORDS, _MESSAGE_TYPES
 from pynetdicom.dimse_primitives import C_STORE
@@ -425,6 +427,60 @@ def _decode_store_responses(assoc) -> None:
 
     dimse.receive_primitive = receive
     dimse.imaging_store_responses = True
+
+
+# --- Identifiers our handlers yield (C-FIND matches) -------------------------------------------
+
+# Explicit VR: these VRs have a 4-byte length after two reserved bytes (PS3.5 7.1.2).
+_LONG_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"}
+
+
+def encode_raw_dataset(ds: Dataset, implicit_vr: bool) -> bytes | None:
+    """A data set of raw, Little Endian, VR-bearing elements in Implicit or Explicit VR Little Endian.
+
+    None for anything else (a decoded element, Big Endian, a missing VR): pydicom encodes that.
+    """
+    out = []
+    for tag in sorted(ds._dict):
+        element = ds._dict[tag]
+        if not isinstance(element, RawDataElement) or not element.is_little_endian or not element.VR:
+            return None
+        value = element.value or b""
+        if len(value) % 2:
+            return None
+        if implicit_vr:
+            out.append(struct.pack("<HHL", tag >> 16, tag & 0xFFFF, len(value)))
+        elif element.VR in _LONG_VRS:
+            out.append(struct.pack("<HH2sHL", tag >> 16, tag & 0xFFFF, element.VR.encode(), 0, len(value)))
+        elif len(value) > 0xFFFF:
+            return None
+        else:
+            out.append(struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, element.VR.encode(), len(value)))
+        out.append(value)
+    return b"".join(out)
+
+
+def install_identifier_encoding() -> bool:
+    """Let pynetdicom's services send the identifiers we yield encoded by us when they are raw.
+
+    pydicom's writer costs about 40 microseconds an element even for raw elements it
+    only copies: half a millisecond for each C-FIND match. Every other data set is
+    pydicom's, as before. Once per process; follows ``DICOM_FAST_SEND`` at each call.
+    """
+    if not reactor.supported() or getattr(service_class.encode, "imaging_raw", False):
+        return False
+    pydicom_encode = service_class.encode
+
+    def encode_identifier(ds, is_implicit_vr, is_little_endian, deflated=False):
+        if settings.DICOM_FAST_SEND and is_little_endian and not deflated:
+            encoded = encode_raw_dataset(ds, is_implicit_vr)
+            if encoded is not None:
+                return encoded
+        return pydicom_encode(ds, is_implicit_vr, is_little_endian, deflated)
+
+    encode_identifier.imaging_raw = True
+    service_class.encode = encode_identifier
+    return True
 
 
 # --- Every other message we send (responses above all), still through the DUL --------------

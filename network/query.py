@@ -30,6 +30,7 @@ from django.db import connection
 from django.db.models import Count, Exists, F, IntegerField, OuterRef, Q, Subquery, Sum, Value
 from django.db.models.functions import Coalesce, Upper
 from django.db.models.lookups import Lookup
+from pydicom.charset import convert_encodings
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
@@ -558,11 +559,12 @@ def _element(tag: int, vr: str, value: str | None) -> RawDataElement:
 def response(query: Query, row: dict, *, implicit_vr: bool = False) -> Dataset:
     """One pending response: every requested key, empty when the index does not know it.
 
-    Its elements are encoded already; ``implicit_vr`` is the encoding it will be
-    written in, so that pydicom writes them as they are instead of decoding them first.
+    Its elements are encoded already, raw: the C-FIND SCP sends them as they are
+    (``fastsend.encode_raw_dataset``); ``implicit_vr``, the encoding it will be
+    written in, lets pydicom too write them without decoding them first.
     """
     ds = Dataset()
-    ds.QueryRetrieveLevel = query.level
+    ds[0x00080052] = _element(0x00080052, "CS", query.level)  # QueryRetrieveLevel
     non_ascii = False
     for tag, keyword, vr in query.requested:
         value = None
@@ -573,7 +575,7 @@ def response(query: Query, row: dict, *, implicit_vr: bool = False) -> Dataset:
         elif keyword == "InstanceAvailability":
             value = "ONLINE"
         if vr == "SQ":
-            ds.add_new(tag, vr, [])
+            ds[tag] = _element(tag, vr, None)  # an empty sequence
             continue
         vr = vr[:2]  # "US or SS" from a dictionary: the first
         if value is not None and not value.isascii():
@@ -582,9 +584,11 @@ def response(query: Query, row: dict, *, implicit_vr: bool = False) -> Dataset:
             ds[tag] = _element(tag, vr, value)
         except (ValueError, struct.error):
             ds[tag] = _element(tag, vr, None)  # a value the VR cannot hold: answered empty
+    charset = ds._character_set  # the default; read before the raw element is there, which reading converts
     if non_ascii:
-        ds.SpecificCharacterSet = "ISO_IR 192"
-    ds.set_original_encoding(implicit_vr, True, ds._character_set)
+        ds[0x00080005] = _element(0x00080005, "CS", "ISO_IR 192")  # SpecificCharacterSet
+        charset = convert_encodings("ISO_IR 192")
+    ds.set_original_encoding(implicit_vr, True, charset)
     return ds
 
 

@@ -95,6 +95,8 @@ _config.LOG_HANDLER_LEVEL = "none"
 # ... and its pretty-printing of every C-FIND/C-MOVE/C-GET identifier, even unlogged.
 _config.LOG_RESPONSE_IDENTIFIERS = False
 _config.LOG_REQUEST_IDENTIFIERS = False
+# C-FIND matches, built encoded already (network/query.py), are sent as they are.
+fastsend.install_identifier_encoding()
 
 
 def build_ae(ae_title: str | None = None) -> AE:

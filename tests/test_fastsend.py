@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_dataset
 from pydicom.tag import Tag
 from pynetdicom.dimse import _RQ_TO_MESSAGE, _RSP_TO_MESSAGE
 from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_GET, C_MOVE, C_STORE
@@ -281,3 +284,43 @@ def dicomgen_dataset(n: int):
     ds.SOPClassUID = CT
     ds.PatientName = "BUFFER^" + "X" * n
     return ds
+
+
+@pytest.mark.parametrize("implicit_vr", [False, True], ids=["explicit", "implicit"])
+@pytest.mark.parametrize("name", ["WANG^XIAOMING=王^小明", "LI^NA", "ODD^"])
+def test_a_c_find_match_is_encoded_as_pydicom_encodes_it(implicit_vr, name):
+    from network import query
+
+    requested = [
+        (0x00100010, "PatientName", "PN"),
+        (0x00100020, "PatientID", "LO"),
+        (0x0020000D, "StudyInstanceUID", "UI"),
+        (0x00080061, "ModalitiesInStudy", "CS"),
+        (0x00201208, "NumberOfStudyRelatedInstances", "IS"),
+        (0x00280010, "Rows", "US"),
+        (0x00081110, "ReferencedStudySequence", "SQ"),
+        (0x00081030, "StudyDescription", "LO"),
+    ]
+    columns = {kw: kw for _tag, kw, _vr in requested[:6]}
+    row = {
+        "PatientName": name,
+        "PatientID": "P1",
+        "StudyInstanceUID": "1.2.3",
+        "ModalitiesInStudy": "CT\\MR",
+        "NumberOfStudyRelatedInstances": 300,
+        "Rows": 512,
+    }
+    match = query.response(query.Query("study", "STUDY", None, requested, columns), row, implicit_vr=implicit_vr)
+    ours = fastsend.encode_raw_dataset(match, implicit_vr)
+    assert ours is not None
+    assert ours == encode(match, implicit_vr, True)
+    decoded = read_dataset(DicomBytesIO(ours), implicit_vr, True)
+    decoded.SpecificCharacterSet = match.get("SpecificCharacterSet", "ISO_IR 6")
+    assert str(decoded.PatientName) == name.rstrip("^") or str(decoded.PatientName) == name
+    assert decoded.Rows == 512 and decoded.ReferencedStudySequence == []
+
+
+def test_a_decoded_element_leaves_the_encoding_to_pydicom():
+    ds = Dataset()
+    ds.PatientName = "DECODED^ELEMENT"
+    assert fastsend.encode_raw_dataset(ds, False) is None
