@@ -262,8 +262,9 @@ class ForkingAssociationServer(AssociationServer):
             self.reap()
             if self.spare is None and len(self.children) < self.max_children:
                 self._fork_spare()
-            # Beyond the limit new connections wait in the listen backlog until a child ends.
-            ready, _, _ = select.select([self._accepted_r], [], [], 0.5)
+            # Beyond the limit new connections wait in the listen backlog until a child
+            # ends: then look for that often.
+            ready, _, _ = select.select([self._accepted_r], [], [], 0.5 if self.spare else 0.05)
             if ready:
                 os.read(self._accepted_r, 64)
                 self.spare = None
@@ -346,8 +347,12 @@ def _adopt_connection() -> None:
     between the process's main thread, which logs the association at its end, and
     the association's, which uses it until then: never both at once.
     """
-    if _Warm.connection is not None:
-        connections[DEFAULT_DB_ALIAS] = _Warm.connection
+    connection = _Warm.connection
+    if connection is None:
+        return
+    if connection.connection is not None and not connection.is_usable():  # closed by the server meanwhile
+        connection.close()
+    connections[DEFAULT_DB_ALIAS] = connection
 
 
 def _handle_requested(event) -> None:

@@ -73,13 +73,13 @@ def children(pid: int, *, but: str | None = None) -> list[int]:
             state = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if state == "Z" or (but and _name(child) == but):
+        if state == "Z" or (but and name(child) == but):
             continue
         live.append(child)
     return live
 
 
-def _name(pid: int) -> str:
+def name(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/comm").read_text().strip()
     except OSError:

@@ -289,6 +289,29 @@ def test_sigterm_lets_the_association_in_flight_finish(system, tmp_path):
     assert not procs.port_open(port), "a stopped server no longer listens"
 
 
+def test_a_spare_process_waits_for_each_next_association(system, tmp_path):
+    from network.scp import ASSOCIATION_NAME, SPARE_NAME
+
+    scp, port = start_scp(system.env, system.logs, name="runscp-spare")
+    try:
+        # start_scp's readiness probe was an association: its process may still be ending.
+        procs.wait_for(lambda: not procs.children(scp.pid, but=SPARE_NAME), 30, "the probe's process to end")
+        spares = procs.children(scp.pid)
+        assert [procs.name(pid) for pid in spares] == [SPARE_NAME]
+        first = spares[0]
+        result = storescu(port, *dicomgen.ct_series(tmp_path / "ct", 2, size=32, patient_id="SPARE"))
+        assert result.returncode == 0, result.stderr
+        # The spare served that association; another took its place and waits in turn.
+        others = procs.wait_for(lambda: [p for p in procs.children(scp.pid) if p != first], 30, "the next spare")
+        assert [procs.name(pid) for pid in others] == [SPARE_NAME]
+        assert procs.name(first) in (ASSOCIATION_NAME, "")  # serving, or gone
+    finally:
+        scp.terminate()
+        assert scp.wait(60) == 0
+    assert not procs.children(scp.pid)
+    assert not procs.port_open(port), "an idle spare does not keep the port open"
+
+
 def _files_on_disk_for(files):
     uids = [pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in files]
     return [u for u in uids if storage.absolute(storage.instance_relpath(u)).exists()]
