@@ -31,9 +31,6 @@ log = logging.getLogger(__name__)
 PENDING = 0xFF00
 CANCEL = 0xFE00
 
-# pynetdicom's sub-operation counters are US: a retrieve cannot name more instances.
-MAX_SUB_OPERATIONS = 65535
-
 
 def root_of(sop_class: str) -> str:
     """Patient Root or Study Root, from the C-MOVE/C-GET request's Affected SOP Class UID."""
