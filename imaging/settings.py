@@ -174,6 +174,8 @@ DICOM_EVENT_DRIVEN_LOOPS = envbool("DICOM_EVENT_DRIVEN_LOOPS", True)
 # Write our C-STORE requests (C-MOVE/C-GET sub-operations, sends to nodes) to the
 # socket in one piece (network/fastsend.py); 0 leaves them to pynetdicom.
 DICOM_FAST_SEND = envbool("DICOM_FAST_SEND", True)
+# Processes forked ahead, warmed up and waiting for the next associations (network/scp.py).
+DICOM_SPARE_PROCESSES = envint("DICOM_SPARE_PROCESSES", 2)
 # On SIGTERM, associations in progress get this long to finish before being aborted.
 DICOM_SHUTDOWN_GRACE = envint("DICOM_SHUTDOWN_GRACE", 30)
 # Character set assumed for names in data sets that declare none (issue: many

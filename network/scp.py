@@ -3,9 +3,10 @@
 Python's interpreter lock caps one process at roughly one core, so each
 association gets its own process (as DCMTK's ``storescp --fork`` does): several
 modalities sending at once use every core, and a crash while handling one
-association cannot take the listener down. The parent only forks: one spare
-child at a time waits in accept() for the next connection, already warmed up,
-and tells the parent when it has one so that the parent forks the next spare.
+association cannot take the listener down. The parent only forks: a few spare
+children (DICOM_SPARE_PROCESSES) wait in accept() for the next connections,
+already warmed up; each tells the parent when it has one, and the parent forks
+another spare in its place.
 """
 
 import logging
@@ -189,8 +190,8 @@ class ForkingAssociationServer(AssociationServer):
         self.handoff = handoff
         self.max_children = max_children
         self.children: set[int] = set()
-        self.spare: int | None = None  # the child waiting in accept() for the next connection
-        self._accepted_r, self._accepted_w = os.pipe()  # a spare says here it took one
+        self.spares: set[int] = set()  # the children waiting in accept() for the next connections
+        self._accepted_r, self._accepted_w = os.pipe()  # a spare writes its pid here when it takes one
         super().__init__(
             ae, address, ae_title, contexts, evt_handlers=evt_handlers, request_handler=AssociationProcessHandler
         )
@@ -210,8 +211,7 @@ class ForkingAssociationServer(AssociationServer):
             if pid == 0:
                 return
             self.children.discard(pid)
-            if pid == self.spare:
-                self.spare = None  # it died before a connection came: fork another
+            self.spares.discard(pid)  # a spare that died before a connection came: fork another
             if block:
                 return
 
@@ -220,12 +220,13 @@ class ForkingAssociationServer(AssociationServer):
 
         A fresh child pays for fork and for its first touch of each page it shares
         with the listener (copy on write) on its first queries and objects: 10 ms
-        or so on the way to the A-ASSOCIATE-AC. The spare pays that while it waits.
+        or so on the way to the A-ASSOCIATE-AC. The spare pays that while it waits;
+        more than one spare lets a modality's parallel associations all find one.
         """
         pid = os.fork()
         if pid:
             self.children.add(pid)
-            self.spare = pid
+            self.spares.add(pid)
             return
         status = 1
         request = None
@@ -241,7 +242,7 @@ class ForkingAssociationServer(AssociationServer):
             _name_process(ASSOCIATION_NAME)
             signal.signal(signal.SIGTERM, _request_shutdown)
             signal.signal(signal.SIGINT, _request_shutdown)
-            os.write(self._accepted_w, b"\0")  # the listener forks the next spare
+            os.write(self._accepted_w, b"%d\n" % os.getpid())  # the listener forks another spare
             # Keep nothing of the listener, so a stopped server frees its port.
             self.socket.close()
             self.finish_request(request, client_address)
@@ -257,19 +258,20 @@ class ForkingAssociationServer(AssociationServer):
                 os._exit(status)
 
     def serve_until_stopped(self) -> None:
-        """Keep a spare process waiting for the next connection until SIGTERM/SIGINT, then let the children finish."""
+        """Keep spare processes waiting for the next connections until SIGTERM/SIGINT, then let the children finish."""
+        wanted = max(settings.DICOM_SPARE_PROCESSES, 1)
         while not _Shutdown.requested:
             self.reap()
-            if self.spare is None and len(self.children) < self.max_children:
+            while len(self.spares) < wanted and len(self.children) < self.max_children:
                 self._fork_spare()
             # Beyond the limit new connections wait in the listen backlog until a child
             # ends: then look for that often.
-            ready, _, _ = select.select([self._accepted_r], [], [], 0.5 if self.spare else 0.05)
+            ready, _, _ = select.select([self._accepted_r], [], [], 0.5 if self.spares else 0.05)
             if ready:
-                os.read(self._accepted_r, 64)
-                self.spare = None
+                for taken in os.read(self._accepted_r, 4096).split():
+                    self.spares.discard(int(taken))
         self.server_close()
-        log.info("stopping: waiting for %d association(s) to finish", len(self.children) - (self.spare is not None))
+        log.info("stopping: waiting for %d association(s) to finish", len(self.children - self.spares))
         for pid in list(self.children):
             try:
                 os.kill(pid, signal.SIGTERM)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from django.conf import settings
 from PIL import Image
 from pydicom.data import get_testdata_file
 from pynetdicom import AE
@@ -289,22 +290,29 @@ def test_sigterm_lets_the_association_in_flight_finish(system, tmp_path):
     assert not procs.port_open(port), "a stopped server no longer listens"
 
 
-def test_a_spare_process_waits_for_each_next_association(system, tmp_path):
+def test_spare_processes_wait_for_the_next_associations(system, tmp_path):
     from network.scp import ASSOCIATION_NAME, SPARE_NAME
 
     scp, port = start_scp(system.env, system.logs, name="runscp-spare")
     try:
         # start_scp's readiness probe was an association: its process may still be ending.
         procs.wait_for(lambda: not procs.children(scp.pid, but=SPARE_NAME), 30, "the probe's process to end")
-        spares = procs.children(scp.pid)
-        assert [procs.name(pid) for pid in spares] == [SPARE_NAME]
-        first = spares[0]
+        spares = set(procs.children(scp.pid))
+        assert [procs.name(pid) for pid in spares] == [SPARE_NAME] * settings.DICOM_SPARE_PROCESSES
         result = storescu(port, *dicomgen.ct_series(tmp_path / "ct", 2, size=32, patient_id="SPARE"))
         assert result.returncode == 0, result.stderr
-        # The spare served that association; another took its place and waits in turn.
-        others = procs.wait_for(lambda: [p for p in procs.children(scp.pid) if p != first], 30, "the next spare")
-        assert [procs.name(pid) for pid in others] == [SPARE_NAME]
-        assert procs.name(first) in (ASSOCIATION_NAME, "")  # serving, or gone
+        # One spare served that association; another took its place, and they wait in turn.
+        waiting = procs.wait_for(
+            lambda: [p for p in procs.children(scp.pid) if procs.name(p) == SPARE_NAME and p not in spares] or None,
+            30,
+            "a new spare",
+        )
+        assert len(waiting) == 1
+        (served,) = spares - set(procs.children(scp.pid, but=ASSOCIATION_NAME))
+        assert procs.name(served) in (ASSOCIATION_NAME, "")  # still ending, or gone
+        assert (
+            len([p for p in procs.children(scp.pid) if procs.name(p) == SPARE_NAME]) == settings.DICOM_SPARE_PROCESSES
+        )
     finally:
         scp.terminate()
         assert scp.wait(60) == 0
