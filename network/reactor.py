@@ -10,7 +10,11 @@ message to handle) and otherwise lasts as long as the sleep would have, so an
 idle association costs no more CPU than before.
 
 It also makes the DUL read a whole PDU in as few ``recv`` calls as the kernel
-allows instead of 4 KiB at a time.
+allows instead of 4 KiB at a time, and read what the peer sent between the PDUs
+it sends (a C-CANCEL in the middle of our responses); ``wait_until_sent`` lets
+a handler keep only a few responses ahead of the network. Associations we
+request (a C-MOVE's, a study sent to a node) get event-driven DUL waits too
+(``install_outgoing``).
 
 This replaces the ``time`` module seen by ``pynetdicom.association`` and
 ``pynetdicom.dul`` with a stand-in whose ``sleep`` is changed only when called
