@@ -138,6 +138,21 @@ def message_command_set(primitive, message_name: str, data_set) -> bytes | None:
         return None
 
 
+def encode_message(primitive) -> tuple[bytes, object] | None:
+    """A DIMSE primitive's (command set, data set BytesIO or None), as pynetdicom would send them.
+
+    None for what we leave to pynetdicom: a data set sent from a file, an element we
+    do not encode, a primitive pynetdicom has no message for.
+    """
+    table = _RQ_TO_MESSAGE if primitive.MessageIDBeingRespondedTo is None else _RSP_TO_MESSAGE
+    message_class = table.get(type(primitive))
+    if message_class is None or getattr(primitive, "_dataset_path", None):
+        return None
+    data_set = getattr(primitive, _DATASET_KEYWORDS.get(message_class.__name__, ""), None)
+    command = message_command_set(primitive, message_class.__name__.replace("_", "-"), data_set)
+    return None if command is None else (command, data_set)
+
+
 def c_store_rq(
     *,
     sop_class: str,
@@ -507,16 +522,10 @@ def install_messages(assoc) -> bool:
     send_msg = dimse.send_msg
 
     def send(primitive, context_id):
-        if primitive.MessageIDBeingRespondedTo is None:
-            message_class = _RQ_TO_MESSAGE.get(type(primitive))
-        else:
-            message_class = _RSP_TO_MESSAGE.get(type(primitive))
-        if message_class is None or getattr(primitive, "_dataset_path", None):
+        encoded = encode_message(primitive)
+        if encoded is None:
             return send_msg(primitive, context_id)
-        data_set = getattr(primitive, _DATASET_KEYWORDS.get(message_class.__name__, ""), None)
-        command = message_command_set(primitive, message_class.__name__.replace("_", "-"), data_set)
-        if command is None:
-            return send_msg(primitive, context_id)
+        command, data_set = encoded
         max_pdu = dimse.maximum_pdu_size or 0
         data = data_set.getvalue() if data_set else b""
         if data and (not max_pdu or len(command) + len(data) + 12 <= max_pdu):

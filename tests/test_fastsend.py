@@ -29,10 +29,8 @@ def pynetdicom_command_set(primitive) -> bytes:
 
 
 def ours(primitive) -> bytes | None:
-    table = _RQ_TO_MESSAGE if primitive.MessageIDBeingRespondedTo is None else _RSP_TO_MESSAGE
-    name = table[type(primitive)].__name__
-    data_set = getattr(primitive, fastsend._DATASET_KEYWORDS.get(name, ""), None)
-    return fastsend.message_command_set(primitive, name.replace("_", "-"), data_set)
+    encoded = fastsend.encode_message(primitive)
+    return None if encoded is None else encoded[0]
 
 
 def store_response(**extra):
