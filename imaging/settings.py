@@ -149,6 +149,16 @@ THUMBNAIL_DELAY_SECONDS = envint("THUMBNAIL_DELAY_SECONDS", 1)
 STORAGE_FSYNC = envbool("STORAGE_FSYNC", True)
 # Largest C-STORE data set accepted, in bytes (a multi-frame US cine can be large).
 DICOM_MAX_DATASET_BYTES = envint("DICOM_MAX_DATASET_BYTES", 2 * 1024**3)
+# Below this much free space on STORAGE_DIR, C-STORE and STOW-RS answer "out of
+# resources" (0xA700) and /health says why: the disk never fills up under the
+# files already stored.
+STORAGE_MIN_FREE_MB = envint("STORAGE_MIN_FREE_MB", 1024)
+# A SOP Instance UID that arrives again under another study or patient than the
+# stored one: "reject" keeps the stored instance and answers a failure status,
+# "replace" stores the new one over it. Either way the conflict is recorded.
+DICOM_UID_CONFLICT_POLICY = envstr("DICOM_UID_CONFLICT_POLICY", "reject")
+if DICOM_UID_CONFLICT_POLICY not in ("reject", "replace"):
+    raise ImproperlyConfigured(f"DICOM_UID_CONFLICT_POLICY={DICOM_UID_CONFLICT_POLICY!r}: use reject or replace")
 
 # --- DICOM network ---------------------------------------------------------------
 DICOM_AE_TITLE = envstr("DICOM_AE_TITLE", "IMAGING")

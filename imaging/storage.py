@@ -150,3 +150,28 @@ def iter_instance_files(*, remove_partials_older_than: float | None = None):
                         log.info("removed %s, left by an interrupted write", path)
                 except FileNotFoundError:
                     pass
+
+
+def free_bytes() -> int:
+    """Bytes available to us on the file system that holds STORAGE_DIR."""
+    folder = root()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent  # a fresh install: STORAGE_DIR is made on the first store
+    stat = os.statvfs(folder)
+    return stat.f_bavail * stat.f_frsize
+
+
+def low_space_reason() -> str | None:
+    """Why nothing more should be stored (free space below STORAGE_MIN_FREE_MB), or None.
+
+    Checked before every store: a full disk must be met with "out of resources"
+    while the files already stored, the database and the logs still have room.
+    """
+    limit = settings.STORAGE_MIN_FREE_MB * 1024 * 1024
+    try:
+        free = free_bytes()
+    except OSError as exc:
+        return f"cannot read the free space of {root()}: {exc}"
+    if free < limit:
+        return f"{free // (1024 * 1024)} MB free on {root()}, below STORAGE_MIN_FREE_MB={settings.STORAGE_MIN_FREE_MB}"
+    return None

@@ -115,3 +115,57 @@ class Instance(models.Model):
 
     def __str__(self) -> str:
         return self.sop_instance_uid
+
+
+class IndexingFailure(models.Model):
+    """A stored file the indexer could not index, and why: one row per file, removed once it is indexed.
+
+    The file stays on disk (nothing a device sent is thrown away); the row lets an
+    administrator see it in the admin and /health count it.
+    """
+
+    file_path = models.CharField(max_length=255, unique=True, help_text="Relative to STORAGE_DIR.")
+    sop_instance_uid = models.CharField("SOP Instance UID", max_length=64, blank=True, default="")
+    source_ae = models.CharField("from AE title", max_length=16, blank=True, default="")
+    reason = models.CharField(max_length=500)
+    first_failed_at = models.DateTimeField(auto_now_add=True)
+    last_failed_at = models.DateTimeField(auto_now=True, db_index=True)  # the admin's list goes by date
+    attempts = models.PositiveIntegerField(default=1)
+
+    class Meta:
+        ordering = ["-last_failed_at"]
+        verbose_name = "indexing failure"
+
+    def __str__(self) -> str:
+        return f"{self.file_path}: {self.reason}"
+
+
+class InstanceConflict(models.Model):
+    """An instance arrived with a SOP Instance UID we hold under another study or patient.
+
+    Written where the conflict is seen (the store path, or the indexer for files
+    already on disk) with what was decided (settings.DICOM_UID_CONFLICT_POLICY);
+    never edited afterwards.
+    """
+
+    class Resolution(models.TextChoices):
+        KEPT_STORED = "kept-stored", "kept the stored instance, refused the new one"
+        REPLACED = "replaced", "replaced the stored instance"
+        KEPT_STUDY_PATIENT = "kept-study-patient", "kept the study with its patient"
+
+    detected_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    sop_instance_uid = models.CharField("SOP Instance UID", max_length=64, db_index=True)
+    source_ae = models.CharField("from AE title", max_length=16, blank=True, default="")
+    stored_study_uid = models.CharField("stored Study Instance UID", max_length=64, blank=True, default="")
+    incoming_study_uid = models.CharField("incoming Study Instance UID", max_length=64, blank=True, default="")
+    stored_patient_id = models.CharField("stored patient ID", max_length=64, blank=True, default="")
+    incoming_patient_id = models.CharField("incoming patient ID", max_length=64, blank=True, default="")
+    resolution = models.CharField(max_length=32, choices=Resolution.choices)
+    detail = models.CharField(max_length=500, blank=True, default="")
+
+    class Meta:
+        ordering = ["-detected_at"]
+        verbose_name = "instance conflict"
+
+    def __str__(self) -> str:
+        return f"{self.sop_instance_uid}: {self.get_resolution_display()}"
