@@ -351,6 +351,26 @@ def test_a_successful_sign_in_forgets_earlier_mistakes(client):
 
 
 @pytest.mark.django_db
+def test_an_administrator_unlocks_a_locked_out_user(client):
+    from axes.models import AccessAttempt
+
+    make_user("doctor", DOCTOR)
+    for _ in range(5):
+        sign_in(client, "doctor", "wrong")
+    assert sign_in(client, "doctor").status_code == 429
+    admin = Client()
+    admin.force_login(make_user("administrator", ADMINISTRATOR))
+    listing = admin.get("/admin/axes/accessattempt/")
+    assert listing.status_code == 200 and "doctor" in listing.content.decode()
+    attempt = AccessAttempt.objects.get(username="doctor")
+    response = admin.post(
+        "/admin/axes/accessattempt/", {"action": "delete_selected", "_selected_action": [attempt.pk], "post": "yes"}
+    )
+    assert response.status_code == 302
+    assert sign_in(client, "doctor").status_code == 302
+
+
+@pytest.mark.django_db
 def test_the_lockout_page_speaks_simplified_chinese(client):
     make_user("doctor", DOCTOR)
     for _ in range(5):
