@@ -72,7 +72,11 @@ def check_broker() -> Result:
 
 
 def check_storage() -> Result:
-    """STORAGE_DIR takes a new file (written and removed), as every C-STORE needs."""
+    """STORAGE_DIR takes a new file (written and removed), as every C-STORE needs.
+
+    Made if missing, as the first store would make it: a fresh install is healthy.
+    """
+    storage.root().mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=storage.root(), prefix=".health-") as probe:
         probe.write(b"ok")
         probe.flush()

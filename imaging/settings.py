@@ -197,8 +197,9 @@ LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 
 # --- Web security ------------------------------------------------------------------
-# A signed-in session lasts one working day from sign-in (not prolonged by activity,
-# so a workstation left signed in does not stay so for ever).
+# A signed-in session lasts one working day from sign-in: it is not prolonged by each
+# request (SESSION_SAVE_EVERY_REQUEST stays off), so a workstation left signed in does
+# not stay so for ever.
 SESSION_HOURS = envint("SESSION_HOURS", 10)
 SESSION_COOKIE_AGE = SESSION_HOURS * 3600
 # Also end the session when the browser closes (shared ward workstations).

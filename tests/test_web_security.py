@@ -714,12 +714,22 @@ def test_health_does_not_wait_for_a_check_that_hangs():
 
 
 @pytest.mark.django_db(transaction=True)
+def test_health_makes_a_missing_storage_dir_as_the_first_store_would(client, healthy):
+    healthy.STORAGE_DIR = healthy.STORAGE_DIR / "fresh"
+    response, body, _ = get_health(client)
+    assert response.status_code == 200, body
+    assert healthy.STORAGE_DIR.is_dir() and list(healthy.STORAGE_DIR.iterdir()) == []
+
+
+@pytest.mark.django_db(transaction=True)
 def test_health_fails_when_storage_cannot_take_a_file(client, healthy):
-    healthy.STORAGE_DIR = healthy.STORAGE_DIR / "not-there"
+    # Tests run as root, whom file modes do not stop: a regular file where the directory should be does.
+    (healthy.STORAGE_DIR / "a-file").write_text("")
+    healthy.STORAGE_DIR = healthy.STORAGE_DIR / "a-file" / "storage"
     response, body, _ = get_health(client)
     assert response.status_code == 503
-    assert "storage" in body["failing"] and "broker" not in body["failing"]
-    assert body["checks"]["storage"]["error"].startswith("FileNotFoundError")
+    assert body["failing"] == ["storage"]
+    assert body["checks"]["storage"]["error"] == "NotADirectoryError (details in the web server's log)"
     # Nothing public names where the archive lives.
     assert str(healthy.STORAGE_DIR.parent) not in response.content.decode()
 
