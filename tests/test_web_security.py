@@ -486,6 +486,23 @@ def test_https_makes_cookies_secure_and_trusts_the_proxy_header(tmp_path):
 
 
 @pytest.mark.django_db
+def test_behind_an_https_proxy_cookies_are_secure_and_hsts_is_sent(client, settings):
+    # What HTTPS=1 sets (the test above proves it does).
+    settings.SESSION_COOKIE_SECURE = settings.CSRF_COOKIE_SECURE = settings.SECURE_SSL_REDIRECT = True
+    settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    settings.SECURE_HSTS_SECONDS = 31536000
+    make_user("doctor", DOCTOR)
+    # Plain HTTP (the proxy says so, or says nothing) goes to HTTPS.
+    assert client.get(LOGIN, headers={"x-forwarded-proto": "http"})["Location"] == f"https://testserver{LOGIN}"
+    page = client.get(LOGIN, headers={"x-forwarded-proto": "https"})
+    assert page.status_code == 200
+    assert page["Strict-Transport-Security"] == "max-age=31536000"
+    assert page.cookies["csrftoken"]["secure"] is True
+    signed_in = client.post(LOGIN, {"username": "doctor", "password": PASSWORD}, headers={"x-forwarded-proto": "https"})
+    assert signed_in.status_code == 302 and signed_in.cookies["sessionid"]["secure"] is True
+
+
+@pytest.mark.django_db
 def test_behind_https_the_health_check_still_answers_over_plain_http(client, settings):
     settings.SECURE_SSL_REDIRECT = True
     assert client.get(LOGIN).status_code == 301
