@@ -822,7 +822,17 @@ def test_runall_names_the_addresses_to_open_from_another_machine():
     )
 
 
-def test_runall_banner_prints_the_address_for_other_machines():
+def test_runall_banner_leaves_out_addresses_allowed_hosts_refuses(settings):
+    settings.ALLOWED_HOSTS = ["localhost", "127.0.0.1", "pacs"]
+    banner = runall.Command()._banner("0.0.0.0", 8000, "", None, addresses=["10.1.2.3"], hostname="pacs")
+    assert "From another machine: http://pacs:8000/\n" in banner and "10.1.2.3" not in banner
+    settings.ALLOWED_HOSTS = ["localhost"]
+    banner = runall.Command()._banner("0.0.0.0", 8000, "", None, addresses=["10.1.2.3"], hostname="pacs")
+    assert "From another machine" not in banner and "ALLOWED_HOSTS lists none" in banner
+
+
+def test_runall_banner_prints_the_address_for_other_machines(settings):
+    settings.ALLOWED_HOSTS = ["10.1.2.3", "pacs"]
     banner = runall.Command()._banner("0.0.0.0", 8000, "admin", "pw", addresses=["10.1.2.3"], hostname="pacs")
     assert "Web:        http://127.0.0.1:8000/" in banner
     assert "From another machine: http://10.1.2.3:8000/  or  http://pacs:8000/" in banner

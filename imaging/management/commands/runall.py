@@ -13,11 +13,12 @@ import socket
 import subprocess
 import sys
 import time
-from urllib.parse import urlparse
+from urllib.parse import urlparse, urlsplit
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
+from django.http.request import validate_host
 
 from network.addresses import local_addresses
 
@@ -176,8 +177,12 @@ class Command(BaseCommand):
             hostname = socket.gethostname()
         local, remote = web_urls(host, port, addresses, hostname)
         lines = ["", f"  Web:        {local}  (administration at {local}admin/)"]
-        if remote:
-            lines.append(f"  From another machine: {'  or  '.join(remote)}")
+        # Only the addresses Django will answer to (an ALLOWED_HOSTS set by hand may leave some out).
+        answered = [url for url in remote if validate_host(urlsplit(url).hostname or "", settings.ALLOWED_HOSTS)]
+        if answered:
+            lines.append(f"  From another machine: {'  or  '.join(answered)}")
+        elif remote:
+            lines.append("              (ALLOWED_HOSTS lists none of this machine's addresses: add the one to open)")
         elif host not in ALL_INTERFACES:
             lines.append(f"              (listening on {host} only: start with --web-host 0.0.0.0 for other machines)")
         if password:
