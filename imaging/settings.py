@@ -247,7 +247,8 @@ AXES_LOCKOUT_CALLABLE = "records.views.locked_out"
 # Every sign-in (who, from where, when) is kept by axes: the access log an auditor asks for.
 AXES_DISABLE_ACCESS_LOG = False
 
-# /health: each check (database, broker, storage) gives up after this many seconds,
+# --- /health (imaging/health.py; public, for load balancers and monitors) ----------
+# Each check (database, broker, storage) gives up after this many seconds,
 # so a dead Redis or a hung disk answers 503 instead of hanging the monitor.
 HEALTH_CHECK_TIMEOUT = envint("HEALTH_CHECK_TIMEOUT", 3)
 # /health fails when more stored files than this could not be indexed; -1 only counts
