@@ -4,7 +4,11 @@ This is the only module that reads ``os.environ``. Every variable is listed in
 the README and in ``docker/.env.example``.
 """
 
+import datetime as dt
 import os
+import secrets
+import socket
+import tempfile
 from pathlib import Path
 
 import dj_database_url
@@ -46,13 +50,58 @@ def envlist(name: str, default: str) -> list[str]:
     return [item.strip() for item in envstr(name, default).split(",") if item.strip()]
 
 
+def generated_secret_key(path: Path) -> str:
+    """The key kept in ``path``, made on first use (mode 0600) so that no key ever lives in the repository.
+
+    Every process of ``make run`` (web workers, SCP, worker) imports the settings at
+    about the same time: the key is written to a private temporary file and linked
+    into place, so a process either creates the one file or reads the complete key
+    another process created, never half a file.
+    """
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".secret-key-")  # mode 0600
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(50) + "\n")
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass  # another process got there first: its key wins
+        finally:
+            os.unlink(tmp)
+    key = path.read_text().strip()
+    if len(key) < 50:
+        raise ImproperlyConfigured(f"{path} holds no usable key: delete it to have a new one made")
+    return key
+
+
+def this_machine_hosts() -> list[str]:
+    """Loopback plus this machine's host name and addresses, as ALLOWED_HOSTS takes them.
+
+    So that a browser elsewhere in the department can open http://<our address>:8000/
+    without configuring anything. Read locally (network/addresses.py): no packet is sent.
+    """
+    from network.addresses import local_addresses
+
+    hosts = ["localhost", "127.0.0.1", "[::1]"]
+    name = socket.gethostname()
+    hosts += [name, name.split(".")[0]] if name else []
+    for address in local_addresses():
+        hosts.append(f"[{address.address}]" if address.version == 6 else address.address)
+    return list(dict.fromkeys(host.lower() for host in hosts))
+
+
 VAR_DIR = Path(envstr("VAR_DIR", str(BASE_DIR / "var")))
 
 DEBUG = envbool("DEBUG", False)
-# The embedded key only serves a first run on a developer's machine; set SECRET_KEY
-# (or SECRET_KEY_FILE) anywhere else.
-SECRET_KEY = envstr("SECRET_KEY", "insecure-development-key-set-SECRET_KEY-in-production")
-ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
+# Without SECRET_KEY (or SECRET_KEY_FILE) a key is generated on first start and kept
+# in VAR_DIR/secret-key; set it where several machines or containers must share one
+# (docker's entrypoint insists, since its VAR_DIR is not a shared volume).
+SECRET_KEY = envstr("SECRET_KEY", "") or generated_secret_key(VAR_DIR / "secret-key")
+# Unset: this machine's names and addresses (this_machine_hosts); set it to the DNS
+# name users type, or behind a proxy.
+ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", "") or this_machine_hosts()
 CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS", "")
 
 INSTALLED_APPS = [
@@ -63,6 +112,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "axes",
     "imaging",
     "records",
     "network",
@@ -78,6 +128,14 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: it turns a lockout into the "too many attempts" page.
+    "axes.middleware.AxesMiddleware",
+]
+
+# django-axes first: it refuses a locked-out username+address before the password is checked.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
 ]
 
 ROOT_URLCONF = "imaging.urls"
@@ -137,6 +195,65 @@ STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
+
+# --- Web security ------------------------------------------------------------------
+# A signed-in session lasts one working day from sign-in: it is not prolonged by each
+# request (SESSION_SAVE_EVERY_REQUEST stays off), so a workstation left signed in does
+# not stay so for ever.
+SESSION_HOURS = envint("SESSION_HOURS", 10)
+SESSION_COOKIE_AGE = SESSION_HOURS * 3600
+# Also end the session when the browser closes (shared ward workstations).
+SESSION_EXPIRE_AT_BROWSER_CLOSE = envbool("SESSION_EXPIRE_AT_BROWSER_CLOSE", False)
+# The one HTTPS switch: set when users reach us through an HTTPS proxy (gunicorn itself
+# speaks plain HTTP). It makes cookies Secure, redirects plain HTTP to HTTPS, sends HSTS,
+# and trusts the proxy's X-Forwarded-Proto header (the proxy must set it, overwriting
+# what a client sent).
+HTTPS = envbool("HTTPS", False)
+SESSION_COOKIE_SECURE = HTTPS
+CSRF_COOKIE_SECURE = HTTPS
+SECURE_SSL_REDIRECT = HTTPS
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if HTTPS else None
+# The container's health check asks gunicorn directly, over plain HTTP.
+SECURE_REDIRECT_EXEMPT = [r"^health$"]
+# Browsers refuse plain HTTP to us for this long once they have seen HTTPS (0: no HSTS).
+HSTS_SECONDS = envint("HSTS_SECONDS", 31536000 if HTTPS else 0)
+SECURE_HSTS_SECONDS = HSTS_SECONDS
+SECURE_HSTS_INCLUDE_SUBDOMAINS = HSTS_SECONDS > 0
+SECURE_HSTS_PRELOAD = HSTS_SECONDS > 0
+if not HTTPS:
+    # Plain HTTP is then the operator's stated choice (a closed department network), so
+    # `check --deploy` does not repeat it four times; everything else it still reports.
+    # HTTPS=1 turns these settings on and these checks pass.
+    SILENCED_SYSTEM_CHECKS = [
+        "security.W004",  # SECURE_HSTS_SECONDS
+        "security.W008",  # SECURE_SSL_REDIRECT
+        "security.W012",  # SESSION_COOKIE_SECURE
+        "security.W016",  # CSRF_COOKIE_SECURE
+    ]
+
+# Failed sign-ins (django-axes): after LOGIN_FAILURE_LIMIT wrong passwords for one user
+# name from one address, that pair is refused, right password included, for
+# LOGIN_COOLOFF_MINUTES. By user name *and* address, so that a guesser neither locks
+# out the real user at another workstation nor gets more tries by changing the name.
+LOGIN_FAILURE_LIMIT = envint("LOGIN_FAILURE_LIMIT", 5)
+LOGIN_COOLOFF_MINUTES = envint("LOGIN_COOLOFF_MINUTES", 15)
+AXES_FAILURE_LIMIT = LOGIN_FAILURE_LIMIT
+AXES_COOLOFF_TIME = dt.timedelta(minutes=LOGIN_COOLOFF_MINUTES)
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+# One successful sign-in forgets the earlier mistakes.
+AXES_RESET_ON_SUCCESS = True
+# The page that says so (429): records/views.py, in the site's language and look.
+AXES_LOCKOUT_CALLABLE = "records.views.locked_out"
+# Every sign-in (who, from where, when) is kept by axes: the access log an auditor asks for.
+AXES_DISABLE_ACCESS_LOG = False
+
+# --- /health (imaging/health.py; public, for load balancers and monitors) ----------
+# Each check (database, broker, storage) gives up after this many seconds,
+# so a dead Redis or a hung disk answers 503 instead of hanging the monitor.
+HEALTH_CHECK_TIMEOUT = envint("HEALTH_CHECK_TIMEOUT", 3)
+# /health fails when more stored files than this could not be indexed; -1 only counts
+# them (one odd file from a modality should not take the web out of a load balancer).
+HEALTH_MAX_INDEXING_FAILURES = envint("HEALTH_MAX_INDEXING_FAILURES", -1)
 
 # --- Image storage -------------------------------------------------------------
 STORAGE_DIR = Path(envstr("STORAGE_DIR", str(VAR_DIR / "storage")))
@@ -236,9 +353,17 @@ LOGGING = {
     "loggers": {
         # pynetdicom logs every PDU at INFO/DEBUG; only its warnings are news.
         "pynetdicom": {"level": "WARNING"},
+        # django-axes: failed sign-ins and lockouts are warnings; its start-up line and each
+        # successful sign-in (kept in its access log table anyway) are not news.
+        "axes": {"level": "WARNING"},
     },
 }
 
 REST_FRAMEWORK = {
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    # Deny unless a view names the roles it serves (records/api_permissions.py): an API
+    # view that forgets to is closed, and the URL walk test fails, instead of open.
+    "DEFAULT_PERMISSION_CLASSES": ["records.api_permissions.DenyAll"],
+    # The session of our login page (throttled by axes, expiring with SESSION_HOURS);
+    # Basic authentication would send passwords with every request.
+    "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
 }

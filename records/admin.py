@@ -1,4 +1,6 @@
 from django.contrib import admin
+from django.contrib.auth.admin import GroupAdmin, UserAdmin
+from django.contrib.auth.models import Group, User
 from django.urls import reverse
 from django.utils.html import format_html
 
@@ -94,3 +96,43 @@ class InstanceAdmin(ReadOnlyIndexAdmin):
     search_fields = ("sop_instance_uid",)
     list_filter = ("transfer_syntax_uid", "source_ae")
     raw_id_fields = ("series",)
+
+
+# --- Users and groups -------------------------------------------------------------------------
+# An Administrator (the group, not a superuser) manages accounts and their roles, but may
+# not reach beyond the group: no superuser status for anyone, no permissions handed out
+# one by one, no group given more permissions, no superuser edited or deleted (their
+# password and groups included). Superusers keep Django's full admin.
+
+
+def _reaches_a_superuser(request, obj) -> bool:
+    return obj is not None and obj.is_superuser and not request.user.is_superuser
+
+
+class ImagingUserAdmin(UserAdmin):
+    def get_readonly_fields(self, request, obj=None):
+        fields = tuple(super().get_readonly_fields(request, obj))
+        if not request.user.is_superuser:
+            fields += ("is_superuser", "user_permissions")
+        return fields
+
+    def has_change_permission(self, request, obj=None):
+        return not _reaches_a_superuser(request, obj) and super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request, obj=None):
+        return not _reaches_a_superuser(request, obj) and super().has_delete_permission(request, obj)
+
+
+class ImagingGroupAdmin(GroupAdmin):
+    def get_readonly_fields(self, request, obj=None):
+        fields = tuple(super().get_readonly_fields(request, obj))
+        if not request.user.is_superuser:
+            # The roles' permissions come from the data migrations; members are set on the user.
+            fields += ("permissions",)
+        return fields
+
+
+admin.site.unregister(User)
+admin.site.register(User, ImagingUserAdmin)
+admin.site.unregister(Group)
+admin.site.register(Group, ImagingGroupAdmin)

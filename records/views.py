@@ -4,6 +4,7 @@ Each view checks the role itself (records/roles.py), menus only mirror it.
 """
 
 from django import forms
+from django.conf import settings
 from django.contrib.auth.views import redirect_to_login
 from django.core.paginator import Paginator
 from django.db.models import Count, F, Prefetch, Q, Value
@@ -32,6 +33,16 @@ def home(request):
     if url is None:
         return roles.forbidden(request)
     return redirect(url)
+
+
+def locked_out(request, response=None, credentials=None):
+    """What django-axes answers while a user name is locked out from this address (AXES_LOCKOUT_CALLABLE).
+
+    429 Too Many Requests, with the page saying why and for how long, instead of the
+    login form's "did not match", which would have people retype a right password.
+    """
+    context = {"failure_limit": settings.LOGIN_FAILURE_LIMIT, "cooloff_minutes": settings.LOGIN_COOLOFF_MINUTES}
+    return _page(request, "registration/locked_out.html", context, status=429)
 
 
 def admin_login(request):

@@ -122,6 +122,8 @@ def test_an_administrator_manages_users_and_nodes_and_only_reads_records_and_log
     expected |= {f"records.view_{m}" for m in ("patient", "study", "series", "instance")}
     expected |= {f"network.{a}_modalitynode" for a in ("view", "add", "change", "delete")}
     expected |= {"network.view_associationlog", "network.view_sendjob", "network.add_sendjob"}
+    # Unlocking sign-ins (django-axes' lockouts) and reading its sign-in log.
+    expected |= {"axes.view_accessattempt", "axes.delete_accessattempt", "axes.view_accesslog"}
     assert codenames(ADMINISTRATOR) == expected
 
 

@@ -13,11 +13,14 @@ import socket
 import subprocess
 import sys
 import time
-from urllib.parse import urlparse
+from urllib.parse import urlparse, urlsplit
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
+from django.http.request import validate_host
+
+from network.addresses import local_addresses
 
 
 def _answers(host: str, port: int) -> bool:
@@ -40,12 +43,41 @@ def ensure_admin(password_file) -> tuple[str, str | None]:
     return "admin", password
 
 
+ALL_INTERFACES = ("0.0.0.0", "::", "")  # noqa: S104 - the web, like the SCP, serves the department
+
+
+def web_bind(host: str, port: int) -> str:
+    """gunicorn's --bind value (an IPv6 address in brackets)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+
+def web_urls(host: str, port: int, addresses: list[str], hostname: str) -> tuple[str, list[str]]:
+    """The address to open on this machine, and those to open from another one (none if bound to one address).
+
+    ``addresses`` are this machine's non-loopback addresses (network.addresses), IPv4
+    first; the host name comes last, since not every department's DNS knows it.
+    """
+    if host in ALL_INTERFACES:
+        local = _url("127.0.0.1", port)
+        remote = [_url(address, port) for address in addresses]
+        if hostname:
+            remote.append(_url(hostname, port))
+        return local, remote
+    ip_local = host in ("127.0.0.1", "::1", "localhost")
+    return _url(host, port), [] if ip_local else [_url(host, port)]
+
+
 class Command(BaseCommand):
     help = "Start Redis, the Celery worker, the DICOM SCP and the web server together; Ctrl-C stops all."
 
     def add_arguments(self, parser):
         parser.add_argument("--web-port", type=int, default=8000)
-        parser.add_argument("--web-host", default="127.0.0.1")
+        # All interfaces, like the SCP: the department's browsers must reach it.
+        parser.add_argument("--web-host", default="0.0.0.0")  # noqa: S104
 
     def handle(self, *args, web_port, web_host, **options):
         settings.VAR_DIR.mkdir(parents=True, exist_ok=True)
@@ -88,7 +120,7 @@ class Command(BaseCommand):
             "gunicorn",
             "imaging.wsgi:application",
             "--bind",
-            f"{web_host}:{web_port}",
+            web_bind(web_host, web_port),
             "--workers",
             "3",
             "--access-logfile",
@@ -137,11 +169,22 @@ class Command(BaseCommand):
                         proc.kill()
             self.stdout.write("stopped")
 
-    def _banner(self, host, port, user, password) -> str:
-        lines = [
-            "",
-            f"  Web:        http://{host}:{port}/  (administration at http://{host}:{port}/admin/)",
-        ]
+    def _banner(self, host, port, user, password, addresses=None, hostname=None) -> str:
+        """What `make run` prints; ``addresses`` and ``hostname`` default to this machine's (tests pass theirs)."""
+        if addresses is None:
+            addresses = [a.address for a in local_addresses()]
+        if hostname is None:
+            hostname = socket.gethostname()
+        local, remote = web_urls(host, port, addresses, hostname)
+        lines = ["", f"  Web:        {local}  (administration at {local}admin/)"]
+        # Only the addresses Django will answer to (an ALLOWED_HOSTS set by hand may leave some out).
+        answered = [url for url in remote if validate_host(urlsplit(url).hostname or "", settings.ALLOWED_HOSTS)]
+        if answered:
+            lines.append(f"  From another machine: {'  or  '.join(answered)}")
+        elif remote:
+            lines.append("              (ALLOWED_HOSTS lists none of this machine's addresses: add the one to open)")
+        elif host not in ALL_INTERFACES:
+            lines.append(f"              (listening on {host} only: start with --web-host 0.0.0.0 for other machines)")
         if password:
             lines.append(
                 f"  Log in as:  {user} / {password}  (also saved in {settings.VAR_DIR / 'admin-password.txt'})"
