@@ -48,6 +48,9 @@ class Header:
     pixel_length: int | None = None  # as declared; UNDEFINED_LENGTH when encapsulated
     pixel_available: int = 0  # bytes that follow the element header in the file
     inflated_size: int | None = None  # of a deflated data set
+    # The file starts with a preamble and "DICM"; without, it may be a bare data set
+    # (ACR-NEMA, an old archive) or anything at all.
+    dicm: bool = True
 
 
 def _at_pixels(tag, vr, length) -> bool:
@@ -160,7 +163,7 @@ def read_header(path) -> Header:
                 implicit, little = ds.original_encoding
                 tag, length = _pixel_element(fp, ds, implicit, little)
                 available = max(size - fp.tell(), 0)
-                return Header(ds, tag, length, available if tag else 0)
+                return Header(ds, tag, length, available if tag else 0, dicm=preamble is not None)
             inflater = _Inflater(fp, settings.DICOM_MAX_INFLATED_BYTES)
             dataset = read_dataset(inflater, False, True, stop_when=_at_pixels, defer_size=DEFER_SIZE)
             tag, length = _pixel_element(inflater, dataset, False, True)

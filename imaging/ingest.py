@@ -150,6 +150,8 @@ def index_file(
     sop_uid = str(ds.get("SOPInstanceUID", "")).strip()
     for what, uid in (("Study", study_uid), ("Series", series_uid), ("SOP", sop_uid)):
         if not storage.is_valid_uid(uid):
+            if not header.dicm:
+                raise NotIndexable(f"{relpath}: not a DICOM file (no DICM prefix, no {what} Instance UID)")
             raise NotIndexable(
                 f"{relpath}: missing or invalid {what} Instance UID {uid!r}",
                 Category.NO_UIDS,
