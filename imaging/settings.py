@@ -170,7 +170,7 @@ DICOM_MAX_INFLATED_BYTES = envint("DICOM_MAX_INFLATED_BYTES", 512 * 1024**2)
 DICOM_MAX_PIXEL_BYTES = envint("DICOM_MAX_PIXEL_BYTES", 1024**3)
 # Paths the SCP could not hand to the broker are appended (fsynced) to spool files
 # here; it must be shared by the SCP and the worker, like STORAGE_DIR.
-INDEX_SPOOL_DIR = Path(envstr("INDEX_SPOOL_DIR", "")) if envstr("INDEX_SPOOL_DIR", "") else STORAGE_DIR / "spool"
+INDEX_SPOOL_DIR = Path(envstr("INDEX_SPOOL_DIR", "") or STORAGE_DIR / "spool")
 # Seconds between the worker's drains of the index spool (Celery beat); 0 disables.
 INDEX_SPOOL_INTERVAL_SECONDS = envint("INDEX_SPOOL_INTERVAL_SECONDS", 30)
 # A reindex run holds a lease in the database, renewed after each batch; a crashed
