@@ -33,6 +33,13 @@ def start_redis(port, logs):
     return proc
 
 
+def drained(worker_log) -> list[int]:
+    """Paths each drain of the spool read, from the worker's log (imaging.spool's line)."""
+    return [
+        int(n) for n in re.findall(r"index spool: (\d+) path\(s\) read from", worker_log.read_text(errors="replace"))
+    ]
+
+
 def spooled_lines(folder) -> int:
     return sum(len(p.read_text().splitlines()) for p in folder.glob("*.spool*")) if folder.is_dir() else 0
 
@@ -96,26 +103,32 @@ def test_images_stored_during_a_broker_outage_are_indexed_from_the_spool(transac
         )
         assert result.returncode == 0, result.stderr
         assert all(storage.absolute(storage.instance_relpath(u)).exists() for u in uids)
-        # Every path the SCP could not publish is in the spool, on disk, before the broker is back.
-        procs.wait_for(lambda: spooled_lines(spool_dir) == IMAGES, 30, f"{IMAGES} spooled paths")
-        assert not Instance.objects.filter(sop_instance_uid__in=uids).exists()
+        # Every path the SCP could not publish is in the spool, on disk, before the broker is
+        # back (a drain task the worker received just before the outage may have read some).
+        procs.wait_for(
+            lambda: spooled_lines(spool_dir) + sum(drained(worker_log)) == IMAGES, 30, f"{IMAGES} spooled paths"
+        )
+        assert spooled_lines(spool_dir) > 0
+        assert Instance.objects.filter(sop_instance_uid__in=uids).count() < IMAGES
 
         redis = start_redis(port, logs_dir)  # the outage ends
         started.append(redis)
         back = time.monotonic()
-        procs.wait_for(
-            lambda: Instance.objects.filter(sop_instance_uid__in=uids).count() == IMAGES,
-            120,
-            f"the {IMAGES} images stored during the outage to be indexed",
-        )
+        try:
+            procs.wait_for(
+                lambda: Instance.objects.filter(sop_instance_uid__in=uids).count() == IMAGES,
+                120,
+                f"the {IMAGES} images stored during the outage to be indexed",
+            )
+        except TimeoutError as exc:
+            tail = "\n".join(worker_log.read_text(errors="replace").splitlines()[-60:])
+            pytest.fail(f"{exc}; worker log:\n{tail}")
         assert time.monotonic() - back < 120
         procs.wait_for(lambda: spooled_lines(spool_dir) == 0, 30, "the drained spool files to be removed")
 
-        log = worker_log.read_text(errors="replace")
-        drained = [int(n) for n in re.findall(r"index spool: (\d+) path\(s\) read from", log)]
         # What was read is exactly what was spooled: no walk of the archive.
-        assert sum(drained) == IMAGES, drained
-        assert "reindex:" not in log
+        assert sum(drained(worker_log)) == IMAGES, drained(worker_log)
+        assert "reindex:" not in worker_log.read_text(errors="replace")
         assert Instance.objects.filter(sop_instance_uid__in=uids, source_ae="MODALITY").count() == IMAGES
     finally:
         for proc in reversed(started):
