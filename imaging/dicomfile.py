@@ -190,12 +190,16 @@ def _int(ds: Dataset, keyword: str, default: int | None = None) -> int | None:
         return None
 
 
-def expected_pixel_bytes(ds: Dataset) -> int | None:
-    """Bytes of the decoded pixel data its header describes (None when it describes none)."""
+def expected_pixel_bytes(ds: Dataset, *, frames: int | None = None) -> int | None:
+    """Bytes of the decoded pixel data its header describes (None when it describes none).
+
+    ``frames``: of that many frames instead of NumberOfFrames (1: one frame's size).
+    """
     rows, columns = _int(ds, "Rows"), _int(ds, "Columns")
     if not rows or not columns:
         return None
-    frames = max(_int(ds, "NumberOfFrames", 1) or 1, 1)
+    if frames is None:
+        frames = max(_int(ds, "NumberOfFrames", 1) or 1, 1)
     samples = max(_int(ds, "SamplesPerPixel", 1) or 1, 1)
     bits = _int(ds, "BitsAllocated", 16) or 16
     return (rows * columns * frames * samples * bits + 7) // 8
@@ -230,3 +234,23 @@ def pixel_problem(header: Header) -> str | None:
     if header.pixel_tag == 0x7FE00010 and declared < expected:
         return f"pixel data holds {declared} bytes, its Rows x Columns x Frames need {expected}"
     return None
+
+
+def check_inflated_size(path) -> int | None:
+    """For a deflated file: inflate it as a stream (bounded memory) and return its inflated size.
+
+    Raises DeflateBomb past DICOM_MAX_INFLATED_BYTES. Returns None at once for any
+    other transfer syntax (or a file without file meta): only deflate inflates.
+    """
+    with open(path, "rb") as fp:
+        try:
+            read_preamble(fp, True)
+            meta = _read_file_meta_info(fp)
+        except Exception:
+            return None  # the caller's own reader says what is wrong
+        if str(meta.get("TransferSyntaxUID", "")) != DeflatedExplicitVRLittleEndian:
+            return None
+        try:
+            return _Inflater(fp, settings.DICOM_MAX_INFLATED_BYTES).drain()
+        except zlib.error as exc:
+            raise Unreadable(f"the deflated data set cannot be inflated: {exc}") from exc

@@ -70,7 +70,7 @@ def _read(path, fallbacks: list[str | None]) -> tuple[dicomfile.Header, str | No
     fallbacks = [*fallbacks, settings.DICOM_FALLBACK_CHARSET]
     declared = "\\".join(charsets.declared(header.ds))
     charset_problem = charsets.replace_unknown(header.ds, fallbacks)
-    charsets.apply_fallback(header.ds, next(f for f in fallbacks if f))
+    charsets.apply_fallback(header.ds, next((f for f in fallbacks if f), None))
     return header, charset_problem, declared
 
 

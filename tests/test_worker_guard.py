@@ -329,3 +329,25 @@ def test_a_re_indexed_instance_that_names_another_study_follows_the_policy(tmp_p
         assert study_now == ds.StudyInstanceUID
         assert conflict.resolution == InstanceConflict.Resolution.REPLACED
         assert Study.objects.get(study_instance_uid=old_study).number_of_instances == 0
+
+
+def test_the_renderer_refuses_an_absurd_frame_and_a_deflate_bomb_in_bounded_memory(tmp_path, settings):
+    from imaging import render
+
+    settings.DICOM_MAX_INFLATED_BYTES = 16 * 1024**2
+    absurd = image(tmp_path)
+    absurd.Rows = absurd.Columns = 65535
+    bomb = dicomgen.deflate_bomb(tmp_path / "bomb.dcm", inflated_gib=1)
+    bomb_path = storage.absolute(stored(bomb))
+    storage.write_atomic(storage.instance_relpath(bomb.SOPInstanceUID), [(tmp_path / "bomb.dcm").read_bytes()])
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(render.CannotRender, match="DICOM_MAX_PIXEL_BYTES"):
+            render.thumbnail(storage.absolute(stored(absurd)), 64)
+        with pytest.raises(render.CannotRender, match="DICOM_MAX_INFLATED_BYTES"):
+            render.thumbnail(bomb_path, 64)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 32 * 1024**2
