@@ -29,8 +29,9 @@ Category = IndexingFailure.Category
 class NotIndexable(ValueError):
     """The file is not a DICOM instance we can index (no UIDs, unreadable...)."""
 
-    def __init__(self, message: str, category: str = Category.UNREADABLE, sop_instance_uid: str = ""):
-        super().__init__(message)
+    def __init__(self, where, reason: str, category: str = Category.UNREADABLE, sop_instance_uid: str = ""):
+        super().__init__(f"{where}: {reason}")
+        self.reason = reason  # without the path, for the IndexingFailure row
         self.category = category
         self.sop_instance_uid = sop_instance_uid
 
@@ -64,9 +65,9 @@ def _read(path, fallbacks: list[str | None]) -> tuple[dicomfile.Header, str | No
     try:
         header = dicomfile.read_header(path)
     except dicomfile.DeflateBomb as exc:
-        raise NotIndexable(f"{path}: {exc}", Category.DEFLATE_BOMB) from exc
+        raise NotIndexable(path, str(exc), Category.DEFLATE_BOMB) from exc
     except dicomfile.Unreadable as exc:
-        raise NotIndexable(f"{path}: {exc}", Category.UNREADABLE) from exc
+        raise NotIndexable(path, str(exc), Category.UNREADABLE) from exc
     fallbacks = [*fallbacks, settings.DICOM_FALLBACK_CHARSET]
     declared = "\\".join(charsets.declared(header.ds))
     charset_problem = charsets.replace_unknown(header.ds, fallbacks)
@@ -151,9 +152,10 @@ def index_file(
     for what, uid in (("Study", study_uid), ("Series", series_uid), ("SOP", sop_uid)):
         if not storage.is_valid_uid(uid):
             if not header.dicm:
-                raise NotIndexable(f"{relpath}: not a DICOM file (no DICM prefix, no {what} Instance UID)")
+                raise NotIndexable(relpath, f"not a DICOM file (no DICM prefix, no {what} Instance UID)")
             raise NotIndexable(
-                f"{relpath}: missing or invalid {what} Instance UID {uid!r}",
+                relpath,
+                f"missing or invalid {what} Instance UID {uid!r}",
                 Category.NO_UIDS,
                 sop_uid if storage.is_valid_uid(sop_uid) else "",
             )
@@ -169,7 +171,8 @@ def index_file(
     problem = None
     pixel_problem = dicomfile.pixel_problem(header)
     if pixel_problem:
-        problem = (Category.PIXELS, pixel_problem)
+        # One row per file: the pixel problem (no thumbnail) first, the character set's after.
+        problem = (Category.PIXELS, "; ".join(filter(None, [pixel_problem, charset_problem])))
     elif charset_problem:
         problem = (Category.CHARSET, charset_problem)
     if charset_problem:
@@ -507,7 +510,7 @@ def index_files(
         except NotIndexable as exc:
             log.warning("not indexed: %s", exc)
             failed.append((relpath, str(exc)))
-            failures.append((relpath, exc.sop_instance_uid, exc.category, str(exc), False))
+            failures.append((relpath, exc.sop_instance_uid, exc.category, exc.reason, False))
             continue
         except Exception as exc:
             if isinstance(exc, OperationalError):
