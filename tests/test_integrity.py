@@ -101,3 +101,33 @@ def test_a_deflated_stored_instance_is_compared_too(tmp_path, settings):
     with pytest.raises(store.Rejected):
         store.store(meta, stream, "CT1")
     assert InstanceConflict.objects.get().stored_patient_id == "P-DFL"
+
+
+@pytest.mark.e2e
+def test_a_real_scp_answers_0x0111_and_records_the_conflict(system, tmp_path):
+    from pynetdicom import AE
+
+    [path] = dicomgen.ct_series(tmp_path, 1, size=32, patient_id="P-FIRST")
+    ds = pydicom.dcmread(path)
+
+    def send(dataset):
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(dataset.SOPClassUID, dataset.file_meta.TransferSyntaxUID)
+        assoc = ae.associate("127.0.0.1", system.port, ae_title="IMAGING")
+        assert assoc.is_established
+        try:
+            return assoc.send_c_store(dataset).Status
+        finally:
+            assoc.release()
+
+    assert send(ds) == 0x0000
+    stored_bytes = storage.absolute(storage.instance_relpath(ds.SOPInstanceUID)).read_bytes()
+    ds.PatientID = "P-SECOND"
+
+    assert send(ds) == 0x0111
+
+    assert storage.absolute(storage.instance_relpath(ds.SOPInstanceUID)).read_bytes() == stored_bytes
+    conflict = InstanceConflict.objects.get(sop_instance_uid=ds.SOPInstanceUID)
+    assert (conflict.stored_patient_id, conflict.incoming_patient_id) == ("P-FIRST", "P-SECOND")
+    assert conflict.source_ae == "MODALITY"
+    assert "refused (0x0111)" in system.log("runscp")
