@@ -27,8 +27,9 @@ OUT_OF_RESOURCES = 0xA700  # the data set is larger than we accept, or the disk 
 DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900  # required identifiers missing or wrong
 CANNOT_UNDERSTAND = 0xC000  # the data set cannot be parsed
 # PS3.7 C.4 "Duplicate SOP Instance": the UID is held under another study or patient
-# and DICOM_UID_CONFLICT_POLICY keeps it. A failure, not "out of resources" (A7xx):
-# a modality must not retry it, a person must look (imaging/integrity.py).
+# and DICOM_UID_CONFLICT_POLICY keeps it (imaging/integrity.py). dcm4chee-arc answers
+# its own 0xA778 "conflicting patient ID", but A7xx means "out of resources", which
+# SCUs retry; this is a failure a person must look at, with the standard's name.
 DUPLICATE_SOP_INSTANCE = 0x0111
 
 _LAST_TAG_NEEDED = 0x0020000E  # Series Instance UID; the UIDs we check all come before it
