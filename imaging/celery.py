@@ -31,6 +31,12 @@ def _schedule_periodic(sender, **kwargs):
     sender.add_periodic_task(
         24 * 3600, sender.signature("network.tasks.prune_association_log"), name="prune the association log"
     )
+    if settings.INDEX_SPOOL_INTERVAL_SECONDS > 0:
+        sender.add_periodic_task(
+            settings.INDEX_SPOOL_INTERVAL_SECONDS,
+            sender.signature("imaging.tasks.drain_index_spool"),
+            name="index what the SCP spooled while the broker was down",
+        )
     if settings.REINDEX_INTERVAL_SECONDS > 0:
         sender.add_periodic_task(
             settings.REINDEX_INTERVAL_SECONDS,

@@ -22,7 +22,6 @@ Invalid bytes never raise: they become U+FFFD and one warning is logged per
 element, naming the element and the character set but never the value (PHI).
 """
 
-import codecs
 import logging
 import re
 from collections.abc import Sequence
@@ -120,27 +119,38 @@ _GB18030 = _Charset("GB18030", standalone="gb18030")
 # write the odd GB18030-only character of a rare name.
 _GBK = _Charset("GBK", standalone="gb18030")
 
-# Python codec names (pydicom's ``original_character_set`` of sequence items,
-# or terms a modality spelt as a codec) back to DICOM terms.
-_BY_CODEC = {
-    "ascii": 6,
-    "iso8859-1": 100,
-    "iso8859-2": 101,
-    "iso8859-3": 109,
-    "iso8859-4": 110,
-    "iso8859-7": 126,
-    "iso8859-6": 127,
-    "iso8859-8": 138,
-    "iso8859-5": 144,
-    "iso8859-9": 148,
-    "tis-620": 166,
-    "iso8859-15": 203,
-    "shift_jis": 13,
-    "iso2022_jp": 87,
-    "iso2022_jp_2": 159,
-    "euc_kr": 149,
-    "gb2312": 58,
-    "utf-8": 192,
+# What devices and pydicom write instead of a defined term, normalised as
+# ``_lookup`` does (upper case, letters and digits only). Python codec names come
+# from pydicom's ``original_character_set`` of sequence items. Nothing else is
+# accepted: Python's codec registry also knows "hex", "base64" or "rot13", which
+# are no character sets and which a device once declared.
+_ALIASES: dict[str, int | _Charset] = {
+    "ASCII": 6,
+    "USASCII": 6,
+    "LATIN1": 100,
+    "ISO88591": 100,
+    "ISO88592": 101,
+    "ISO88593": 109,
+    "ISO88594": 110,
+    "ISO88597": 126,
+    "ISO88596": 127,
+    "ISO88598": 138,
+    "ISO88595": 144,
+    "ISO88599": 148,
+    "TIS620": 166,
+    "ISO885915": 203,
+    "SHIFTJIS": 13,
+    "ISO2022JP": 87,
+    "ISO2022JP2": 159,
+    "EUCKR": 149,
+    "GB2312": 58,
+    "EUCCN": 58,
+    "UTF8": 192,
+    "UTF": 192,
+    "GB18030": _GB18030,
+    "GBK": _GBK,
+    "CP936": _GBK,
+    "ISO2022GBK": _GBK,  # "ISO 2022 GBK" as written in CP 1234
 }
 
 # Value Representations whose text may use the Specific Character Set; the
@@ -155,28 +165,26 @@ _TEXT_DELIMITERS = b"\t\n\f\r"
 
 
 def _lookup(term: str) -> _Charset | None:
-    """The character set a Specific Character Set value names, forgiving spelling."""
+    """The character set a Specific Character Set value names, forgiving spelling; None if unknown.
+
+    DICOM's defined terms ("ISO_IR 100", "ISO 2022 IR 58", "GB18030"...) in any
+    case and punctuation ("ISO-IR 100", "ISO_IR100", "iso ir 192"), and the few
+    aliases of ``_ALIASES`` ("UTF-8", "GB2312", "gbk", "latin_1").
+    """
     key = re.sub(r"[^A-Z0-9]", "", term.upper())
     if not key or key == "ISO8859":  # "iso8859" is pydicom's name for the default
         return _DEFAULT
-    if key in ("GB18030",):
-        return _GB18030
-    if key in ("GBK", "ISO2022GBK"):  # "ISO 2022 GBK" as written in CP 1234
-        return _GBK
     match = re.fullmatch(r"ISO(?:2022)?(?:IR)?(\d+)", key)  # ISO_IR 100, ISO 2022 IR 58, ISO 2022 58
     if match and int(match.group(1)) in _BY_IR:
         return _BY_IR[int(match.group(1))]
-    try:
-        codec = codecs.lookup(term.strip()).name
-    except LookupError:
-        return None
-    if codec in _BY_CODEC:
-        return _BY_IR[_BY_CODEC[codec]]
-    if codec == "gb18030":
-        return _GB18030
-    if codec == "gbk":
-        return _GBK
-    return _Charset(term.strip(), standalone=codec)  # e.g. "Big5": not DICOM, but unambiguous
+    alias = _ALIASES.get(key)
+    if isinstance(alias, int):
+        return _BY_IR[alias]
+    return alias
+
+
+def is_known(term: str) -> bool:
+    return _lookup(term) is not None
 
 
 def _decode_codec(data: bytes, codec: str, problems: list[str]) -> str:
@@ -359,6 +367,11 @@ def _declared(ds: Dataset) -> list[str]:
     return [v.strip(" \x00") for v in values]
 
 
+def declared(ds: Dataset) -> list[str]:
+    """The data set's own Specific Character Set values, as written (stripped)."""
+    return _declared(ds)
+
+
 def _terms(ds: Dataset) -> list[str]:
     declared = _declared(ds)
     if any(declared):
@@ -391,6 +404,11 @@ def apply_fallback(ds: Dataset, fallback: str | Sequence[str] | None) -> None:
         raise ValueError(f"unknown fallback Specific Character Set {unknown!r}")
     if not any(terms) or any(_declared(ds)):
         return
+    _declare(ds, terms)
+
+
+def _declare(ds: Dataset, terms: list[str]) -> None:
+    """Make ``terms`` (all known) the data set's Specific Character Set, for us and for pydicom."""
     ds.SpecificCharacterSet = terms[0] if len(terms) == 1 else terms
     # pydicom decodes lazily with the character set it saw when reading, not
     # with the element: tell it too, for code that reads ds.PatientName.
@@ -400,6 +418,34 @@ def apply_fallback(ds: Dataset, fallback: str | Sequence[str] | None) -> None:
     ]
     is_implicit_vr, is_little_endian = ds.original_encoding
     ds.set_original_encoding(is_implicit_vr, is_little_endian, python_encodings)
+
+
+def unknown_declared(ds: Dataset) -> list[str]:
+    """The values of the data set's Specific Character Set that name no character set we know."""
+    return [term for term in _declared(ds) if _lookup(term) is None]
+
+
+def replace_unknown(ds: Dataset, fallbacks: Sequence[str | None]) -> str | None:
+    """Read a data set that declares an unknown character set with the first usable fallback.
+
+    A device that writes "hex" or a vendor name as its Specific Character Set
+    still wrote its names in some character set: the sending node's fallback
+    (then the global one) is the best guess we have, better than ASCII with
+    every other byte replaced. Call it right after reading, like
+    ``apply_fallback``. Returns what was done, for the caller to log once per
+    file (None when the declaration is fine).
+    """
+    unknown = unknown_declared(ds)
+    if not unknown:
+        return None
+    declared = "\\".join(_declared(ds))
+    for fallback in fallbacks:
+        terms = [t.strip() for t in (fallback or "").split("\\")]
+        if any(terms) and all(_lookup(t) is not None for t in terms):
+            _declare(ds, terms)
+            return f"unknown Specific Character Set {declared!r}, read as {fallback!r}"
+    _declare(ds, [""])
+    return f"unknown Specific Character Set {declared!r}, read as the default repertoire"
 
 
 def _values(ds: Dataset, keyword: str) -> tuple[list[str], str] | None:

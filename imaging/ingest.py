@@ -5,26 +5,35 @@ updated to the newest file. Counts on Study and Series are recomputed from the
 rows, never incremented, so re-indexing can never make them drift.
 """
 
+import dataclasses
 import datetime as dt
 import hashlib
 import logging
 from dataclasses import dataclass
 
-import pydicom
 from django.conf import settings
-from django.db import IntegrityError, transaction
-from django.db.models import Count
+from django.db import IntegrityError, OperationalError, transaction
+from django.db.models import Count, F
 from django.utils import timezone
 from pydicom.dataset import Dataset
 
-from imaging import charsets, storage
-from records.models import Instance, Patient, Series, Study
+from imaging import charsets, dicomfile, integrity, storage
+from records.models import IndexingFailure, Instance, InstanceConflict, Patient, Series, Study
 
 log = logging.getLogger(__name__)
 
 
+Category = IndexingFailure.Category
+
+
 class NotIndexable(ValueError):
     """The file is not a DICOM instance we can index (no UIDs, unreadable...)."""
+
+    def __init__(self, where, reason: str, category: str = Category.UNREADABLE, sop_instance_uid: str = ""):
+        super().__init__(f"{where}: {reason}")
+        self.reason = reason  # without the path, for the IndexingFailure row
+        self.category = category
+        self.sop_instance_uid = sop_instance_uid
 
 
 @dataclass(frozen=True)
@@ -35,16 +44,35 @@ class Indexed:
     created: bool
     # A re-sent instance that now belongs to another series leaves this one.
     moved_from_series_id: int | None = None
+    # What is wrong with the file though its header is indexed: (category, reason).
+    problem: tuple[str, str] | None = None
+    sop_instance_uid: str = ""
+    source_ae: str = ""
 
 
 def read_header(path, *, fallback_charset: str | None = None) -> Dataset:
     """The data set without pixel data, with a fallback character set applied."""
+    return _read(path, [fallback_charset])[0].ds
+
+
+def _read(path, fallbacks: list[str | None]) -> tuple[dicomfile.Header, str | None, str]:
+    """The header (bounded memory, see dicomfile) with its character set settled.
+
+    Returns the header; when its declared character set is unknown, what it was
+    read as instead (to record and log once for the file); and the declaration as
+    the file wrote it.
+    """
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
-    except Exception as exc:
-        raise NotIndexable(f"{path}: cannot be parsed as DICOM: {exc}") from exc
-    charsets.apply_fallback(ds, fallback_charset or settings.DICOM_FALLBACK_CHARSET)
-    return ds
+        header = dicomfile.read_header(path)
+    except dicomfile.DeflateBomb as exc:
+        raise NotIndexable(path, str(exc), Category.DEFLATE_BOMB) from exc
+    except dicomfile.Unreadable as exc:
+        raise NotIndexable(path, str(exc), Category.UNREADABLE) from exc
+    fallbacks = [*fallbacks, settings.DICOM_FALLBACK_CHARSET]
+    declared = "\\".join(charsets.declared(header.ds))
+    charset_problem = charsets.replace_unknown(header.ds, fallbacks)
+    charsets.apply_fallback(header.ds, next((f for f in fallbacks if f), None))
+    return header, charset_problem, declared
 
 
 def parse_date(value: str) -> dt.date | None:
@@ -101,16 +129,36 @@ def index_file(
     cache: "RowCache | None" = None,
     fallback_charset: str | None = None,
 ) -> Indexed:
-    """Index the file stored at ``relpath`` (relative to STORAGE_DIR)."""
+    """Index the file stored at ``relpath`` (relative to STORAGE_DIR).
+
+    Without ``fallback_charset``, the fallback of the node that sent the file (the
+    SCP writes the calling AE title into the file meta) applies, then the global one.
+    Raises NotIndexable for a file that must stay out of the index; returns the
+    rows written, with ``problem`` set when the header is indexed but something is
+    wrong with the file (IndexingFailure's docstring lists which).
+    """
+    cache = cache or RowCache()
     path = storage.absolute(relpath)
-    ds = read_header(path, fallback_charset=fallback_charset)
+    fallbacks = [fallback_charset]
+    if fallback_charset is None:
+        meta_ae = source_ae or _meta_ae(path)
+        fallbacks = [cache.node_fallback(meta_ae)] if meta_ae else []
+    header, charset_problem, declared_charset = _read(path, fallbacks)
+    ds = header.ds
 
     study_uid = str(ds.get("StudyInstanceUID", "")).strip()
     series_uid = str(ds.get("SeriesInstanceUID", "")).strip()
     sop_uid = str(ds.get("SOPInstanceUID", "")).strip()
     for what, uid in (("Study", study_uid), ("Series", series_uid), ("SOP", sop_uid)):
         if not storage.is_valid_uid(uid):
-            raise NotIndexable(f"{relpath}: missing or invalid {what} Instance UID {uid!r}")
+            if not header.dicm:
+                raise NotIndexable(relpath, f"not a DICOM file (no DICM prefix, no {what} Instance UID)")
+            raise NotIndexable(
+                relpath,
+                f"missing or invalid {what} Instance UID {uid!r}",
+                Category.NO_UIDS,
+                sop_uid if storage.is_valid_uid(sop_uid) else "",
+            )
 
     meta = getattr(ds, "file_meta", None) or Dataset()
     sop_class_uid = str(ds.get("SOPClassUID", "") or meta.get("MediaStorageSOPClassUID", "")).strip()
@@ -120,7 +168,17 @@ def index_file(
     stat = path.stat()
     if received_at is None:
         received_at = dt.datetime.fromtimestamp(stat.st_mtime, tz=dt.UTC)
+    problem = None
+    pixel_problem = dicomfile.pixel_problem(header)
+    if pixel_problem:
+        # One row per file: the pixel problem (no thumbnail) first, the character set's after.
+        problem = (Category.PIXELS, "; ".join(filter(None, [pixel_problem, charset_problem])))
+    elif charset_problem:
+        problem = (Category.CHARSET, charset_problem)
+    if charset_problem:
+        log.warning("%s: %s", relpath, charset_problem)
 
+    # declared_charset: as the file declares it, even when we read it as something else.
     full, alphabetic, ideographic, phonetic = charsets.person_name(ds, "PatientName")
     patient_fields = {
         "name": _clip(full, 200),
@@ -151,7 +209,7 @@ def index_file(
         "rows": _int(ds.get("Rows")),
         "columns": _int(ds.get("Columns")),
         "number_of_frames": max(_int(ds.get("NumberOfFrames")) or 1, 1),
-        "specific_character_set": _clip(charsets.text(ds, "SpecificCharacterSet"), 128),
+        "specific_character_set": _clip(declared_charset, 128),
         "file_path": relpath,
         "file_size": stat.st_size,
         "checksum": sha256_file(path),
@@ -163,12 +221,26 @@ def index_file(
         "issuer": _clip(charsets.text(ds, "IssuerOfPatientID"), 64),
     }
 
-    return upsert(
+    indexed = upsert(
         IndexRecord(
             patient_key, patient_fields, study_uid, study_fields, series_uid, series_fields, sop_uid, instance_fields
         ),
         cache,
+        source_ae=source_ae,
     )
+    return dataclasses.replace(indexed, problem=problem, sop_instance_uid=sop_uid, source_ae=source_ae)
+
+
+def _meta_ae(path) -> str:
+    """The calling AE title the SCP wrote into the file meta, read without the data set."""
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+
+    try:
+        with open(path, "rb") as fp:
+            read_preamble(fp, True)
+            return str(_read_file_meta_info(fp).get("SourceApplicationEntityTitle", "") or "").strip()
+    except Exception:
+        return ""  # the full read that follows says what is wrong with the file
 
 
 @dataclass
@@ -188,6 +260,8 @@ class RowCache:
 
     def __init__(self):
         self._rows: dict[tuple, tuple[int, dict]] = {}
+        self._studies: dict[str, tuple[int, int, tuple[str, str]] | None] = {}
+        self._fallbacks: dict[str, str | None] = {}
 
     def get(self, key: tuple, fields: dict) -> int | None:
         hit = self._rows.get(key)
@@ -196,8 +270,33 @@ class RowCache:
     def put(self, key: tuple, pk: int, fields: dict) -> None:
         self._rows[key] = (pk, fields)
 
+    def study(self, study_uid: str) -> tuple[int, int, tuple[str, str]] | None:
+        """(study pk, patient pk, (patient ID, issuer)) of a study we hold, or None."""
+        if study_uid not in self._studies:
+            row = (
+                Study.objects.filter(study_instance_uid=study_uid)
+                .values_list("pk", "patient_id", "patient__patient_id", "patient__issuer")
+                .first()
+            )
+            self._studies[study_uid] = (row[0], row[1], (row[2], row[3])) if row else None
+        return self._studies[study_uid]
+
+    def put_study(self, study_uid: str, study_pk: int, patient_pk: int, patient_key: tuple[str, str]) -> None:
+        self._studies[study_uid] = (study_pk, patient_pk, patient_key)
+
+    def node_fallback(self, ae_title: str) -> str | None:
+        """The fallback character set of the node with this AE title ('' or None: none)."""
+        if ae_title not in self._fallbacks:
+            from network.models import ModalityNode
+
+            self._fallbacks[ae_title] = (
+                ModalityNode.objects.filter(ae_title=ae_title).values_list("fallback_charset", flat=True).first()
+            )
+        return self._fallbacks[ae_title] or None
+
     def clear(self) -> None:
         self._rows.clear()
+        self._studies.clear()
 
 
 def _upsert_row(model, cache: RowCache, key: dict, fields: dict) -> int:
@@ -224,26 +323,101 @@ def _upsert_row(model, cache: RowCache, key: dict, fields: dict) -> int:
     return pk
 
 
-def upsert(record: IndexRecord, cache: RowCache | None = None) -> Indexed:
-    """Write the rows for one instance, parents first (always the same lock order)."""
+def _conflict(record: IndexRecord, source_ae: str, stored, resolution: str, detail: str) -> None:
+    incoming = integrity.Identity(record.study_uid, record.patient_key["patient_id"], record.patient_key["issuer"])
+    conflict = integrity.record_conflict(
+        sop_instance_uid=record.sop_uid,
+        source_ae=source_ae,
+        stored=stored,
+        incoming=incoming,
+        resolution=resolution,
+        detail=detail,
+    )
+    if conflict.detail == detail[:500]:
+        log.warning("%s", detail)
+
+
+def upsert(record: IndexRecord, cache: RowCache | None = None, *, source_ae: str = "") -> Indexed:
+    """Write the rows for one instance, parents first (always the same lock order).
+
+    Integrity (imaging/integrity.py): an instance never moves its study to another
+    patient (the study keeps its patient, the conflict is recorded), and an
+    instance we hold under another study moves only if DICOM_UID_CONFLICT_POLICY
+    is "replace" (recorded either way).
+    """
     cache = cache or RowCache()
+    incoming_key = (record.patient_key["patient_id"], record.patient_key["issuer"])
     for attempt in range(3):
         try:
             with transaction.atomic():
-                patient_pk = _upsert_row(Patient, cache, record.patient_key, record.patient_fields)
+                existing = (
+                    Instance.objects.filter(sop_instance_uid=record.sop_uid)
+                    .values(
+                        "pk",
+                        "series_id",
+                        "series__study_id",
+                        "series__study__study_instance_uid",
+                        "series__study__patient__patient_id",
+                        "series__study__patient__issuer",
+                    )
+                    .first()
+                )
+                if existing and existing["series__study__study_instance_uid"] != record.study_uid:
+                    stored = integrity.Identity(
+                        existing["series__study__study_instance_uid"],
+                        existing["series__study__patient__patient_id"],
+                        existing["series__study__patient__issuer"],
+                    )
+                    reason = integrity.describe(
+                        record.sop_uid, stored, integrity.Identity(record.study_uid, *incoming_key)
+                    )
+                    if settings.DICOM_UID_CONFLICT_POLICY != "replace":
+                        _conflict(
+                            record,
+                            source_ae,
+                            stored,
+                            InstanceConflict.Resolution.KEPT_STORED,
+                            f"{reason}; the file now names the other study, the index keeps the instance where it "
+                            "was (DICOM_UID_CONFLICT_POLICY=reject)",
+                        )
+                        return Indexed(existing["pk"], existing["series_id"], existing["series__study_id"], False)
+                    _conflict(
+                        record,
+                        source_ae,
+                        stored,
+                        InstanceConflict.Resolution.REPLACED,
+                        f"{reason}; replaced (DICOM_UID_CONFLICT_POLICY=replace)",
+                    )
+                study = cache.study(record.study_uid)
+                if study is not None and study[2] != incoming_key:
+                    # Never move a study (and every instance in it) because one instance
+                    # names another patient: keep the study's patient, record it.
+                    patient_pk = study[1]
+                    stored = integrity.Identity(record.study_uid, *study[2])
+                    _conflict(
+                        record,
+                        source_ae,
+                        stored,
+                        InstanceConflict.Resolution.KEPT_STUDY_PATIENT,
+                        f"instance {record.sop_uid} names patient {incoming_key[0]!r} but its study "
+                        f"{record.study_uid} belongs to {study[2][0]!r}: indexed in the study, which keeps its patient",
+                    )
+                else:
+                    patient_pk = _upsert_row(Patient, cache, record.patient_key, record.patient_fields)
                 study_pk = _upsert_row(
                     Study,
                     cache,
                     {"study_instance_uid": record.study_uid},
                     {"patient_id": patient_pk, **record.study_fields},
                 )
+                if study is None:
+                    cache.put_study(record.study_uid, study_pk, patient_pk, incoming_key)
                 series_pk = _upsert_row(
                     Series,
                     cache,
                     {"series_instance_uid": record.series_uid},
                     {"study_id": study_pk, **record.series_fields},
                 )
-                existing = Instance.objects.filter(sop_instance_uid=record.sop_uid).values("pk", "series_id").first()
                 if existing is None:
                     with transaction.atomic():
                         pk = Instance.objects.create(
@@ -313,18 +487,76 @@ def index_files(
 ) -> tuple[list[Indexed], list[tuple[str, str]]]:
     """Index many files; returns (indexed, [(relpath, error)]) and refreshes counts.
 
-    ``fallback_charset`` (the sending node's) applies to data sets that declare
-    no Specific Character Set; without it, DICOM_FALLBACK_CHARSET does.
+    One file never hides another: whatever is wrong with a file is recorded as an
+    IndexingFailure for that file, and the others are indexed. ``fallback_charset``
+    (the sending node's) applies to data sets that declare no Specific Character
+    Set, or an unknown one; without it, the fallback of the node named in each
+    file's meta, then DICOM_FALLBACK_CHARSET.
     """
     done: list[Indexed] = []
     failed: list[tuple[str, str]] = []
+    failures: list[tuple[str, str, str, str, bool]] = []  # relpath, uid, category, reason, indexed
+    missing: list[str] = []
     cache = RowCache()
     for relpath in relpaths:
         try:
-            done.append(index_file(relpath, source_ae=source_ae, cache=cache, fallback_charset=fallback_charset))
-        except (NotIndexable, FileNotFoundError, ValueError) as exc:
+            indexed = index_file(relpath, source_ae=source_ae, cache=cache, fallback_charset=fallback_charset)
+        except FileNotFoundError as exc:
+            # Gone since it was queued (a spooled path, a rewrite): nothing to record.
             log.warning("not indexed: %s", exc)
             failed.append((relpath, str(exc)))
+            missing.append(relpath)
+            continue
+        except NotIndexable as exc:
+            log.warning("not indexed: %s", exc)
+            failed.append((relpath, str(exc)))
+            failures.append((relpath, exc.sop_instance_uid, exc.category, exc.reason, False))
+            continue
+        except Exception as exc:
+            if isinstance(exc, OperationalError):
+                raise  # the database, not the file: the task retries the batch
+            # Anything else is this file's doing (a reader bug on odd bytes): it
+            # must not stop the batch.
+            log.exception("not indexed: %s", relpath)
+            failed.append((relpath, f"{relpath}: {exc.__class__.__name__}: {exc}"))
+            failures.append((relpath, "", Category.UNREADABLE, f"{exc.__class__.__name__}: {exc}", False))
+            continue
+        done.append(indexed)
+        if indexed.problem:
+            category, reason = indexed.problem
+            failures.append((relpath, indexed.sop_instance_uid, category, reason, True))
+    clean = [relpath for relpath in relpaths if relpath not in {f[0] for f in failures}]
+    record_failures(failures, source_ae=source_ae, clean=clean + missing)
     touched = {i.series_id for i in done} | {i.moved_from_series_id for i in done if i.moved_from_series_id}
     refresh_counts(series_ids=touched)
     return done, failed
+
+
+def record_failures(failures, *, source_ae: str = "", clean=()) -> None:
+    """Write an IndexingFailure per problem file; delete those of files now indexed cleanly."""
+    clean = list(clean)
+    for start in range(0, len(clean), 500):
+        IndexingFailure.objects.filter(file_path__in=clean[start : start + 500]).delete()
+    for relpath, sop_uid, category, reason, indexed in failures:
+        reason = reason[:500]
+        updated = IndexingFailure.objects.filter(file_path=relpath).update(
+            sop_instance_uid=sop_uid[:64],
+            category=category,
+            indexed=indexed,
+            reason=reason,
+            attempts=F("attempts") + 1,
+            last_failed_at=timezone.now(),
+        )
+        if not updated:
+            try:
+                with transaction.atomic():
+                    IndexingFailure.objects.create(
+                        file_path=relpath[:255],
+                        sop_instance_uid=sop_uid[:64],
+                        source_ae=source_ae[:16],
+                        category=category,
+                        indexed=indexed,
+                        reason=reason,
+                    )
+            except IntegrityError:
+                pass  # another worker recorded the same file at the same moment

@@ -20,12 +20,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from django.conf import settings
 from PIL import Image
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, as_pixel_options, get_decoder
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from imaging import dicomfile
 
 Source = str | os.PathLike[str] | Dataset
 
@@ -156,16 +159,24 @@ def _decode(src: Source, frame: int | None) -> tuple[Dataset, np.ndarray, dict]:
     YBR_FULL_422, YBR_ICT or YBR_RCT, and say so only there.
     """
     if isinstance(src, Dataset):
+        _check_frame_size(src)
         index = _frame_index(src, frame)
         arr, properties = _decode_dataset(src, index)
         return _frame_attributes(src, index), arr, properties
 
+    try:
+        # pydicom inflates a deflated data set whole, even to stop before its pixels:
+        # make sure first, in bounded memory, that it is no deflate bomb.
+        dicomfile.check_inflated_size(src)
+    except dicomfile.Unreadable as exc:
+        raise CannotRender(str(exc)) from exc
     with open(src, "rb") as f:
         try:
             # force: files written without a File Meta header (old ACR-NEMA style) are still images.
             header = dcmread(f, stop_before_pixels=True, force=True)
         except _DECODE_ERRORS as exc:
             raise CannotRender(f"not a readable DICOM file: {exc}") from exc
+        _check_frame_size(header)
         index = _frame_index(header, frame)
         tsyntax = _transfer_syntax(header)
         if tsyntax.is_deflated:
@@ -194,6 +205,17 @@ def _decode(src: Source, frame: int | None) -> tuple[Dataset, np.ndarray, dict]:
             raise
         raise CannotRender(f"{exc} (reading only the frame: {frame_only_error})") from exc
     return _frame_attributes(full, index), arr, properties
+
+
+def _check_frame_size(header: Dataset) -> None:
+    """Refuse a frame whose decoded size (Rows x Columns x Samples x Bits) is absurd.
+
+    A decoder allocates what the header says before it finds the data missing: a
+    header claiming 65535 x 65535 would cost gigabytes per request.
+    """
+    frame = dicomfile.expected_pixel_bytes(header, frames=1)
+    if frame is not None and frame > settings.DICOM_MAX_PIXEL_BYTES:
+        raise CannotRender(f"a frame of {frame} bytes (Rows x Columns x Samples x Bits) is over DICOM_MAX_PIXEL_BYTES")
 
 
 def _read_whole(path: str | os.PathLike[str]) -> Dataset:

@@ -277,6 +277,23 @@ DICOM_UID_CONFLICT_POLICY = envstr("DICOM_UID_CONFLICT_POLICY", "reject")
 if DICOM_UID_CONFLICT_POLICY not in ("reject", "replace"):
     raise ImproperlyConfigured(f"DICOM_UID_CONFLICT_POLICY={DICOM_UID_CONFLICT_POLICY!r}: use reject or replace")
 
+# --- Hostile and broken files (imaging/dicomfile.py, ingest, the index spool) ---
+# A Deflated Explicit VR data set is inflated as a stream and never beyond this many
+# bytes: a few MB on disk can inflate to gigabytes (a deflate bomb). Such a file is
+# left unindexed and recorded as an indexing failure.
+DICOM_MAX_INFLATED_BYTES = envint("DICOM_MAX_INFLATED_BYTES", 512 * 1024**2)
+# Largest decoded pixel data (Rows x Columns x Frames x Samples x Bits) we render
+# (thumbnails); beyond it the header is indexed and the pixel problem recorded.
+DICOM_MAX_PIXEL_BYTES = envint("DICOM_MAX_PIXEL_BYTES", 1024**3)
+# Paths the SCP could not hand to the broker are appended (fsynced) to spool files
+# here; it must be shared by the SCP and the worker, like STORAGE_DIR.
+INDEX_SPOOL_DIR = Path(envstr("INDEX_SPOOL_DIR", "") or STORAGE_DIR / "spool")
+# Seconds between the worker's drains of the index spool (Celery beat); 0 disables.
+INDEX_SPOOL_INTERVAL_SECONDS = envint("INDEX_SPOOL_INTERVAL_SECONDS", 30)
+# A reindex run holds a lease in the database, renewed after each batch; a crashed
+# holder's lease expires after this many seconds and another run may start.
+REINDEX_LOCK_SECONDS = envint("REINDEX_LOCK_SECONDS", 300)
+
 # --- DICOM network ---------------------------------------------------------------
 DICOM_AE_TITLE = envstr("DICOM_AE_TITLE", "IMAGING")
 # Access control, secure by default: the called AE title must be ours, the calling

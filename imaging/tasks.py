@@ -8,7 +8,7 @@ from celery import shared_task
 from django.conf import settings
 from django.db import OperationalError
 
-from imaging import ingest, thumbnails
+from imaging import ingest, spool, thumbnails
 
 log = logging.getLogger(__name__)
 
@@ -41,16 +41,25 @@ def schedule_thumbnail(series_id: int) -> None:
     make_thumbnail.apply_async((series_id,), countdown=settings.THUMBNAIL_DELAY_SECONDS)
 
 
+def _index(relpaths: list[str], source_ae: str) -> tuple[int, int]:
+    # The node of ``source_ae`` gives the fallback character set (ingest looks it up).
+    done, failed = ingest.index_files(relpaths, source_ae=source_ae)
+    for series_id in sorted({i.series_id for i in done}):
+        schedule_thumbnail(series_id)
+    return len(done), len(failed)
+
+
 @shared_task(name="imaging.tasks.index_instances", acks_late=True, **_RETRY)
 def index_instances(relpaths: list[str], source_ae: str = "") -> dict:
     """Index stored files, then bring the thumbnail of every touched series up to date."""
-    from network.models import ModalityNode
+    indexed, failed = _index(relpaths, source_ae)
+    return {"indexed": indexed, "failed": failed}
 
-    fallback = ModalityNode.objects.filter(ae_title=source_ae).values_list("fallback_charset", flat=True).first()
-    done, failed = ingest.index_files(relpaths, source_ae=source_ae, fallback_charset=fallback or None)
-    for series_id in sorted({i.series_id for i in done}):
-        schedule_thumbnail(series_id)
-    return {"indexed": len(done), "failed": len(failed)}
+
+@shared_task(name="imaging.tasks.drain_index_spool")
+def drain_index_spool() -> dict:
+    """Index what the SCP spooled while the broker was down; returns what was read (never a walk)."""
+    return spool.drain(_index).as_dict()
 
 
 @shared_task(name="imaging.tasks.make_thumbnail", acks_late=True, **_RETRY)
@@ -66,4 +75,8 @@ def make_thumbnail(series_id: int) -> str:
 def reindex_missing() -> dict:
     from imaging import reindex
 
-    return reindex.reindex(missing_only=True).as_dict()
+    try:
+        return reindex.reindex(missing_only=True).as_dict()
+    except reindex.Busy as exc:
+        log.info("periodic reindex skipped: %s", exc)
+        return {"skipped": str(exc)}

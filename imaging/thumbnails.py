@@ -6,7 +6,7 @@ import logging
 from django.conf import settings
 from django.db import transaction
 
-from imaging import render, storage
+from imaging import dicomfile, render, storage
 from records.models import Instance, Series
 
 log = logging.getLogger(__name__)
@@ -19,6 +19,14 @@ def representative_instance(series: Series) -> Instance | None:
     if middle < 0:
         return None
     return next(iter(instances.only("id", "sop_instance_uid", "file_path")[middle : middle + 1]), None)
+
+
+def pixel_problem(path) -> str | None:
+    """Why the file's pixel data must not be rendered (dicomfile.pixel_problem), or None."""
+    try:
+        return dicomfile.pixel_problem(dicomfile.read_header(path))
+    except (dicomfile.Unreadable, OSError) as exc:
+        return f"an unreadable file ({exc})"
 
 
 def update_series_thumbnail(series_id: int) -> str:
@@ -38,6 +46,14 @@ def update_series_thumbnail(series_id: int) -> str:
     if series.thumbnail_sop_instance_uid == instance.sop_instance_uid and series.thumbnail:
         if storage.absolute(series.thumbnail).exists():
             return series.thumbnail
+    problem = pixel_problem(storage.absolute(instance.file_path))
+    if problem:
+        # Rendering it could allocate gigabytes or fail half-way: the series goes
+        # without a thumbnail, its images stay findable and retrievable.
+        log.warning(
+            "thumbnail of series %s skipped: %s has %s", series.series_instance_uid, instance.file_path, problem
+        )
+        return ""
     try:
         image = render.thumbnail(storage.absolute(instance.file_path), settings.THUMBNAIL_SIZE)
     except Exception:

@@ -3,8 +3,9 @@
 The store handler only appends the path to an in-memory queue; a background
 thread sends what has accumulated as one ``index_instances`` task, so a burst of
 300 images becomes a handful of messages. If the broker is down the files are
-still safe on disk: the failure is logged and ``manage.py reindex`` (or the
-periodic reindex task) indexes them later.
+still safe on disk, and their paths go to the index spool (imaging/spool.py),
+fsynced: the worker drains it soon after the broker is back, and
+``manage.py reindex`` drains it too.
 """
 
 import logging
@@ -21,9 +22,12 @@ _STOP = object()
 
 
 class IndexHandoff:
-    def __init__(self, send=None):
-        # ``send(paths, source_ae)`` publishes one batch; tests may pass their own.
+    def __init__(self, send=None, spool_append=None):
+        # ``send(paths, source_ae)`` publishes one batch, ``spool_append(paths,
+        # source_ae)`` keeps a batch that could not be sent; tests may pass their own.
         self._send = send or _send_to_celery
+        self._spool_append = spool_append or _spool_append
+        self.spooled = 0
         self._pid = None
         self._queue: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
@@ -85,12 +89,28 @@ class IndexHandoff:
                     self.sent += len(paths)
                 except Exception as exc:
                     self.lost += len(paths)
-                    log.error(
-                        "cannot queue %d stored file(s) for indexing (%s); they are safe on disk "
-                        "and `manage.py reindex` will index them",
-                        len(paths),
-                        exc,
-                    )
+                    self._spool(paths, ae, exc)
+
+    def _spool(self, paths: list[str], ae: str, exc: Exception) -> None:
+        try:
+            spooled = self._spool_append(paths, ae)
+        except OSError as spool_exc:
+            log.error(
+                "cannot queue %d stored file(s) for indexing (%s) nor spool them (%s); they are safe on "
+                "disk and `manage.py reindex` will index them",
+                len(paths),
+                exc,
+                spool_exc,
+            )
+            return
+        self.spooled += len(paths)
+        log.error(
+            "cannot queue %d stored file(s) for indexing (%s); they are safe on disk, spooled to %s: "
+            "the worker indexes them when the broker is back, or `manage.py reindex` will index them",
+            len(paths),
+            exc,
+            spooled,
+        )
 
 
 def warm_up() -> None:
@@ -111,3 +131,9 @@ def _send_to_celery(paths: list[str], source_ae: str) -> None:
     from imaging.tasks import index_instances
 
     index_instances.apply_async(args=[paths, source_ae], retry=False)
+
+
+def _spool_append(paths: list[str], source_ae: str):
+    from imaging import spool
+
+    return spool.append(paths, source_ae)

@@ -5,7 +5,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 
 from network.admin import send_to_node
-from records.models import Instance, Patient, Series, Study
+from records.models import IndexingFailure, Instance, InstanceConflict, Patient, Series, Study
 
 
 class ReadOnlyIndexAdmin(admin.ModelAdmin):
@@ -136,3 +136,45 @@ admin.site.unregister(User)
 admin.site.register(User, ImagingUserAdmin)
 admin.site.unregister(Group)
 admin.site.register(Group, ImagingGroupAdmin)
+
+
+class RecordAdmin(ReadOnlyIndexAdmin):
+    """What the system recorded about a file or an instance: read, never edited or deleted here.
+
+    Indexing failures disappear by themselves once their file is indexed cleanly;
+    conflicts stay as the record of what was decided.
+    """
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(IndexingFailure)
+class IndexingFailureAdmin(RecordAdmin):
+    list_display = ("file_path", "category", "indexed", "reason", "source_ae", "attempts", "last_failed_at")
+    list_filter = ("category", "indexed", "source_ae")
+    search_fields = ("file_path", "sop_instance_uid", "reason")
+    date_hierarchy = "last_failed_at"
+
+
+@admin.register(InstanceConflict)
+class InstanceConflictAdmin(RecordAdmin):
+    list_display = (
+        "detected_at",
+        "sop_instance_uid",
+        "resolution",
+        "source_ae",
+        "stored_patient_id",
+        "incoming_patient_id",
+        "stored_study_uid",
+        "incoming_study_uid",
+    )
+    list_filter = ("resolution", "source_ae")
+    search_fields = (
+        "sop_instance_uid",
+        "stored_study_uid",
+        "incoming_study_uid",
+        "stored_patient_id",
+        "incoming_patient_id",
+    )
+    date_hierarchy = "detected_at"

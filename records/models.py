@@ -118,15 +118,38 @@ class Instance(models.Model):
 
 
 class IndexingFailure(models.Model):
-    """A stored file the indexer could not index, and why: one row per file, removed once it is indexed.
+    """A stored file the indexer could not index fully, and why: one row per file.
 
     The file stays on disk (nothing a device sent is thrown away); the row lets an
-    administrator see it in the admin and /health count it.
+    administrator see it in the admin, and /health counts the rows. What a problem
+    does to the file:
+
+    - left unindexed (``indexed`` False, the file is in no study): it cannot be
+      parsed as DICOM (``unreadable``), it lacks a valid Study, Series or SOP
+      Instance UID (``no-uids``), or it is a deflate bomb, a deflated data set that
+      inflates past DICOM_MAX_INFLATED_BYTES (``deflate-bomb``);
+    - indexed, with the problem recorded (``indexed`` True, the instance is
+      findable and can be sent on as stored): an unknown Specific Character Set,
+      read with the node's fallback, then DICOM_FALLBACK_CHARSET (``charset``);
+      pixel data that is truncated or whose Rows x Columns x Frames x Bits is over
+      DICOM_MAX_PIXEL_BYTES (``pixels``): no thumbnail is rendered from it.
+
+    Indexing the file again updates the row (``attempts``); once the file is
+    indexed without a problem, the row is deleted.
     """
+
+    class Category(models.TextChoices):
+        UNREADABLE = "unreadable", "cannot be parsed (not indexed)"
+        NO_UIDS = "no-uids", "missing or invalid UIDs (not indexed)"
+        DEFLATE_BOMB = "deflate-bomb", "inflates past the limit (not indexed)"
+        CHARSET = "charset", "unknown character set (indexed with a fallback)"
+        PIXELS = "pixels", "unusable pixel data (indexed, no thumbnail)"
 
     file_path = models.CharField(max_length=255, unique=True, help_text="Relative to STORAGE_DIR.")
     sop_instance_uid = models.CharField("SOP Instance UID", max_length=64, blank=True, default="")
     source_ae = models.CharField("from AE title", max_length=16, blank=True, default="")
+    category = models.CharField(max_length=16, choices=Category.choices, default=Category.UNREADABLE)
+    indexed = models.BooleanField("header indexed", default=False)
     reason = models.CharField(max_length=500)
     first_failed_at = models.DateTimeField(auto_now_add=True)
     last_failed_at = models.DateTimeField(auto_now=True, db_index=True)  # the admin's list goes by date

@@ -22,6 +22,7 @@ def pytest_configure(config):
     Path(settings.STATIC_ROOT).mkdir(parents=True, exist_ok=True)
     # Tests never touch the developer's ./var/storage.
     settings.STORAGE_DIR = _STORAGE
+    settings.INDEX_SPOOL_DIR = _STORAGE / "spool"
     # A developer's disk may be fuller than production's watermark allows.
     settings.STORAGE_MIN_FREE_MB = 1
 

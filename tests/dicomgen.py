@@ -107,3 +107,47 @@ def small_image(directory: Path, name: str, study_uid: str, series_uid: str, num
     path = directory / name
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def _deflated(data: bytes) -> bytes:
+    """``data`` as a raw deflate segment that ends byte-aligned with an empty history.
+
+    Such segments can be concatenated: repeating one compressed run of zeros makes
+    gigabytes of inflated data in megabytes, without compressing gigabytes here.
+    """
+    import zlib
+
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return compressor.compress(data) + compressor.flush(zlib.Z_FULL_FLUSH)
+
+
+def deflate_bomb(path: Path, *, inflated_gib: int = 3, study_uid=None, series_uid=None) -> Dataset:
+    """Write a Deflated Explicit VR file of a few MB whose data set inflates to ``inflated_gib`` GiB.
+
+    The header is an ordinary small image's; its Pixel Data value is gigabytes of
+    zeros. Returns the header data set (without pixels).
+    """
+    import io
+    import struct
+    import zlib
+
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset, write_file_meta_info
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    ds = base_dataset(MRImageStorage, study_uid or generate_uid(PYNETDICOM_ROOT), series_uid or generate_uid())
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    set_pixels(ds, np.zeros((64, 64), dtype=np.uint16))
+    del ds.PixelData
+    header = DicomBytesIO()
+    header.is_little_endian, header.is_implicit_VR = True, False
+    write_dataset(header, ds)
+    zeros = 16 * 1024**2
+    count = inflated_gib * 64
+    element = struct.pack("<HH2sHL", 0x7FE0, 0x0010, b"OB", 0, zeros * count)
+    meta = io.BytesIO()
+    write_file_meta_info(meta, ds.file_meta, enforce_standard=True)
+    stream = _deflated(header.getvalue() + element) + _deflated(bytes(zeros)) * count
+    stream += zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS).flush()  # the final, empty block
+    path.write_bytes(b"\0" * 128 + b"DICM" + meta.getvalue() + stream)
+    return ds

@@ -25,12 +25,28 @@ def test_a_failing_broker_loses_no_file_only_the_message_and_says_so(caplog):
     def refuse(paths, ae):
         raise ConnectionError("broker down")
 
-    handoff = IndexHandoff(send=refuse)
+    spooled = []
+    handoff = IndexHandoff(send=refuse, spool_append=lambda paths, ae: spooled.extend(paths) or "the spool")
     handoff.submit("instances/a.dcm", "CT1")
     handoff.submit("instances/b.dcm", "CT1")
     assert handoff.flush(5)
-    assert handoff.lost == 2
+    assert handoff.lost == 2 and handoff.spooled == 2
+    assert spooled == ["instances/a.dcm", "instances/b.dcm"]
     assert "manage.py reindex" in caplog.text
+
+
+def test_a_spool_that_cannot_be_written_is_logged_too(caplog):
+    def refuse(paths, ae):
+        raise ConnectionError("broker down")
+
+    def full_disk(paths, ae):
+        raise OSError(28, "No space left on device")
+
+    handoff = IndexHandoff(send=refuse, spool_append=full_disk)
+    handoff.submit("instances/a.dcm", "CT1")
+    assert handoff.flush(5)
+    assert handoff.spooled == 0
+    assert "nor spool them" in caplog.text and "manage.py reindex" in caplog.text
 
 
 def test_flush_reports_a_send_that_hangs():

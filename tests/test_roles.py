@@ -120,6 +120,8 @@ def test_an_administrator_manages_users_and_nodes_and_only_reads_records_and_log
     expected = {f"auth.{a}_{m}" for a in ("view", "add", "change", "delete") for m in ("user", "group")}
     expected |= {"auth.view_permission"}
     expected |= {f"records.view_{m}" for m in ("patient", "study", "series", "instance")}
+    # What the indexer could not index, and the UID conflicts it met: read only.
+    expected |= {"records.view_indexingfailure", "records.view_instanceconflict"}
     expected |= {f"network.{a}_modalitynode" for a in ("view", "add", "change", "delete")}
     expected |= {"network.view_associationlog", "network.view_sendjob", "network.add_sendjob"}
     # Unlocking sign-ins (django-axes' lockouts) and reading its sign-in log.

@@ -15,7 +15,7 @@ from pydicom.filereader import read_dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 from pynetdicom.dsutils import encode_file_meta
 
-from imaging import storage
+from imaging import integrity, storage
 from network import access
 from network.dimse.association import permitted, session_of
 
@@ -26,6 +26,11 @@ SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700  # the data set is larger than we accept, or the disk failed
 DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900  # required identifiers missing or wrong
 CANNOT_UNDERSTAND = 0xC000  # the data set cannot be parsed
+# PS3.7 C.4 "Duplicate SOP Instance": the UID is held under another study or patient
+# and DICOM_UID_CONFLICT_POLICY keeps it (imaging/integrity.py). dcm4chee-arc answers
+# its own 0xA778 "conflicting patient ID", but A7xx means "out of resources", which
+# SCUs retry; this is a failure a person must look at, with the standard's name.
+DUPLICATE_SOP_INSTANCE = 0x0111
 
 _LAST_TAG_NEEDED = 0x0020000E  # Series Instance UID; the UIDs we check all come before it
 
@@ -101,6 +106,12 @@ def store(file_meta, stream: bytes, calling_ae: str) -> str:
     if calling_ae:
         file_meta.SourceApplicationEntityTitle = calling_ae
     relpath = storage.instance_relpath(ids["SOPInstanceUID"])
+    try:
+        integrity.check_before_store(
+            relpath, stream, str(file_meta.TransferSyntaxUID), ids["SOPInstanceUID"], calling_ae
+        )
+    except integrity.Refused as exc:
+        raise Rejected(DUPLICATE_SOP_INSTANCE, str(exc)) from exc
     try:
         storage.write_atomic(relpath, (b"\x00" * 128 + b"DICM" + encode_file_meta(file_meta), stream))
     except OSError as exc:

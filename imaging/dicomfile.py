@@ -1,0 +1,256 @@
+"""Reading a stored file's header with bounded memory, whatever the file claims.
+
+``pydicom.dcmread`` inflates a Deflated Explicit VR file whole in memory (a few
+MB on disk can become gigabytes), and trusts every length it reads. Here:
+
+- a deflated data set is inflated as a stream, in chunks, and never beyond
+  ``DICOM_MAX_INFLATED_BYTES``: a file that inflates further is a deflate bomb;
+- large values before the pixel data are not read (``defer_size``);
+- the pixel data is never read: only its element header, to learn how many
+  bytes it declares and how many the file really holds, so that an absurd
+  Rows x Columns x Frames or a truncated file is found before anyone renders it.
+"""
+
+import io
+import os
+import struct
+import zlib
+from dataclasses import dataclass
+
+import pydicom
+from django.conf import settings
+from pydicom.dataset import Dataset, FileDataset
+from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+# Float Pixel Data, Double Float Pixel Data, Pixel Data: where pydicom's
+# stop_before_pixels stops too.
+PIXEL_TAGS = (0x7FE00008, 0x7FE00009, 0x7FE00010)
+UNDEFINED_LENGTH = 0xFFFFFFFF
+# Header values larger than this are skipped, not read (nothing we index is that long).
+DEFER_SIZE = 256 * 1024
+_CHUNK = 1024 * 1024
+
+
+class Unreadable(ValueError):
+    """The file cannot be read as DICOM (or it inflates past the limit)."""
+
+
+class DeflateBomb(Unreadable):
+    pass
+
+
+@dataclass
+class Header:
+    ds: Dataset
+    # The pixel data element, if the data set has one.
+    pixel_tag: int | None = None
+    pixel_length: int | None = None  # as declared; UNDEFINED_LENGTH when encapsulated
+    pixel_available: int = 0  # bytes that follow the element header in the file
+    inflated_size: int | None = None  # of a deflated data set
+    # The file starts with a preamble and "DICM"; without, it may be a bare data set
+    # (ACR-NEMA, an old archive) or anything at all.
+    dicm: bool = True
+
+
+def _at_pixels(tag, vr, length) -> bool:
+    return tag in PIXEL_TAGS
+
+
+class _Inflater(io.RawIOBase):
+    """A deflated stream read as the inflated bytes, forward only, never beyond ``limit``.
+
+    Holds one chunk of output at a time; ``seek`` forward (pydicom skipping a
+    deferred value) inflates and discards. A short step back (pydicom rewinds the
+    element header it peeked at) is served from the last bytes read.
+    """
+
+    def __init__(self, raw, limit: int):
+        self._raw = raw
+        self._limit = limit
+        self._inflate = zlib.decompressobj(-zlib.MAX_WBITS)
+        self._buffer = b""  # inflated, not yet read
+        self._history = b""  # the last bytes read, for a short rewind
+        self._pos = 0
+        self.total = 0  # bytes inflated so far
+
+    def readable(self):
+        return True
+
+    def seekable(self):
+        return True
+
+    def tell(self):
+        return self._pos
+
+    def _fill(self, wanted: int) -> None:
+        while len(self._buffer) < wanted:
+            if self._inflate.eof:
+                return
+            data = self._inflate.unconsumed_tail or self._raw.read(64 * 1024)
+            if not data:
+                return
+            out = self._inflate.decompress(data, _CHUNK)
+            self.total += len(out)
+            if self.total > self._limit:
+                raise DeflateBomb(f"the deflated data set inflates past {self._limit} bytes (DICOM_MAX_INFLATED_BYTES)")
+            self._buffer += out
+
+    def read(self, size=-1):
+        if size is None or size < 0:
+            size = self._limit
+        self._fill(size)
+        out, self._buffer = self._buffer[:size], self._buffer[size:]
+        self._pos += len(out)
+        self._history = (self._history + out)[-64:]
+        return out
+
+    def seek(self, offset, whence=os.SEEK_SET):
+        target = offset if whence == os.SEEK_SET else self._pos + offset
+        if target < self._pos:
+            back = self._pos - target
+            if back > len(self._history):
+                raise io.UnsupportedOperation("cannot seek back that far in a deflated stream")
+            self._buffer = self._history[-back:] + self._buffer
+            self._history = self._history[:-back]
+            self._pos = target
+        while self._pos < target:
+            if not self.read(min(target - self._pos, _CHUNK)):
+                break
+        return self._pos
+
+    def drain(self) -> int:
+        """Inflate (and discard) the rest; returns the inflated size of the whole data set."""
+        while self.read(_CHUNK):
+            pass
+        return self.total
+
+
+def _pixel_element(fp, ds: Dataset, implicit: bool, little: bool) -> tuple[int | None, int | None]:
+    """Tag and declared length of the element at ``fp`` (where reading stopped), if it is pixel data."""
+    head = fp.read(8)
+    if len(head) < 8:
+        return None, None
+    endian = "<" if little else ">"
+    group, element = struct.unpack(f"{endian}HH", head[:4])
+    tag = group << 16 | element
+    if tag not in PIXEL_TAGS:
+        return None, None
+    if implicit:
+        (length,) = struct.unpack(f"{endian}L", head[4:8])
+    else:
+        extra = fp.read(4)
+        if len(extra) < 4:
+            return tag, 0
+        (length,) = struct.unpack(f"{endian}L", extra)
+    return tag, length
+
+
+def read_header(path) -> Header:
+    """The data set without its pixel data, and what its pixel data element declares.
+
+    Raises ``Unreadable`` (or ``DeflateBomb``) when the file cannot be read within bounds.
+    """
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as fp:
+            preamble = read_preamble(fp, True)
+            meta = _read_file_meta_info(fp)
+            transfer_syntax = str(meta.get("TransferSyntaxUID", ImplicitVRLittleEndian))
+            if transfer_syntax != DeflatedExplicitVRLittleEndian:
+                fp.seek(0)
+                ds = pydicom.dcmread(fp, stop_before_pixels=True, force=True, defer_size=DEFER_SIZE)
+                implicit, little = ds.original_encoding
+                tag, length = _pixel_element(fp, ds, implicit, little)
+                available = max(size - fp.tell(), 0)
+                return Header(ds, tag, length, available if tag else 0, dicm=preamble is not None)
+            inflater = _Inflater(fp, settings.DICOM_MAX_INFLATED_BYTES)
+            dataset = read_dataset(inflater, False, True, stop_when=_at_pixels, defer_size=DEFER_SIZE)
+            tag, length = _pixel_element(inflater, dataset, False, True)
+            value_at = inflater.tell()
+            # The whole stream is inflated (and thrown away) to know its size: a
+            # bomb is found here, in bounded memory, not later by a renderer.
+            total = inflater.drain()
+            ds = FileDataset(str(path), dataset, preamble, meta, False, True)
+            ds.set_original_encoding(False, True, dataset._character_set)
+            return Header(ds, tag, length, max(total - value_at, 0) if tag else 0, total)
+    except Unreadable:
+        raise
+    except (OSError, ValueError, EOFError, struct.error, zlib.error, TypeError, KeyError, AttributeError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise Unreadable(f"cannot be parsed as DICOM: {exc}") from exc
+
+
+def _int(ds: Dataset, keyword: str, default: int | None = None) -> int | None:
+    try:
+        value = ds.get(keyword)
+        return int(value) if value not in (None, "") else default
+    except (TypeError, ValueError):
+        return None
+
+
+def expected_pixel_bytes(ds: Dataset, *, frames: int | None = None) -> int | None:
+    """Bytes of the decoded pixel data its header describes (None when it describes none).
+
+    ``frames``: of that many frames instead of NumberOfFrames (1: one frame's size).
+    """
+    rows, columns = _int(ds, "Rows"), _int(ds, "Columns")
+    if not rows or not columns:
+        return None
+    if frames is None:
+        frames = max(_int(ds, "NumberOfFrames", 1) or 1, 1)
+    samples = max(_int(ds, "SamplesPerPixel", 1) or 1, 1)
+    bits = _int(ds, "BitsAllocated", 16) or 16
+    return (rows * columns * frames * samples * bits + 7) // 8
+
+
+def pixel_problem(header: Header) -> str | None:
+    """Why this file's pixel data cannot be rendered safely, or None.
+
+    Checked before anything decodes pixels: the decoded size must stay below
+    DICOM_MAX_PIXEL_BYTES (a header claiming 65535 x 65535 would make a renderer
+    allocate gigabytes), and uncompressed pixel data must be all there.
+    """
+    if header.pixel_tag is None:
+        return None
+    ds = header.ds
+    expected = expected_pixel_bytes(ds)
+    if expected is None:
+        return "pixel data without Rows and Columns"
+    if expected > settings.DICOM_MAX_PIXEL_BYTES:
+        return (
+            f"Rows x Columns x Frames x Samples x Bits ({_int(ds, 'Rows')} x {_int(ds, 'Columns')} x "
+            f"{max(_int(ds, 'NumberOfFrames', 1) or 1, 1)} x {_int(ds, 'SamplesPerPixel', 1)} x "
+            f"{_int(ds, 'BitsAllocated', 16)} bits) makes {expected} bytes, over DICOM_MAX_PIXEL_BYTES"
+        )
+    if header.pixel_length == UNDEFINED_LENGTH:
+        if header.pixel_available < 8:
+            return "encapsulated pixel data is truncated"
+        return None
+    declared = header.pixel_length or 0
+    if header.pixel_available < declared:
+        return f"pixel data truncated: the file holds {header.pixel_available} of its {declared} bytes"
+    if header.pixel_tag == 0x7FE00010 and declared < expected:
+        return f"pixel data holds {declared} bytes, its Rows x Columns x Frames need {expected}"
+    return None
+
+
+def check_inflated_size(path) -> int | None:
+    """For a deflated file: inflate it as a stream (bounded memory) and return its inflated size.
+
+    Raises DeflateBomb past DICOM_MAX_INFLATED_BYTES. Returns None at once for any
+    other transfer syntax (or a file without file meta): only deflate inflates.
+    """
+    with open(path, "rb") as fp:
+        try:
+            read_preamble(fp, True)
+            meta = _read_file_meta_info(fp)
+        except Exception:
+            return None  # the caller's own reader says what is wrong
+        if str(meta.get("TransferSyntaxUID", "")) != DeflatedExplicitVRLittleEndian:
+            return None
+        try:
+            return _Inflater(fp, settings.DICOM_MAX_INFLATED_BYTES).drain()
+        except zlib.error as exc:
+            raise Unreadable(f"the deflated data set cannot be inflated: {exc}") from exc
