@@ -28,3 +28,6 @@ urlpatterns = [
     path("health", views.health, name="health"),
     path("series/<int:series_id>/thumbnail.png", views.series_thumbnail, name="series-thumbnail"),
 ]
+
+# DICOMweb (PS3.18): QIDO-RS, WADO-RS (network/dicomweb/).
+urlpatterns += [path("dicomweb/", include("network.dicomweb.urls"))]
