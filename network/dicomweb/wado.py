@@ -70,7 +70,7 @@ def transcode(path) -> bytes:
     dicomfile.check_inflated_size(path)  # a deflate bomb raises here, in bounded memory
     ds = pydicom.dcmread(path, force=True)
     if ds.file_meta.TransferSyntaxUID.is_compressed:
-        ds.decompress()
+        ds.decompress(generate_instance_uid=False)  # lossless: the same instance
     ds.file_meta.TransferSyntaxUID = base.EXPLICIT_VR_LITTLE_ENDIAN
     out = io.BytesIO()
     ds.save_as(out, enforce_file_format=True, implicit_vr=False, little_endian=True)
@@ -150,11 +150,24 @@ def instance_metadata(request, instance) -> dict:
     )
     header = dicomfile.read_header(base.path_of(instance))
     out = formatter.dataset(header.ds, lambda path: f"{url}/bulkdata/{_tag_path(path)}")
+    if header.pixel_tag is not None:  # the reader stopped before it: referenced, never read
+        tag = formatter.tag_key(header.pixel_tag)
+        out[tag] = {"vr": _pixel_vr(header), "BulkDataURI": f"{url}/bulkdata/{tag}"}
     if "00280008" not in out:
         out["00280008"] = {"vr": "IS", "Value": [instance.number_of_frames or 1]}
     # The transfer syntax the pixel data's BulkDataURI and frames come in (as stored).
     out["00020010"] = {"vr": "UI", "Value": [instance.transfer_syntax_uid]}
     return dict(sorted(out.items()))
+
+
+def _pixel_vr(header) -> str:
+    if header.pixel_tag == 0x7FE00008:
+        return "OF"
+    if header.pixel_tag == 0x7FE00009:
+        return "OD"
+    bits = header.ds.get("BitsAllocated") or 16
+    compressed = header.pixel_length == dicomfile.UNDEFINED_LENGTH
+    return "OB" if compressed or int(bits) <= 8 else "OW"
 
 
 def _metadata_chunks(request, found):
