@@ -2,6 +2,7 @@
 
 import io
 import json
+import os
 
 import numpy as np
 import pydicom
@@ -366,3 +367,148 @@ def test_multipart_writer_round_trip():
         body
         == b"--b0\r\nContent-Type: application/dicom\r\n\r\nabcd\r\n--b0\r\nContent-Type: x/y\r\n\r\n\r\n--b0--\r\n"
     )
+
+
+# End to end: the real dicomweb-client against a live server
+
+
+@pytest.fixture
+def web_server(transactional_db, logs_dir):
+    """``manage.py runserver`` on a free 127.0.0.1 port, over the test database and store."""
+    from django.conf import settings
+
+    from tests import procs
+    from tests.conftest import database_url
+
+    port = procs.free_port()
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "imaging.settings",
+        "DATABASE_URL": database_url(),
+        "STORAGE_DIR": str(settings.STORAGE_DIR),
+        "ALLOWED_HOSTS": "127.0.0.1",
+        "PYTHONUNBUFFERED": "1",
+    }
+    log = logs_dir / f"runserver-{port}.log"
+    proc = procs.start(procs.manage("runserver", "--noreload", f"127.0.0.1:{port}"), env, log)
+    try:
+        procs.wait_for(lambda: procs.port_open(port) or proc.poll() is not None, 60, "runserver")
+        assert proc.poll() is None, log.read_text()
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        procs.stop(proc)
+
+
+def dicomweb_client(server: str, *roles: str, username: str):
+    from dicomweb_client.api import DICOMwebClient
+    from dicomweb_client.session_utils import create_session
+    from django.conf import settings
+
+    session = create_session()
+    if roles is not None:
+        browser = client_for(*roles, username=username)
+        session.cookies.set(settings.SESSION_COOKIE_NAME, browser.cookies[settings.SESSION_COOKIE_NAME].value)
+    return DICOMwebClient(url=f"{server}/dicomweb", session=session)
+
+
+@pytest.mark.e2e
+def test_dicomweb_client_against_a_live_server(web_server):
+    import requests
+
+    study_uid = generate_uid(dicomgen.PYNETDICOM_ROOT)
+    name = {"SpecificCharacterSet": "ISO_IR 192", "PatientName": "WANG^XIAODONG=王^小東", "PatientID": "E2E"}
+    ct = store_file(fresh_uids(pydicom_file("CT_small.dcm", **name), study=study_uid))
+    jpeg = store_file(fresh_uids(pydicom_file("bad_sequence.dcm", **name), study=study_uid))
+    other = store_file(fresh_uids(pydicom_file("SC_rgb.dcm")))
+    client = dicomweb_client(web_server, "Doctor", username="e2e-doctor")
+
+    # QIDO-RS: studies, series, instances, with filters and includefield.
+    studies = client.search_for_studies(search_filters={"PatientName": "wang^xiao*"}, fields=["StudyDescription"])
+    assert [s["0020000D"]["Value"][0] for s in studies] == [study_uid]
+    assert studies[0]["00100010"]["Value"] == [{"Alphabetic": "WANG^XIAODONG", "Ideographic": "王^小東"}]
+    assert studies[0]["00201208"]["Value"] == [2]  # NumberOfStudyRelatedInstances
+    assert "00081030" in studies[0]  # StudyDescription, asked for
+    assert {s["0020000D"]["Value"][0] for s in client.search_for_studies()} == {study_uid, other.StudyInstanceUID}
+    series = client.search_for_series(study_uid, search_filters={"Modality": "CT"})
+    assert {s["0020000E"]["Value"][0] for s in series} == {ct.SeriesInstanceUID, jpeg.SeriesInstanceUID}
+    instances = client.search_for_instances(
+        study_uid, ct.SeriesInstanceUID, fields=["NumberOfFrames"], search_filters={"Rows": 128}
+    )
+    assert [i["00080018"]["Value"][0] for i in instances] == [ct.SOPInstanceUID]
+    assert client.search_for_instances(search_filters={"SOPInstanceUID": jpeg.SOPInstanceUID})[0]["00280010"] == {
+        "vr": "US",
+        "Value": [512],
+    }
+
+    # WADO-RS: an instance byte for byte, through the client's own multipart reader.
+    instance_url = web_server + url(jpeg)
+    response = client._session.get(instance_url, headers={"Accept": DICOM_PARTS}, stream=True)
+    assert response.status_code == 200
+    [sent] = list(client._decode_multipart_message(response, stream=True))
+    assert sent == stored_bytes(jpeg)
+    retrieved = client.retrieve_instance(study_uid, jpeg.SeriesInstanceUID, jpeg.SOPInstanceUID)
+    source = pydicom.dcmread(pydicom.data.get_testdata_file("bad_sequence.dcm"))
+    assert np.array_equal(retrieved.pixel_array, source.pixel_array)
+
+    # Series metadata, BulkDataURI back to this server.
+    [meta] = client.retrieve_series_metadata(study_uid, ct.SeriesInstanceUID)
+    assert meta["00280008"] == {"vr": "IS", "Value": [1]}
+    # dicomweb-client sends "Host: 127.0.0.1", without the port: the URI names the server as that header does.
+    assert meta["7FE00010"]["BulkDataURI"] == f"http://127.0.0.1{url(ct)}/bulkdata/7FE00010"
+    [bulk] = client.retrieve_bulkdata(meta["7FE00010"]["BulkDataURI"].replace("http://127.0.0.1", web_server))
+    assert bulk == pydicom.dcmread(pydicom.data.get_testdata_file("CT_small.dcm")).PixelData
+
+    # Frames: uncompressed, and a JPEG-lossless CT decoded or as stored.
+    ct_pixels = pydicom.dcmread(pydicom.data.get_testdata_file("CT_small.dcm")).pixel_array
+    [frame] = client.retrieve_instance_frames(study_uid, ct.SeriesInstanceUID, ct.SOPInstanceUID, [1])
+    assert np.array_equal(np.frombuffer(frame, "<i2").reshape(128, 128), ct_pixels)
+    [frame] = client.retrieve_instance_frames(
+        study_uid,
+        jpeg.SeriesInstanceUID,
+        jpeg.SOPInstanceUID,
+        [1],
+        media_types=(("application/octet-stream", EXPLICIT),),
+    )
+    assert np.array_equal(np.frombuffer(frame, "<u2").reshape(512, 512), source.pixel_array)
+    as_stored = next(generate_frames(source.PixelData, number_of_frames=1))
+    # The client's default is type="*/*": the frame as stored.
+    [default] = client.retrieve_instance_frames(study_uid, jpeg.SeriesInstanceUID, jpeg.SOPInstanceUID, [1])
+    [compressed] = client.retrieve_instance_frames(
+        study_uid,
+        jpeg.SeriesInstanceUID,
+        jpeg.SOPInstanceUID,
+        [1],
+        media_types=(("image/jpeg", "1.2.840.10008.1.2.4.70"),),
+    )
+    assert default == compressed == as_stored
+
+    # Rendered and thumbnail decode as images of the right size.
+    png = client.retrieve_instance_rendered(
+        study_uid, ct.SeriesInstanceUID, ct.SOPInstanceUID, media_types=("image/png",), params={"window": "40,400"}
+    )
+    assert Image.open(io.BytesIO(png)).size == (128, 128)
+    jpg = client.retrieve_instance_rendered(
+        study_uid,
+        jpeg.SeriesInstanceUID,
+        jpeg.SOPInstanceUID,
+        media_types=("image/jpeg",),
+        params={"viewport": "256,256"},
+    )
+    assert Image.open(io.BytesIO(jpg)).format == "JPEG" and Image.open(io.BytesIO(jpg)).size == (256, 256)
+    thumb = client._session.get(f"{web_server}/dicomweb/studies/{study_uid}/thumbnail", headers={"Accept": "image/png"})
+    assert thumb.status_code == 200 and Image.open(io.BytesIO(thumb.content)).size[0] <= 256
+
+    # Refusals over the wire: anonymous, wrong role, malformed UID, unknown study, unservable Accept.
+    assert requests.get(instance_url, timeout=10).status_code in (401, 403)
+    front_desk = dicomweb_client(web_server, "Front desk", username="e2e-frontdesk")
+    assert len(front_desk.search_for_studies()) == 2
+    assert front_desk._session.get(instance_url, timeout=10).status_code == 403
+    assert client._session.get(f"{web_server}/dicomweb/studies/1.2.x", timeout=10).status_code == 400
+    assert client._session.get(f"{web_server}/dicomweb/studies/1.2.3.4", timeout=10).status_code == 404
+    refused = client._session.get(instance_url, headers={"Accept": "application/pdf"}, timeout=10)
+    assert refused.status_code == 406 and refused.json()["detail"]
+
+
+def store_file(ds):
+    store(ds)
+    return ds

@@ -34,6 +34,8 @@ MEDIA_TYPES = {
     "1.2.840.10008.1.2.4.203": "image/jphc",
     "1.2.840.10008.1.2.5": "image/dicom-rle",
 }
+# Names some clients (dicomweb-client) still accept.
+_ALIASES = {"image/x-jls": "image/jls", "image/x-dicom-rle": "image/dicom-rle"}
 RAW, STORED = "raw", "stored"
 
 
@@ -69,6 +71,7 @@ def negotiate(accept: str | None, stored: str) -> str:
                 return RAW
             continue
         media = MEDIA_TYPES.get(stored)
+        part = _ALIASES.get(part, part)
         if compressed and media and multipart.matches(media, part) and syntax in (None, "*", stored):
             return STORED
     raise base.not_acceptable(
