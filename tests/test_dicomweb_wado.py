@@ -159,6 +159,17 @@ def test_instance_metadata_with_bulk_data_uris_back_to_the_server(doctor, archiv
     assert meta["00280030"]["Value"] == [0.661468, 0.661468]
 
 
+def test_metadata_names_in_iso_2022_come_with_their_three_groups(doctor):
+    ds = fresh_uids(pydicom_file("chrH31.dcm"))
+    store(ds)
+    [meta] = json.loads(b"".join(doctor.get(url(ds, "/metadata")).streaming_content))
+    assert meta["00100010"] == {
+        "vr": "PN",
+        "Value": [{"Alphabetic": "Yamada^Tarou", "Ideographic": "山田^太郎", "Phonetic": "やまだ^たろう"}],
+    }
+    assert "00020001" not in meta and "00080005" in meta
+
+
 def test_metadata_of_a_series_and_a_study_in_one_query(doctor, archive):
     native, jls = archive["native"], archive["jls"]
     study = f"/dicomweb/studies/{native.StudyInstanceUID}"

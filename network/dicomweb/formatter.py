@@ -10,6 +10,7 @@ client sees it.
 """
 
 import base64
+import math
 from collections.abc import Callable, Iterable
 
 from pydicom.datadict import dictionary_VR
@@ -48,6 +49,8 @@ def _number(text: str, vr: str):
         return int(float(text)) if ("." in text or "e" in text.lower()) else int(text)
     if vr == "DS":
         number = float(text)
+        if not math.isfinite(number):
+            return None
         return int(number) if number.is_integer() and "." not in text and "e" not in text.lower() else number
     return float(text) if vr in ("FL", "FD") else int(text)
 
@@ -147,10 +150,15 @@ def _element_json(element) -> dict:
     elif vr in ("IS", "DS"):
         out["Value"] = [_number(str(v), vr) if str(v).strip() else None for v in values]
     elif vr in _NUMBER_VRS:
-        out["Value"] = [float(v) if vr in ("FL", "FD") else int(v) for v in values]
+        # JSON has no NaN or infinity: such a value is sent as null.
+        out["Value"] = [(_finite(float(v)) if vr in ("FL", "FD") else int(v)) for v in values]
     else:
         out["Value"] = [str(v) if v is not None else None for v in values]
     return out
+
+
+def _finite(number: float) -> float | None:
+    return number if math.isfinite(number) else None
 
 
 def _pn_text(name: PersonName) -> str:

@@ -15,6 +15,7 @@ from django.http import HttpResponse
 
 from imaging import render
 from network.dicomweb import base, multipart
+from network.dicomweb.frames import parse_frames
 
 JPEG, PNG = "image/jpeg", "image/png"
 _IGNORED = {"annotation", "charset", "iccprofile"}  # accepted, not applied (documented)
@@ -111,8 +112,6 @@ class Rendered(base.DicomWebView):
         instance = found[0] if sop else representative(found)
         frame = None if self.thumbnail else 0
         if frames is not None:
-            from network.dicomweb.frames import parse_frames
-
             numbers = parse_frames(frames, instance.number_of_frames or 1)
             if len(numbers) != 1:
                 raise base.BadRequest("rendered frames: one frame per request")

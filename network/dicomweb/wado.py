@@ -20,7 +20,7 @@ from pydicom.pixels import get_decoder
 from pydicom.uid import UID
 
 from imaging import dicomfile
-from network.dicomweb import base, formatter, multipart
+from network.dicomweb import base, formatter, frames, multipart
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def retrieve(request, study, series=None, sop=None):
             )
         syntaxes.append(syntax)
     boundary = multipart.new_boundary()
-    single = {s for s in syntaxes}
+    single = set(syntaxes)
     response = StreamingHttpResponse(
         multipart.stream(boundary, _instance_parts(request, found, syntaxes)),
         content_type=multipart.content_type(boundary, "application/dicom", single.pop() if len(single) == 1 else None),
@@ -223,10 +223,9 @@ class BulkData(base.DicomWebView):
     def get(self, request, study, series, sop, tagpath):
         path = _parse_tag_path(tagpath)
         [instance] = base.instances(study, series, sop)
-        from network.dicomweb import frames  # the pixel data of the file is its frames
-
         if path in ([0x7FE00010], [0x7FE00008], [0x7FE00009]):
             count = instance.number_of_frames or 1
+            # The pixel data of a file is its frames.
             return frames.frames_response(request, instance, list(range(1, count + 1)))
         accept = request.headers.get("Accept")
         if not any(
@@ -235,7 +234,12 @@ class BulkData(base.DicomWebView):
             for r in multipart.parse_accept(accept)
         ):
             raise base.not_acceptable(accept, 'multipart/related; type="application/octet-stream"')
-        ds = pydicom.dcmread(base.path_of(instance), stop_before_pixels=True, force=True)
+        file = base.path_of(instance)
+        try:
+            dicomfile.check_inflated_size(file)  # pydicom inflates a deflated file whole: no bombs
+        except dicomfile.Unreadable as exc:
+            raise base.NotFound(f"the stored file cannot be read: {exc}") from exc
+        ds = pydicom.dcmread(file, stop_before_pixels=True, force=True)
         value = _walk(ds, path)
         boundary = multipart.new_boundary()
         part = multipart.Part("application/octet-stream", [value])
