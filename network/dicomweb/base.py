@@ -80,18 +80,24 @@ def instances(study: str, series: str | None = None, sop: str | None = None, *, 
     One query: the UIDs of the levels above come along (select_related).
     """
     check_uids(study_instance_uid=study, series_instance_uid=series, sop_instance_uid=sop)
+    if sop is not None:
+        # By its unique UID, the levels above checked on the row: the lookup frames and
+        # rendered images make for every image shown, kept cheap.
+        qs = Instance.objects.select_related("series__study").filter(sop_instance_uid=sop)
+        if fields:
+            qs = qs.only(*fields, "series__series_instance_uid", "series__study__study_instance_uid")
+        found = [i for i in qs if i.series.series_instance_uid == series and i.series.study.study_instance_uid == study]
+        if not found:
+            raise NotFound(f"no instance {sop} in series {series} of study {study}")
+        return found
     qs = Instance.objects.filter(series__study__study_instance_uid=study)
     if series is not None:
         qs = qs.filter(series__series_instance_uid=series)
-    if sop is not None:
-        qs = qs.filter(sop_instance_uid=sop)
     qs = qs.select_related("series__study").order_by("series__series_number", "series_id", "instance_number", "id")
     if fields:
         qs = qs.only(*fields, "series__series_instance_uid", "series__study__study_instance_uid")
     found = list(qs)
     if not found:
-        if sop is not None:
-            raise NotFound(f"no instance {sop} in series {series} of study {study}")
         if series is not None:
             raise NotFound(f"no series {series} in study {study}")
         raise NotFound(f"no study {study}")
