@@ -523,3 +523,21 @@ def test_dicomweb_client_against_a_live_server(web_server):
 def store_file(ds):
     store(ds)
     return ds
+
+
+@pytest.mark.parametrize(
+    "name", ["CT_small.dcm", "MR_small_implicit.dcm", "emri_small.dcm", "rtplan.dcm", "waveform_ecg.dcm", "chrX2.dcm"]
+)
+def test_the_fast_formatter_agrees_with_pydicoms_conversion(name):
+    from imaging import dicomfile
+    from network.dicomweb import formatter
+
+    path = pydicom.data.get_testdata_file(name) or pydicom.data.get_charset_files(name)[0]
+    fast = formatter.dataset(dicomfile.read_header(path).ds, lambda p: "/".join(map(str, p)))
+    original, formatter._fast = formatter._fast, lambda *args: None
+    try:
+        converted = formatter.dataset(pydicom.dcmread(path, stop_before_pixels=True), lambda p: "/".join(map(str, p)))
+    finally:
+        formatter._fast = original
+    assert fast == converted
+    assert len(fast) > 20

@@ -11,6 +11,7 @@ client sees it.
 
 import base64
 import math
+import struct
 from collections.abc import Callable, Iterable
 
 from pydicom.datadict import dictionary_VR
@@ -88,13 +89,78 @@ def _is_bulk(raw, vr: str) -> bool:
     return length == 0xFFFFFFFF or length > BULKDATA_THRESHOLD
 
 
-def dataset(ds: Dataset, bulk_uri: BulkURI, path: list[int] | None = None) -> dict:
+# Fast path: raw values of these VRs turned into JSON here, without pydicom's conversion
+# into its value types and back (most of the cost of a header's metadata).
+_ASCII_VRS = {"AE", "AS", "CS", "DA", "DT", "TM", "UI", "IS", "DS", "UR"}
+_CHARSET_VRS = {"LO", "LT", "PN", "SH", "ST", "UC", "UT"}
+_UNSPLIT = {"LT", "ST", "UT", "UR"}
+_STRUCTS = {"US": "H", "SS": "h", "UL": "L", "SL": "l", "FL": "f", "FD": "d", "UV": "Q", "SV": "q"}
+# Single-byte or stateless character sets decoded in one step; ISO 2022 ones go through pydicom.
+_CODECS = {"": "latin-1", "ISO_IR 6": "latin-1", "ISO_IR 100": "latin-1", "ISO_IR 192": "utf-8"}
+_CODECS |= {"GB18030": "gb18030", "GBK": "gbk"}
+
+
+def _codec(ds: Dataset) -> str | None:
+    raw = ds._dict.get(0x00080005)
+    if raw is None:
+        return "latin-1"
+    value = ds.get("SpecificCharacterSet") or ""
+    if not isinstance(value, str):
+        return None  # several: code extensions (ISO 2022)
+    return _CODECS.get(value.strip().upper())
+
+
+def _fast(raw, vr: str, codec: str | None, little: bool) -> dict | None:
+    """The JSON of a raw element of a common VR, or None to let pydicom convert it."""
+    if not isinstance(raw, RawDataElement) or raw.value is None:
+        return None
+    value = raw.value
+    if raw.VR is None and vr in ("US", "SS"):
+        return None  # implicit VR "US or SS": pydicom decides by Pixel Representation
+    if vr in _STRUCTS:
+        code = _STRUCTS[vr]
+        size = struct.calcsize("<" + code)
+        if not little or len(value) % size:
+            return None
+        numbers = list(struct.unpack(f"<{len(value) // size}{code}", value))
+        if vr in ("FL", "FD"):
+            numbers = [_finite(n) for n in numbers]
+        return {"vr": vr, "Value": numbers} if numbers else {"vr": vr}
+    if vr in _ASCII_VRS:
+        text = value.decode("latin-1")
+    elif vr in _CHARSET_VRS and codec is not None:
+        try:
+            text = value.decode(codec)
+        except UnicodeDecodeError:
+            return None
+    else:
+        return None
+    text = text.rstrip("\x00 ")
+    if not text:
+        return {"vr": vr}
+    parts = [text] if vr in _UNSPLIT else [p.strip() for p in text.split("\\")]
+    if vr == "PN":
+        return {"vr": vr, "Value": [_person_name(p) if p else None for p in parts]}
+    if vr in ("IS", "DS"):
+        try:
+            return {"vr": vr, "Value": [_number(p, vr) for p in parts]}
+        except ValueError:
+            return None
+    return {"vr": vr, "Value": [p if p else None for p in parts]}
+
+
+def dataset(ds: Dataset, bulk_uri: BulkURI, path: list[int] | None = None, codec: str | None | bool = False) -> dict:
     """A data set's dicom+json, large binary values as BulkDataURI; values never read for those.
 
     Walks the raw elements: a deferred or encapsulated pixel data element is
-    referenced by its length alone, never loaded.
+    referenced by its length alone, never loaded. Common VRs are formatted from
+    their raw bytes (``_fast``); the rest, and anything in an ISO 2022 character set,
+    through pydicom.
     """
     path = path or []
+    if codec is False:
+        codec = _codec(ds)
+    little = ds.original_encoding[1] is not False
     out: dict = {}
     for tag in sorted(ds._dict):
         raw = ds._dict[tag]
@@ -105,16 +171,23 @@ def dataset(ds: Dataset, bulk_uri: BulkURI, path: list[int] | None = None) -> di
         if tag in _PIXEL_TAGS or _is_bulk(raw, vr):
             out[tag_key(tag)] = {"vr": vr if vr != "OB or OW" else "OW", "BulkDataURI": bulk_uri([*path, tag])}
             continue
+        fast = _fast(raw, vr, codec, little)
+        if fast is not None:
+            out[tag_key(tag)] = fast
+            continue
         try:
             element = ds[tag]
         except Exception:  # a value pydicom cannot convert: present, empty
             out[tag_key(tag)] = {"vr": vr}
             continue
         if element.VR == "SQ":
-            items = [dataset(item, bulk_uri, [*path, tag, i]) for i, item in enumerate(element.value or [])]
+            items = [dataset(item, bulk_uri, [*path, tag, i], codec) for i, item in enumerate(element.value or [])]
             out[tag_key(tag)] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
             continue
-        out[tag_key(tag)] = _element_json(element)
+        try:
+            out[tag_key(tag)] = _element_json(element)
+        except (ValueError, TypeError, OverflowError):  # "1A" as an IS: present, empty
+            out[tag_key(tag)] = {"vr": vr}
     return out
 
 
