@@ -59,7 +59,11 @@ def check_uids(**uids: str | None) -> None:
 
 def root_url(request) -> str:
     """The DICOMweb root as the client sees it (Host, and X-Forwarded-Proto behind a TLS proxy)."""
-    return request.build_absolute_uri(reverse("dicomweb:search-studies")).removesuffix("studies")
+    root = getattr(request, "_dicomweb_root", None)
+    if root is None:  # once per request: a series' metadata names it for every instance
+        root = request.build_absolute_uri(reverse("dicomweb:search-studies")).removesuffix("studies")
+        request._dicomweb_root = root
+    return root
 
 
 def study_url(request, study: str) -> str:
