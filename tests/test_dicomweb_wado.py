@@ -541,3 +541,15 @@ def test_the_fast_formatter_agrees_with_pydicoms_conversion(name):
         formatter._fast = original
     assert fast == converted
     assert len(fast) > 20
+
+
+def test_a_file_missing_behind_the_index_is_a_404_with_its_reason(doctor, archive):
+    ct, jpeg = archive["ct"], archive["jpeg"]
+    storage.absolute(storage.instance_relpath(ct.SOPInstanceUID)).unlink()
+    for tail in ("", "/frames/1", "/rendered", "/bulkdata/00282000"):
+        response = doctor.get(url(ct, tail))
+        assert response.status_code == 404, tail
+        assert "missing" in response.json()["detail"]
+    # The study goes out without it.
+    study = parts(doctor.get(f"/dicomweb/studies/{ct.StudyInstanceUID}"))
+    assert [content for _, content in study] == [stored_bytes(jpeg)]

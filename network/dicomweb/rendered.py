@@ -79,7 +79,7 @@ def image_response(request, instance, frame: int | None, *, thumbnail: bool) -> 
     media = choose_media(request.headers.get("Accept"))
     options = parameters(request.GET)
     try:
-        image, header = render.render_with_header(base.path_of(instance), frame, options["window"])
+        image, header = render.render_with_header(base.stored_file(instance), frame, options["window"])
     except render.CannotRender as exc:
         raise base.NotAcceptable(f"the instance cannot be rendered as an image: {exc}") from exc
     viewport = options["viewport"]
