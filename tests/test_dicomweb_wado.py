@@ -553,3 +553,17 @@ def test_a_file_missing_behind_the_index_is_a_404_with_its_reason(doctor, archiv
     # The study goes out without it.
     study = parts(doctor.get(f"/dicomweb/studies/{ct.StudyInstanceUID}"))
     assert [content for _, content in study] == [stored_bytes(jpeg)]
+
+
+@pytest.mark.parametrize("name", ["MR_small_implicit.dcm", "image_dfl.dcm"])
+def test_implicit_and_deflated_files_transcoded_to_explicit_vr_little_endian(doctor, name):
+    ds = fresh_uids(pydicom_file(name))
+    store(ds)
+    [(headers, content)] = parts(doctor.get(url(ds), HTTP_ACCEPT=f"{DICOM_PARTS}; transfer-syntax={EXPLICIT}"))
+    assert headers["Content-Type"] == f"application/dicom; transfer-syntax={EXPLICIT}"
+    sent = pydicom.dcmread(io.BytesIO(content))
+    assert sent.file_meta.TransferSyntaxUID == EXPLICIT
+    assert not sent.original_encoding[0]  # explicit VR indeed
+    assert np.array_equal(sent.pixel_array, pydicom.dcmread(pydicom.data.get_testdata_file(name)).pixel_array)
+    [(_, as_stored)] = parts(doctor.get(url(ds)))
+    assert as_stored == stored_bytes(ds)
