@@ -296,6 +296,9 @@ def test_thumbnails_at_every_level(doctor, archive, settings):
     assert decode(doctor.get(f"{study}/series/{archive['jpeg'].SeriesInstanceUID}/thumbnail")).size == (64, 64)
     assert decode(doctor.get(url(archive["rgb"], "/thumbnail"))).size == (64, 64)
     assert decode(doctor.get(url(native, "/frames/3/thumbnail"), {"viewport": "32,32"})).size == (32, 32)
+    settings.THUMBNAIL_SIZE = 256
+    assert decode(doctor.get(url(ct, "/thumbnail"))).size == (128, 128)  # never enlarged by default
+    assert decode(doctor.get(url(ct, "/rendered"), {"viewport": "256,256"})).size == (256, 256)
     assert decode(doctor.get(study + "/rendered")).size == (128, 128)
 
 
@@ -506,8 +509,11 @@ def test_dicomweb_client_against_a_live_server(web_server):
         params={"viewport": "256,256"},
     )
     assert Image.open(io.BytesIO(jpg)).format == "JPEG" and Image.open(io.BytesIO(jpg)).size == (256, 256)
-    thumb = client._session.get(f"{web_server}/dicomweb/studies/{study_uid}/thumbnail", headers={"Accept": "image/png"})
-    assert thumb.status_code == 200 and Image.open(io.BytesIO(thumb.content)).size[0] <= 256
+    series_thumb = f"{web_server}/dicomweb/studies/{study_uid}/series/{jpeg.SeriesInstanceUID}/thumbnail"
+    thumb = client._session.get(series_thumb, headers={"Accept": "image/png"})
+    assert thumb.status_code == 200 and Image.open(io.BytesIO(thumb.content)).size == (256, 256)  # THUMBNAIL_SIZE
+    thumb = client._session.get(web_server + url(ct, "/thumbnail"), headers={"Accept": "image/jpeg"})
+    assert Image.open(io.BytesIO(thumb.content)).size == (128, 128)  # never enlarged
 
     # Refusals over the wire: anonymous, wrong role, malformed UID, unknown study, unservable Accept.
     assert requests.get(instance_url, timeout=10).status_code in (401, 403)
