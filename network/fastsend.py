@@ -361,6 +361,9 @@ def send_c_store(
             sendguard.refuse(assoc, f"cannot send {sop_instance}: {why}", connection_lost=True)
             raise
     rsp = _response(assoc)
+    if rsp is None and getattr(assoc, "imaging_garbage", False):
+        sendguard.refuse(assoc, f"what came in answer to the C-STORE request {msg_id} is no command set")
+        return None, ""
     if rsp is None:
         assoc._reactor_checkpoint.set()
         assoc._handle_no_response()
@@ -396,6 +399,8 @@ def _response(assoc):
         except queue.Empty:
             pass
         if not assoc.is_established or assoc.is_aborted or not assoc.dul.is_alive():
+            return None
+        if getattr(assoc, "imaging_garbage", False):
             return None
 
 
@@ -477,6 +482,12 @@ def _decode_store_responses(assoc) -> None:
             rsp = store_response(data[1:])
             if rsp is not None:
                 dimse.msg_queue.put((context_id, rsp))
+                return
+            if decode_command_set(data[1:]) is None:
+                # Not a command set at all: pynetdicom's decoder would raise in (and end)
+                # the DUL thread. An invalid PDU (Evt19) instead: the DUL sends the A-ABORT.
+                assoc.imaging_garbage = True
+                assoc.dul.event_queue.put("Evt19")
                 return
         receive_primitive(primitive)
 

@@ -212,10 +212,10 @@ def send_stored(assoc, instance, **kwargs) -> StoreResult:
         result = _pynetdicom_send(assoc, instance, data, **kwargs)
     else:
         result = _fast_send(assoc, instance, data, accepted, **kwargs)
-    if result.status is None and assoc.is_established:
-        # No response within the DIMSE timeout, or the connection went: pynetdicom
-        # leaves the association up in the second case, and each further image would wait too.
-        sendguard.refuse(assoc, f"no C-STORE response for {instance.sop_instance_uid}")
+    if result.status is None:
+        # No response within the DIMSE timeout (pynetdicom aborted), or the connection
+        # went (pynetdicom leaves the association up, and each further image would wait too).
+        sendguard.refuse(assoc, f"no valid C-STORE response for {instance.sop_instance_uid}")
     return result
 
 

@@ -71,8 +71,9 @@ def refuse(assoc, why: str, *, connection_lost: bool = False) -> None:
     ``connection_lost``: a write failed (the DUL was told, Evt17), so the stream may
     end inside a PDU and an A-ABORT would only be more garbage: the association's
     threads are stopped and the socket closed instead. The same when pynetdicom
-    already saw the connection go (its state machine is idle again): an A-ABORT
-    queued then only makes its DUL thread log an invalid event.
+    already saw the connection go (its state machine idle again, Sta1) or sent an
+    A-ABORT itself (Sta13): another one queued then only makes its DUL thread log
+    an invalid event.
     """
     if not getattr(assoc, "imaging_refused", ""):
         assoc.imaging_refused = why
@@ -90,7 +91,7 @@ def _connection_gone(assoc) -> bool:
     if not reactor.supported():
         return False
     transport = getattr(assoc.dul, "socket", None)
-    return getattr(transport, "socket", None) is None or assoc.dul.state_machine.current_state == "Sta1"
+    return getattr(transport, "socket", None) is None or assoc.dul.state_machine.current_state in ("Sta1", "Sta13")
 
 
 def _close(assoc) -> None:
