@@ -245,6 +245,51 @@ def test_a_c_get_requester_announcing_a_tiny_maximum_pdu_is_aborted_not_sent_ima
     assert_still_serves(scp, small_study, tmp_path)
 
 
+def test_a_c_get_requester_that_stops_reading_loses_its_association_in_bounded_time_and_memory(
+    scp, small_study, tmp_path
+):
+    study_uid, _stored = series(tmp_path, "getstop", 2, LARGE)
+    log_from = len(scp.log())
+    go_on = threading.Event()
+
+    def stop_reading(event):
+        if isinstance(event.pdu, P_DATA_TF):
+            go_on.wait(120)  # its DUL thread reads no more: our writes fill the TCP window
+
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    ae.add_requested_context(CTImageStorage, UNCOMPRESSED)
+    assoc = ae.associate(
+        "127.0.0.1",
+        scp.port,
+        ae_title="IMAGING",
+        ext_neg=[build_role(CTImageStorage, scp_role=True)],
+        evt_handlers=[(evt.EVT_C_STORE, lambda event: 0x0000), (evt.EVT_PDU_RECV, stop_reading)],
+    )
+    assert assoc.is_established
+    query = identifier("STUDY", StudyInstanceUID=study_uid)
+    getter = threading.Thread(
+        target=lambda: list(assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet)), daemon=True
+    )
+    started = time.monotonic()
+    try:
+        with PeakMemory(scp.proc.pid) as memory:
+            getter.start()
+            entry = procs.wait_for(
+                lambda: AssociationLog.objects.filter(calling_ae="MODALITY", outcome="aborted").first(),
+                BOUND,
+                "runscp to end the association",
+            )
+    finally:
+        go_on.set()
+    assert time.monotonic() - started < BOUND
+    assert entry.images_sent == 0 and entry.failures == 1
+    assert 0 < memory.peak_mb < 250, memory.peak_mb
+    assert "aborting the association with MODALITY" in scp.log()[log_from:]
+    getter.join(30)
+    assert_still_serves(scp, small_study, tmp_path)
+
+
 # --- C-MOVE: the destination is the peer ------------------------------------------------------
 
 
