@@ -18,6 +18,9 @@ each time. For a 512 KB CT slice sent in a C-MOVE that was most of the time.
   C-FIND, C-MOVE, C-GET, C-ECHO responses) gets its command set from us, and
   still goes through the DUL as P-DATA primitives, in order.
 
+What a peer that cannot or will not take our messages gets (a tiny maximum PDU,
+a full TCP window, a response to another request) is network/sendguard.py's.
+
 pynetdicom still negotiates, reads and decodes everything else and runs the
 services. EVT_DIMSE_SENT/RECV are not triggered for these messages (nothing
 here binds them). The encoders are checked byte for byte against pynetdicom's
