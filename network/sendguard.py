@@ -142,18 +142,25 @@ def watch_responses(assoc) -> deque:
         received = assoc.imaging_received = deque(maxlen=8)
 
         def on_receive(event):
-            message = event.message
-            command = message.command_set
-            received.append(
-                (
-                    type(message).__name__,
-                    command.get("MessageIDBeingRespondedTo"),
-                    str(command.get("AffectedSOPInstanceUID", "") or ""),
-                )
-            )
+            summary = received_message(event.message)
+            if summary is not None:
+                received.append(summary)
 
         assoc.bind(evt.EVT_DIMSE_RECV, on_receive)
     return received
+
+
+def received_message(message) -> tuple[str, int | None, str] | None:
+    """(message, Message ID Being Responded To, Affected SOP Instance UID) of a received DIMSE message.
+
+    None for a C-CANCEL: pynetdicom keeps those apart (a C-GET requester may send
+    one between our sub-operations), never as the response a request waits for.
+    """
+    name = type(message).__name__
+    if name == "C_CANCEL_RQ":
+        return None
+    command = message.command_set
+    return name, command.get("MessageIDBeingRespondedTo"), str(command.get("AffectedSOPInstanceUID", "") or "")
 
 
 def unexpected(message: str, responded_to, sop_instance: str, *, msg_id: int, expected_instance: str) -> str:

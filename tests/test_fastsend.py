@@ -476,3 +476,17 @@ def test_the_guards_rely_on_this_pynetdicom_and_stand_down_for_another(monkeypat
     finally:
         ours.close()
         theirs.close()
+
+
+def test_a_c_cancel_between_sub_operations_is_not_taken_for_their_response():
+    from pynetdicom.dimse_messages import C_CANCEL_RQ, C_STORE_RSP
+
+    from network import sendguard
+
+    cancel = C_CANCEL_RQ()
+    cancel.command_set.MessageIDBeingRespondedTo = 7
+    assert sendguard.received_message(cancel) is None
+    rsp = C_STORE_RSP()
+    rsp.command_set.MessageIDBeingRespondedTo = 8
+    rsp.command_set.AffectedSOPInstanceUID = "1.2.3"
+    assert sendguard.received_message(rsp) == ("C_STORE_RSP", 8, "1.2.3")

@@ -290,6 +290,23 @@ def test_a_c_get_requester_that_stops_reading_loses_its_association_in_bounded_t
     assert_still_serves(scp, small_study, tmp_path)
 
 
+def test_a_c_cancel_between_sub_operations_is_no_wrong_response(scp, tmp_path):
+    # The response check must not take the requester's C-CANCEL for an answer to our C-STORE.
+    from tests.test_get_e2e import Getter
+
+    study_uid, _stored = series(tmp_path, "cancel", 30, 16)
+    log_from = len(scp.log())
+    getter = Getter(scp.port)
+    try:
+        responses = getter.get(identifier("STUDY", StudyInstanceUID=study_uid), cancel_after=1)
+    finally:
+        getter.release()
+    final = responses[-1][0]
+    assert final.Status == 0xFE00 and final.NumberOfFailedSuboperations == 0
+    assert len(getter.stored) == final.NumberOfCompletedSuboperations < 30
+    assert "aborting the association" not in scp.log()[log_from:]
+
+
 # --- C-MOVE: the destination is the peer ------------------------------------------------------
 
 
