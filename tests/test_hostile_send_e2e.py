@@ -7,6 +7,7 @@ the server still serves a registered node. Each runs against a runscp of its
 own with short timeouts, with DICOM_FAST_SEND on and off.
 """
 
+import socket
 import struct
 import threading
 import time
@@ -354,6 +355,46 @@ def test_a_c_move_destination_announcing_a_6_byte_maximum_pdu_gets_no_image(scp,
     assert_all_failed(responses, stored)
     assert seconds < BOUND and destination.stored == []
     assert "maximum PDU length of 6 bytes" in scp.log()
+    assert_still_serves(scp, small_study, tmp_path)
+
+
+def connects(address, keep: list) -> bool:
+    """Does a TCP connection to ``address`` complete within half a second? (Kept open, in ``keep``.)"""
+    probe = socket.socket()
+    keep.append(probe)
+    probe.settimeout(0.5)
+    try:
+        probe.connect(address)
+    except OSError:
+        return False
+    return True
+
+
+def test_a_c_move_destination_that_never_completes_the_connection_gets_a801_in_bounded_time(scp, small_study, tmp_path):
+    study_uid, _stored = series(tmp_path, "syn", 1, 16)
+    # A listener that never accepts, its backlog full: the kernel drops further SYNs,
+    # as a firewall or a powered-off host behind a router does.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    fillers = []
+    try:
+        for _ in range(4):
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(listener.getsockname())
+            fillers.append(filler)
+        procs.wait_for(lambda: not connects(listener.getsockname(), fillers), 20, "the listener to drop SYNs")
+        ModalityNode.objects.create(ae_title="DEST", host="127.0.0.1", port=listener.getsockname()[1])
+        started = time.monotonic()
+        responses = pynetdicom_move(scp.port, identifier("STUDY", StudyInstanceUID=study_uid))
+        seconds = time.monotonic() - started
+    finally:
+        for s in (*fillers, listener):
+            s.close()
+    # pynetdicom's own connection timeout is none: the kernel's, over two minutes.
+    assert seconds < ACSE_TIMEOUT + 15
+    assert [s.Status for s, _ in responses] == [0xA801]
     assert_still_serves(scp, small_study, tmp_path)
 
 
