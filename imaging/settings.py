@@ -318,6 +318,19 @@ DICOM_EVENT_DRIVEN_LOOPS = envbool("DICOM_EVENT_DRIVEN_LOOPS", True)
 # Write our C-STORE requests (C-MOVE/C-GET sub-operations, sends to nodes) to the
 # socket in one piece (network/fastsend.py); 0 leaves them to pynetdicom.
 DICOM_FAST_SEND = envbool("DICOM_FAST_SEND", True)
+# --- Our own sends (C-MOVE/C-GET sub-operations, sends to nodes; network/sendguard.py) ---
+# Each C-STORE response we wait for gets DICOM_DIMSE_TIMEOUT; these bound the rest.
+# A write to a peer that takes no byte of it for this many seconds (its TCP window
+# stays full: it stopped reading) fails, and the association is dropped.
+DICOM_SEND_TIMEOUT = envint("DICOM_SEND_TIMEOUT", 60)
+# Smallest maximum PDU length a peer may announce for us to send it images. PS3.8
+# sets no minimum, but a PDV carries 6 bytes of header: 1-6 bytes carry nothing, and
+# a few hundred bytes make a CT slice thousands of PDUs (pynetdicom queues them all
+# at once). DCMTK never announces less than 4096; below 1 KiB is a broken or
+# hostile peer, and gets an A-ABORT instead of images.
+DICOM_MIN_PEER_PDU = envint("DICOM_MIN_PEER_PDU", 1024)
+if DICOM_SEND_TIMEOUT < 1 or DICOM_MIN_PEER_PDU < 7:
+    raise ImproperlyConfigured("DICOM_SEND_TIMEOUT must be at least 1 (s), DICOM_MIN_PEER_PDU at least 7 (bytes)")
 # Processes forked ahead, warmed up and waiting for the next associations (network/scp.py).
 DICOM_SPARE_PROCESSES = envint("DICOM_SPARE_PROCESSES", 2)
 # On SIGTERM, associations in progress get this long to finish before being aborted.
