@@ -178,6 +178,10 @@ class SendJobViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
     filterset_fields = ["state", "study_instance_uid", "node"]
     queryset = SendJob.objects.select_related("requested_by").order_by("-created_at", "-id")
 
+    def get_serializer_class(self):
+        # What a POST takes (and the browsable API's form shows) is the request, not the job.
+        return SendRequestSerializer if self.action == "create" else SendJobSerializer
+
     @extend_schema(
         request=SendRequestSerializer,
         responses={202: SendJobSerializer, 503: SendJobSerializer},
@@ -188,7 +192,7 @@ class SendJobViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
         ),
     )
     def create(self, request, *args, **kwargs):
-        wanted = SendRequestSerializer(data=request.data)
+        wanted = self.get_serializer(data=request.data)
         wanted.is_valid(raise_exception=True)
         with transaction.atomic():
             job = tasks.send_job_create(
@@ -197,7 +201,7 @@ class SendJobViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
                 requested_by=request.user,
             )
         # Queued on commit, above: the worker never looks for a row that is not there yet.
-        body = self.get_serializer(job).data
+        body = SendJobSerializer(job, context=self.get_serializer_context()).data
         if job.state == SendJob.State.FAILED:
             return Response(body, status=status.HTTP_503_SERVICE_UNAVAILABLE)
         return Response(body, status=status.HTTP_202_ACCEPTED, headers={"Location": body["url"]})

@@ -1,6 +1,7 @@
 """The REST API under /api/: each endpoint for each role, filters, pagination, nodes, send jobs, the schema."""
 
 import datetime as dt
+import re
 import shutil
 import subprocess
 
@@ -183,6 +184,20 @@ def test_only_administrators_write_nodes_and_send(as_persona, archive, persona):
     send = {"study_instance_uid": "1.2.3.1", "node": "WORKSTATION"}
     assert client.post("/api/send-jobs/", send).status_code in (401, 403)
     assert ModalityNode.objects.get().port == 104 and SendJob.objects.count() == 1
+
+
+@pytest.mark.parametrize("persona", ["doctor", "front_desk", "administrator"])
+def test_the_browsable_api_renders_for_people(as_persona, archive, persona):
+    client = as_persona(persona)
+    for url, allowed in urls(archive):
+        if persona in allowed and url not in ("/api/schema/", "/api/docs/"):
+            response = client.get(url, HTTP_ACCEPT="text/html")
+            assert response.status_code == 200, url
+            assert response["Content-Type"].startswith("text/html"), url
+    if persona == "administrator":
+        # The send form asks for what a POST takes.
+        html = client.get("/api/send-jobs/", HTTP_ACCEPT="text/html").content.decode()
+        assert 'name="study_instance_uid"' in html and 'name="node"' in html
 
 
 def test_the_index_is_read_only(as_persona, archive):
@@ -547,3 +562,10 @@ def test_the_docs_page_uses_our_own_copy_of_swagger_ui(as_persona, db):
     html = response.content.decode()
     assert "/static/drf_spectacular_sidecar/swagger-ui-dist/swagger-ui-bundle.js" in html
     assert "cdn" not in html.lower() and "https://" not in html
+    # What the page loads is in an installed app's static files, so collectstatic ships it
+    # and WhiteNoise serves it in production.
+    from django.contrib.staticfiles import finders
+
+    for asset in re.findall(r'(?:src|href)="/static/([^"]+)"', html):
+        assert finders.find(asset), asset
+    assert len(re.findall(r'(?:src|href)="/static/', html)) >= 3

@@ -159,7 +159,9 @@ def test_the_walk_reaches_every_kind_of_view():
     # The site's own pages, the admin's (its models, its catch-all) and the public ones.
     assert {"home", "records:study-list", "records:patient-list", "series-thumbnail"} <= names
     assert {"admin:index", "admin:auth_user_change", "admin:network_modalitynode_this_server"} <= names
-    assert {"admin:axes_accessattempt_changelist"} <= names
+    assert {"admin:axes_accessattempt_changelist", "admin:authtoken_tokenproxy_add"} <= names
+    # The REST API: its root, lists, details, the send POST's list route, schema and docs.
+    assert {"api:api-root", "api:study-list", "api:study-detail", "api:sendjob-list", "api:schema", "api:docs"} <= names
     assert set(PUBLIC) <= names, "the allow-list names a view that no longer exists"
     assert len(names) > 60
 
