@@ -404,6 +404,9 @@ REST_FRAMEWORK = {
 # Items per page of an API list, unless the client asks for ?page_size= (at most API_MAX_PAGE_SIZE).
 API_PAGE_SIZE = envint("API_PAGE_SIZE", 100)
 API_MAX_PAGE_SIZE = envint("API_MAX_PAGE_SIZE", 1000)
+if not 1 <= API_PAGE_SIZE <= API_MAX_PAGE_SIZE:
+    # 0 would turn pagination off, and a whole archive would come back as one list.
+    raise ImproperlyConfigured(f"API_PAGE_SIZE={API_PAGE_SIZE} must be between 1 and API_MAX_PAGE_SIZE")
 SPECTACULAR_SETTINGS = {
     "TITLE": "Imaging archive API",
     "DESCRIPTION": (

@@ -10,7 +10,7 @@ import copy
 import django_filters
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import transaction
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.response import Response
 
@@ -184,7 +184,11 @@ class SendJobViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
 
     @extend_schema(
         request=SendRequestSerializer,
-        responses={202: SendJobSerializer, 503: SendJobSerializer},
+        responses={
+            202: SendJobSerializer,
+            400: OpenApiResponse(description="What is wrong with the study or the node, per field."),
+            503: SendJobSerializer,
+        },
         summary="Send a study to a node",
         description=(
             "Queues the job (202, its URL in Location); the worker sends the study and the job "

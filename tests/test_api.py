@@ -569,3 +569,19 @@ def test_the_docs_page_uses_our_own_copy_of_swagger_ui(as_persona, db):
     for asset in re.findall(r'(?:src|href)="/static/([^"]+)"', html):
         assert finders.find(asset), asset
     assert len(re.findall(r'(?:src|href)="/static/', html)) >= 3
+
+
+# --- Settings ---------------------------------------------------------------------------------------
+
+
+def test_page_sizes_come_from_the_environment_and_a_bad_one_is_refused(tmp_path):
+    from tests.test_web_security import fresh_env, manage, settings_of
+
+    env = fresh_env(tmp_path, SECRET_KEY="s" * 50, API_PAGE_SIZE="25", API_MAX_PAGE_SIZE="200")
+    assert settings_of(env, "API_PAGE_SIZE", "API_MAX_PAGE_SIZE") == [25, 200]
+    done = manage({**env, "API_PAGE_SIZE": "0"}, "check")
+    assert done.returncode != 0 and "API_PAGE_SIZE=0 must be between 1 and API_MAX_PAGE_SIZE" in done.stderr
+    env = fresh_env(
+        tmp_path, SECRET_KEY="s" * 50, CORS_ALLOWED_ORIGINS="https://viewer.example.org, http://10.0.0.5:3000"
+    )
+    assert settings_of(env, "CORS_ALLOWED_ORIGINS") == [["https://viewer.example.org", "http://10.0.0.5:3000"]]
