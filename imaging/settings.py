@@ -112,6 +112,11 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "rest_framework.authtoken",
+    "django_filters",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "corsheaders",
     "axes",
     "imaging",
     "records",
@@ -119,6 +124,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First, as django-cors-headers asks: it answers CORS preflights before anything else can.
+    "corsheaders.middleware.CorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -389,11 +396,58 @@ LOGGING = {
     },
 }
 
+# --- REST API and DICOMweb (records/api.py, network/api.py, imaging/api_urls.py) ----
 REST_FRAMEWORK = {
     # Deny unless a view names the roles it serves (records/api_permissions.py): an API
     # view that forgets to is closed, and the URL walk test fails, instead of open.
     "DEFAULT_PERMISSION_CLASSES": ["records.api_permissions.DenyAll"],
-    # The session of our login page (throttled by axes, expiring with SESSION_HOURS);
-    # Basic authentication would send passwords with every request.
-    "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
+    # Programs and browsers alike, on /api/ and /dicomweb/: HTTP Basic (through
+    # authenticate() with the request, so django-axes' lockouts apply), tokens an
+    # administrator issues in the admin, and the session of our login page. Basic comes
+    # first so that an anonymous request is answered 401 with WWW-Authenticate: Basic.
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "records.api_auth.BasicAuthentication",
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "DEFAULT_PAGINATION_CLASS": "records.api_pagination.Pagination",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }
+# Items per page of an API list, unless the client asks for ?page_size= (at most API_MAX_PAGE_SIZE).
+API_PAGE_SIZE = envint("API_PAGE_SIZE", 100)
+API_MAX_PAGE_SIZE = envint("API_MAX_PAGE_SIZE", 1000)
+if not 1 <= API_PAGE_SIZE <= API_MAX_PAGE_SIZE:
+    # 0 would turn pagination off, and a whole archive would come back as one list.
+    raise ImproperlyConfigured(f"API_PAGE_SIZE={API_PAGE_SIZE} must be between 1 and API_MAX_PAGE_SIZE")
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Imaging archive API",
+    "DESCRIPTION": (
+        "Patients, studies, series and instances of the departmental archive; modality nodes, "
+        "the association log and send jobs for Administrators. Sign in with the session of the "
+        "login page, HTTP Basic, or a token an administrator issues (`Authorization: Token <key>`)."
+    ),
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    # /api/ only: DICOMweb is described by PS3.18, not by this schema.
+    "PREPROCESSING_HOOKS": ["imaging.api_urls.only_api_endpoints"],
+    # Any role may read the schema and the docs page; strangers may not.
+    "SERVE_PERMISSIONS": ["records.api_permissions.AnyRole"],
+    # Swagger UI's files come from drf-spectacular-sidecar, served by us: no CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "SCHEMA_PATH_PREFIX": "/api/",
+}
+# CORS (django-cors-headers): other origins (a viewer or a script page served elsewhere)
+# may call /api/ and /dicomweb/ only when listed here, e.g. "https://viewer.example.org".
+CORS_ALLOWED_ORIGINS = envlist("CORS_ALLOWED_ORIGINS", "")
+CORS_URLS_REGEX = r"^/(api|dicomweb)/"
+# Authorization for Basic and token requests; Accept named explicitly, since
+# `multipart/related; type="application/dicom"` (quoted) makes it a non-safelisted
+# header that the preflight must allow.
+CORS_ALLOW_HEADERS = ["accept", "authorization", "content-type", "user-agent", "x-csrftoken", "x-requested-with"]
+# What a script on another origin may read: QIDO's Warning, the job URL of a send.
+CORS_EXPOSE_HEADERS = ["Warning", "Location", "Content-Location"]
+# No cookies across origins: other origins authenticate with Authorization.
+CORS_ALLOW_CREDENTIALS = False
