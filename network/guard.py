@@ -17,7 +17,7 @@ network/scp.py):
   IDENTIFIER_LIMIT; past its limit the association is aborted. A C-STORE data
   set that grows past DICOM_STREAM_TO_DISK_BYTES goes on to its file's temporary
   twin as it arrives (network/dimse/store.open_spool) instead of staying in memory;
-- ``closed`` tells the association's process that we closed the connection.
+- ``closed`` tells the association's process that the connection is closed.
 
 Only pynetdicom's private API can do this (``DULServiceProvider._read_pdu_data``,
 ``DIMSEServiceProvider.receive_primitive`` and the DIMSE message classes); it is
@@ -56,6 +56,7 @@ _NOT_SPECIFIED = 0x00
 
 _PDU_TYPES = range(0x01, 0x08)
 _P_DATA_TF = 0x04
+_BEFORE_ASSOCIATION = {"Sta1", "Sta2", "Sta3", "Sta4", "Sta5"}  # PS3.8 9.2: idle, connecting, negotiating
 _NO_DATA_SET = 0x0101
 
 
@@ -72,7 +73,7 @@ class Guard:
         self.dataset_bytes = dataset_bytes
         self.stream_to_disk = stream_to_disk
         self.open_spool = open_spool  # (assoc, C-STORE request primitive, transfer syntax) -> store.Spool
-        self.closed = threading.Event()  # we aborted and closed the connection
+        self.closed = threading.Event()  # the connection is closed: we aborted, or the peer went
         self.reason = ""
         self.spools: list = []  # every spool opened, to remove what no handler committed
         self._received = 0  # data set bytes of the message being received
@@ -80,7 +81,9 @@ class Guard:
 
     # --- PDUs ------------------------------------------------------------------------
     def pdu_limit(self, pdu_type: int) -> tuple[int, str]:
-        if pdu_type == _P_DATA_TF and self.assoc.is_established:
+        # The DUL's own state, not is_established: the peer may send its first P-DATA-TF
+        # before the association thread has recorded the A-ASSOCIATE-AC the DUL sent.
+        if pdu_type == _P_DATA_TF and self.assoc.dul.state_machine.current_state not in _BEFORE_ASSOCIATION:
             announced = self.assoc.acceptor.maximum_length
             if announced:
                 return announced, "the Maximum Length we announced (DICOM_MAX_PDU)"
@@ -94,7 +97,7 @@ class Guard:
         try:
             header = transport.recv(6)
             if len(header) < 6:
-                dul.event_queue.put("Evt17")  # closed by the peer
+                self._peer_closed()
                 return
             pdu_type, _, length = struct.unpack(">BBL", header)
             if pdu_type not in _PDU_TYPES:
@@ -110,10 +113,10 @@ class Guard:
                 return
             body = transport.recv(length)
         except (OSError, TimeoutError):
-            dul.event_queue.put("Evt17")
+            self._peer_closed()
             return
         if len(body) != length:
-            dul.event_queue.put("Evt17")  # closed by the peer before the whole PDU came
+            self._peer_closed()  # before the whole PDU came
             return
         header += body
         del body
@@ -124,6 +127,10 @@ class Guard:
             return
         dul.event_queue.put(event)
         dul._recv_pdu.put(pdu)
+
+    def _peer_closed(self) -> None:
+        self.assoc.dul.event_queue.put("Evt17")
+        self.closed.set()
 
     def abort(self, source: int, reason: int, why: str) -> None:
         """Send an A-ABORT and close the connection (in the DUL thread): nothing more is read."""

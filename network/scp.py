@@ -185,7 +185,7 @@ class AssociationProcessHandler(RequestHandler):
             assoc.join(0.2)
             if assoc.requestor.primitive is None:
                 if bounds is not None and bounds.closed.is_set():
-                    return False  # aborted before any association (network/guard.py logged why)
+                    return False  # closed before any association (by the peer, or aborted: guard.py logged why)
                 if time.monotonic() - accepted_at > settings.DICOM_ASSOCIATE_TIMEOUT:
                     # A port probe, a device that connects and says nothing, or one that
                     # trickles its request: its process is wanted for others.
