@@ -174,7 +174,7 @@ DICOM_PORT = envint("DICOM_PORT", 11112)
 # with an A-ABORT, and one PDU is what an association reads into memory at a time.
 # 0 announces no limit (then only DICOM_MAX_DATASET_BYTES bounds a PDU); see
 # docs/performance.md for how the default was chosen.
-DICOM_MAX_PDU = envint("DICOM_MAX_PDU", 65536)
+DICOM_MAX_PDU = envint("DICOM_MAX_PDU", 131072)
 # Each association is served by its own process (forked), so several modalities
 # sending at once use every core; beyond this many, new connections wait.
 DICOM_MAX_ASSOCIATIONS = envint("DICOM_MAX_ASSOCIATIONS", 32)

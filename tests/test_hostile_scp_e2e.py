@@ -90,6 +90,27 @@ def unchecked(pipeline):
     procs.stop(server.proc)
 
 
+@pytest.fixture(scope="module")
+def polling(pipeline):
+    """As guarded, with pynetdicom's own loops and reads (DICOM_EVENT_DRIVEN_LOOPS=0)."""
+    server = _server(
+        pipeline,
+        "runscp-polling",
+        DICOM_EVENT_DRIVEN_LOOPS="0",
+        DICOM_ASSOCIATE_TIMEOUT="2",
+        DICOM_MAX_PDU=str(MAX_PDU),
+        DICOM_MAX_DATASET_BYTES=str(MAX_DATASET),
+    )
+    yield server
+    procs.stop(server.proc)
+
+
+@pytest.fixture(params=["guarded", "polling"])
+def either(request):
+    """The guarded server, with our event-driven loops and with pynetdicom's."""
+    return request.getfixturevalue(request.param)
+
+
 @pytest.fixture
 def node(system):
     """MODALITY (127.0.0.1) exists; after the test, no association of any server is still being logged."""
@@ -220,21 +241,21 @@ def test_a_4_gib_pdu_header_from_an_unknown_address_is_closed_at_accept_without_
     assert_serves_a_node(guarded.port, tmp_path)
 
 
-def test_a_4_gib_pdu_header_from_a_registered_node_is_aborted_in_bounded_memory(guarded, node, tmp_path):
-    node.append(guarded)
-    procs.wait_for(guarded.idle, 30, "the server to be idle")
-    with PeakMemory(guarded) as memory:
-        sock = connect(guarded.port)
+def test_a_4_gib_pdu_header_from_a_registered_node_is_aborted_in_bounded_memory(either, node, tmp_path):
+    node.append(either)
+    procs.wait_for(either.idle, 30, "the server to be idle")
+    with PeakMemory(either) as memory:
+        sock = connect(either.port)
         sock.sendall(b"\x01\x00" + struct.pack(">L", FOUR_GIB))
         source, reason = read_abort(sock)
         sent = send_junk(sock)
         sock.close()
-        procs.wait_for(guarded.idle, 10, "the association process to end")
+        procs.wait_for(either.idle, 10, "the association process to end")
     assert (source, reason) == (0x02, 0x06)  # service provider, invalid PDU parameter value
     assert sent < JUNK, "the connection was closed"
     memory.assert_bounded()
-    wait_log(guarded, "aborted: a PDU of type 0x01 claims 4294967295 bytes, more than DICOM_MAX_ASSOCIATE_PDU")
-    assert_serves_a_node(guarded.port, tmp_path)
+    wait_log(either, "aborted: a PDU of type 0x01 claims 4294967295 bytes, more than DICOM_MAX_ASSOCIATE_PDU")
+    assert_serves_a_node(either.port, tmp_path)
 
 
 def test_a_p_data_pdu_longer_than_the_announced_maximum_is_aborted(guarded, node, tmp_path):
@@ -364,6 +385,7 @@ def test_100_idle_connections_from_an_unknown_address_take_no_slot(system, node,
 
 def test_with_host_checks_off_the_per_peer_cap_keeps_slots_for_others(unchecked, node, tmp_path):
     node.append(unchecked)
+    procs.wait_for(unchecked.idle, 30, "the server to be idle")
     idle = _idle_connections(unchecked.port, 100)
     try:
         wait_log(unchecked, f"connection from {ATTACKER} refused at accept: too many associations from this address")
@@ -375,6 +397,31 @@ def test_with_host_checks_off_the_per_peer_cap_keeps_slots_for_others(unchecked,
     finally:
         for sock in idle:
             sock.close()
+
+
+def test_a_crashed_association_process_gives_its_peer_slot_back(unchecked, node, tmp_path):
+    import os
+    import signal
+
+    node.append(unchecked)
+    procs.wait_for(unchecked.idle, 30, "the server to be idle")
+    first = _idle_connections(unchecked.port, 2)
+    try:
+        held = procs.wait_for(lambda: len(unchecked.associations()) == 2 and unchecked.associations(), 10, "two")
+        for pid in held:
+            os.kill(pid, signal.SIGKILL)  # no chance to release its slot itself
+        # Reaped by the listener (a zombie still has its /proc entry): only then is its slot free.
+        procs.wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in held), 10, "them to be reaped")
+        again = _idle_connections(unchecked.port, 2)
+        try:
+            procs.wait_for(lambda: len(unchecked.associations()) == 2, 10, "two new associations from the same peer")
+        finally:
+            for sock in again:
+                sock.close()
+    finally:
+        for sock in first:
+            sock.close()
+    assert_serves_a_node(unchecked.port, tmp_path)
 
 
 def test_a_slow_sender_that_never_finishes_its_a_associate_rq_is_dropped(guarded, node, tmp_path):
