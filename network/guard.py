@@ -257,8 +257,7 @@ class Guard:
 
 def install(assoc, **limits) -> Guard | None:
     """Bound what ``assoc`` (an association we accept, not started yet) can make us hold."""
-    if not supported():
-        log.warning("pynetdicom %s: PDU and data set bounds not installed (network/guard.py)", pynetdicom.__version__)
+    if not supported():  # network/scp.serve said so once, at start
         return None
     guard = Guard(assoc, **limits)
     assoc.dul._read_pdu_data = guard.read_pdu

@@ -43,6 +43,7 @@ from pydicom.uid import (
     RLELossless,
 )
 from pynetdicom import AE, _config, evt, transport
+from pynetdicom import __version__ as pynetdicom_version
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelFind,
@@ -479,6 +480,12 @@ def serve(
 ) -> None:
     """Run the SCP in this process until SIGTERM or SIGINT."""
     ae = build_ae(ae_title)
+    if not guard.supported():
+        log.warning(
+            "pynetdicom %s is not the version network/guard.py was written for: PDU lengths and "
+            "data set sizes are NOT bounded while receiving",
+            pynetdicom_version,
+        )
     handoff = IndexHandoff()
     handoff_warm_up()
     _warm_up_database()

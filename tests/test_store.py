@@ -2,6 +2,7 @@
 
 import io
 import zlib
+from pathlib import Path
 
 import pydicom
 import pytest
@@ -177,3 +178,21 @@ def test_below_the_free_space_watermark_store_answers_out_of_resources(tmp_path,
         store.store(make_meta(), stream, "CT1")
     assert refused.value.status == 0xA700 and "below STORAGE_MIN_FREE_MB" in refused.value.reason
     assert _spool(make_meta()).refusal[0] == 0xA700
+
+
+def test_a_spool_whose_disk_fails_answers_out_of_resources_and_leaves_no_file(tmp_path, monkeypatch):
+    [path] = dicomgen.ct_series(tmp_path, 1, size=16)
+    make_meta, stream = _spool_and_memory_meta(path)
+    spool = _spool(make_meta())
+    partial_path = spool.partial.path
+
+    def disk_full(data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(spool.partial, "write", disk_full)
+    spool.write(stream)  # in the DUL thread: must not raise
+    assert spool.partial is None and spool.refusal[0] == 0xA700
+    assert not Path(partial_path).exists()
+    with pytest.raises(store.Rejected) as refused:
+        store.store_spooled(spool)
+    assert refused.value.status == 0xA700

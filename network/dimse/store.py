@@ -151,8 +151,14 @@ class Spool:
     refusal: tuple[int, str] | None = None
 
     def write(self, data) -> None:
-        if self.partial is not None:
+        if self.partial is None:
+            return
+        try:
             self.partial.write(data)
+        except OSError as exc:  # the disk failed or filled up: count the rest, answer 0xA700
+            self.partial.discard()
+            self.partial = None
+            self.refusal = OUT_OF_RESOURCES, f"cannot write the data set to disk: {exc}"
 
     def discard(self) -> None:
         if self.partial is not None:
