@@ -13,6 +13,7 @@ sent its A-ASSOCIATE-RQ within DICOM_ASSOCIATE_TIMEOUT is dropped, and what an
 association may make its process hold is bounded (network/guard.py).
 """
 
+import errno
 import logging
 import os
 import select
@@ -292,7 +293,11 @@ class ForkingAssociationServer(AssociationServer):
             os.close(self._accepted_r)
             _name_process(SPARE_NAME)
             _warm_up_child(self)
-            request, client_address = self._accept_admitted()
+            accepted = self._accept_admitted()
+            if accepted is None:  # the listener is stopping
+                status = 0
+                return
+            request, client_address = accepted
             _name_process(ASSOCIATION_NAME)
             signal.signal(signal.SIGTERM, _request_shutdown)
             signal.signal(signal.SIGINT, _request_shutdown)
@@ -315,7 +320,12 @@ class ForkingAssociationServer(AssociationServer):
         """In a spare: accept connections until one may have this process; close the others at once."""
         known = admission.KnownPeers(settings.DICOM_PEER_CACHE_SECONDS)
         while True:
-            request, client_address = self.socket.accept()
+            try:
+                request, client_address = self.socket.accept()
+            except OSError as exc:
+                if exc.errno == errno.EINVAL:  # the listener shut its socket down on its way out
+                    return None
+                raise
             address = client_address[0]
             try:
                 if settings.DICOM_CHECK_HOST and not known.knows(address):
