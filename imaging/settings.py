@@ -311,14 +311,35 @@ DICOM_CHECK_HOST = envbool("DICOM_CHECK_HOST", True)
 ASSOCIATION_LOG_RETENTION_DAYS = envint("ASSOCIATION_LOG_RETENTION_DAYS", 90)
 DICOM_HOST = envstr("DICOM_HOST", "0.0.0.0")  # noqa: S104 - a PACS listens on the network
 DICOM_PORT = envint("DICOM_PORT", 11112)
-# Largest PDU we announce; 0 means unlimited, which lets senders use big PDUs.
-DICOM_MAX_PDU = envint("DICOM_MAX_PDU", 0)
+# Largest PDU we announce (Maximum Length): a P-DATA-TF longer than this is refused
+# with an A-ABORT, and one PDU is what an association reads into memory at a time.
+# 0 announces no limit (then only DICOM_MAX_DATASET_BYTES bounds a PDU); see
+# docs/performance.md for how the default was chosen.
+DICOM_MAX_PDU = envint("DICOM_MAX_PDU", 131072)
 # Each association is served by its own process (forked), so several modalities
 # sending at once use every core; beyond this many, new connections wait.
 DICOM_MAX_ASSOCIATIONS = envint("DICOM_MAX_ASSOCIATIONS", 32)
 DICOM_NETWORK_TIMEOUT = envint("DICOM_NETWORK_TIMEOUT", 60)
 DICOM_ACSE_TIMEOUT = envint("DICOM_ACSE_TIMEOUT", 30)
 DICOM_DIMSE_TIMEOUT = envint("DICOM_DIMSE_TIMEOUT", 60)
+# --- Hostile and broken peers (network/admission.py, network/guard.py) -----------
+# Longest PDU read before an association is established: an A-ASSOCIATE-RQ
+# proposing a hundred presentation contexts is about 10 KB. Longer: A-ABORT, closed.
+DICOM_MAX_ASSOCIATE_PDU = envint("DICOM_MAX_ASSOCIATE_PDU", 1024 * 1024)
+# Seconds a connection has to complete its A-ASSOCIATE-RQ, even trickling bytes;
+# then it is dropped and its process serves others.
+DICOM_ASSOCIATE_TIMEOUT = envint("DICOM_ASSOCIATE_TIMEOUT", 5)
+# Associations at once from one IP address (0: no limit); beyond, a connection is
+# closed at accept() with an A-ASSOCIATE-RJ (transient, local limit exceeded).
+DICOM_MAX_ASSOCIATIONS_PER_PEER = envint("DICOM_MAX_ASSOCIATIONS_PER_PEER", 12)
+# Connections the kernel queues for accept() (socketserver's default is 5).
+DICOM_LISTEN_BACKLOG = envint("DICOM_LISTEN_BACKLOG", 256)
+# Seconds the spares keep the active nodes' addresses (host names resolved) before
+# reading them again: an administrator's change applies within this long.
+DICOM_PEER_CACHE_SECONDS = envint("DICOM_PEER_CACHE_SECONDS", 5)
+# A C-STORE data set that grows past this many bytes is written to its file as it
+# arrives instead of being held in memory until complete.
+DICOM_STREAM_TO_DISK_BYTES = envint("DICOM_STREAM_TO_DISK_BYTES", 8 * 1024 * 1024)
 # Replace pynetdicom's 1 ms polling sleeps with waits that end when there is work
 # (network/reactor.py); 0 restores pynetdicom's own loops.
 DICOM_EVENT_DRIVEN_LOOPS = envbool("DICOM_EVENT_DRIVEN_LOOPS", True)
