@@ -17,7 +17,7 @@ from pydicom.uid import generate_uid
 from imaging import render, storage
 from network.dicomweb import multipart
 from tests import dicomgen
-from tests.dicomweb_data import client_for, fresh_uids, pydicom_file, store
+from tests.dicomweb_data import PASSWORD, client_for, fresh_uids, pydicom_file, store
 
 pytestmark = pytest.mark.django_db
 
@@ -366,7 +366,8 @@ def test_images_and_metadata_refused_to_other_roles(archive, who):
     for tail in ENDPOINTS:
         response = client.get(url(archive["ct"], tail))
         if who == "anonymous":
-            assert response.status_code in (401, 403), tail
+            assert response.status_code == 401, tail
+            assert response["WWW-Authenticate"].startswith("Basic")
         else:
             assert response.status_code == 403, tail
         assert response.json()["detail"]
@@ -413,13 +414,17 @@ def web_server(transactional_db, logs_dir):
         procs.stop(proc)
 
 
-def dicomweb_client(server: str, *roles: str, username: str):
+def dicomweb_client(server: str, *roles: str, username: str, basic: bool = True):
+    """dicomweb-client signed in as a new user with ``roles``: HTTP Basic, or the session cookie of a browser."""
     from dicomweb_client.api import DICOMwebClient
-    from dicomweb_client.session_utils import create_session
+    from dicomweb_client.session_utils import create_session, create_session_from_user_pass
     from django.conf import settings
 
-    session = create_session()
-    if roles is not None:
+    if basic:
+        client_for(*roles, username=username)
+        session = create_session_from_user_pass(username, PASSWORD)
+    else:
+        session = create_session()
         browser = client_for(*roles, username=username)
         session.cookies.set(settings.SESSION_COOKIE_NAME, browser.cookies[settings.SESSION_COOKIE_NAME].value)
     return DICOMwebClient(url=f"{server}/dicomweb", session=session)
@@ -516,8 +521,11 @@ def test_dicomweb_client_against_a_live_server(web_server):
     assert Image.open(io.BytesIO(thumb.content)).size == (128, 128)  # never enlarged
 
     # Refusals over the wire: anonymous, wrong role, malformed UID, unknown study, unservable Accept.
-    assert requests.get(instance_url, timeout=10).status_code in (401, 403)
-    front_desk = dicomweb_client(web_server, "Front desk", username="e2e-frontdesk")
+    anonymous = requests.get(instance_url, timeout=10)
+    assert anonymous.status_code == 401 and anonymous.headers["WWW-Authenticate"].startswith("Basic")
+    wrong = requests.get(instance_url, auth=("e2e-doctor", "not the password"), timeout=10)
+    assert wrong.status_code == 401
+    front_desk = dicomweb_client(web_server, "Front desk", username="e2e-frontdesk", basic=False)
     assert len(front_desk.search_for_studies()) == 2
     assert front_desk._session.get(instance_url, timeout=10).status_code == 403
     assert client._session.get(f"{web_server}/dicomweb/studies/1.2.x", timeout=10).status_code == 400
