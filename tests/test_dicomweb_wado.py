@@ -581,3 +581,15 @@ def test_implicit_and_deflated_files_transcoded_to_explicit_vr_little_endian(doc
     assert np.array_equal(sent.pixel_array, pydicom.dcmread(pydicom.data.get_testdata_file(name)).pixel_array)
     [(_, as_stored)] = parts(doctor.get(url(ds)))
     assert as_stored == stored_bytes(ds)
+
+
+def test_a_large_instance_is_streamed_in_bounded_chunks(doctor, archive):
+    from network.dicomweb import wado
+
+    cr = archive["cr"]  # 1760 x 1760 x 16 bits: 6 MB
+    response = doctor.get(url(cr), HTTP_ACCEPT=DICOM_PARTS)
+    assert response.streaming
+    chunks = list(response.streaming_content)
+    assert max(len(c) for c in chunks) <= wado.CHUNK
+    assert sum(len(c) for c in chunks) > 6_000_000
+    assert len(chunks) >= 6
