@@ -254,3 +254,30 @@ def check_inflated_size(path) -> int | None:
             return _Inflater(fp, settings.DICOM_MAX_INFLATED_BYTES).drain()
         except zlib.error as exc:
             raise Unreadable(f"the deflated data set cannot be inflated: {exc}") from exc
+
+
+def pixel_data_span(path) -> tuple[Dataset, int | None, int | None]:
+    """(the header without pixel data, where the pixel data value starts in the file, its declared length).
+
+    For serving pixel data straight from the file (WADO-RS frames and bulk data):
+    only the header is parsed, large values deferred. The offset is None when the
+    file has no pixel data, or when it is deflated (no seeking into a zlib stream:
+    the caller reads it whole, after ``check_inflated_size``). Raises ``Unreadable``.
+    """
+    try:
+        with open(path, "rb") as fp:
+            read_preamble(fp, True)
+            meta = _read_file_meta_info(fp)
+            if str(meta.get("TransferSyntaxUID", "")) == DeflatedExplicitVRLittleEndian:
+                return read_header(path).ds, None, None
+            fp.seek(0)
+            ds = pydicom.dcmread(fp, stop_before_pixels=True, force=True, defer_size=DEFER_SIZE)
+            implicit, little = ds.original_encoding
+            tag, length = _pixel_element(fp, ds, implicit, little)
+            return ds, (fp.tell() if tag else None), length
+    except Unreadable:
+        raise
+    except (OSError, ValueError, EOFError, struct.error, TypeError, KeyError, AttributeError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise Unreadable(f"cannot be parsed as DICOM: {exc}") from exc

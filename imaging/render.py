@@ -87,6 +87,45 @@ def render_frame(
     return image
 
 
+def render_with_header(
+    path_or_ds: Source, frame: int | None = None, window: tuple | None = None
+) -> tuple[Image.Image, Dataset]:
+    """``render_frame`` and the attributes of that frame (pixel spacing for a fit that keeps the aspect)."""
+    return _render(path_or_ds, frame, window)
+
+
+def decoded_frame(path_or_ds: Source, frame: int) -> tuple[np.ndarray, dict]:
+    """The stored values of one frame (counted from 0), decoded, and the pixel properties after decoding.
+
+    For WADO-RS frames a client cannot take compressed: the same bounded reading as
+    rendering (one frame's bytes, size checks). Raises CannotRender.
+    """
+    _header, arr, properties = _decode(path_or_ds, frame)
+    return arr, properties
+
+
+def fit(
+    image: Image.Image, width: int, height: int, header: Dataset | None = None, *, enlarge: bool = True
+) -> Image.Image:
+    """``image`` scaled to fit within ``width`` x ``height``, its displayed aspect ratio kept.
+
+    ``enlarge=False``: never larger than it is (thumbnails, as ``thumbnail`` does).
+    """
+    w, h = float(image.width), float(image.height)
+    aspect = pixel_aspect(header) if header is not None else 1.0
+    if aspect > 1:
+        h *= aspect
+    else:
+        w /= aspect
+    scale = min(width / w, height / h)
+    if not enlarge:
+        scale = min(scale, 1.0)
+    target = (max(1, min(width, round(w * scale))), max(1, min(height, round(h * scale))))
+    if target == image.size:
+        return image
+    return image.resize(target, Image.Resampling.LANCZOS, reducing_gap=3.0)
+
+
 def thumbnail(path: Path, size: int) -> Image.Image:
     """The middle frame of the file at `path`, fitted within `size` x `size`.
 
@@ -310,10 +349,14 @@ def _frame_attributes(ds: Dataset, index: int) -> Dataset:
 def _grayscale(arr: np.ndarray, ds: Dataset, photometric: str, window: tuple[float, float] | None) -> np.ndarray:
     values = _modality(arr, ds)
     if window is not None:
-        center, width = (float(v) for v in window)
+        # (center, width) or (center, width, VOI LUT Function), as WADO-RS's window= gives it.
+        center, width = (float(v) for v in window[:2])
+        function = str(window[2]).upper() if len(window) > 2 else "LINEAR"
         if not width > 0:
             raise ValueError(f"window width must be positive, not {width}")
-        shown = _apply_window(values, center, width, "LINEAR")
+        if function not in ("LINEAR", "LINEAR_EXACT", "SIGMOID"):
+            raise ValueError(f"unknown VOI LUT Function {function!r}")
+        shown = _apply_window(values, center, width, function)
     elif (file_window := _file_window(ds)) is not None:
         # With both a window and a VOI LUT in the file (alternative views, PS3.3
         # C.11.2), the window: it is what a viewer's window/level then adjusts.

@@ -30,3 +30,6 @@ urlpatterns = [
     # The REST API, its schema and docs (imaging/api_urls.py).
     path("api/", include("imaging.api_urls")),
 ]
+
+# DICOMweb (PS3.18): QIDO-RS, WADO-RS (network/dicomweb/).
+urlpatterns += [path("dicomweb/", include("network.dicomweb.urls"))]

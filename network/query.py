@@ -375,8 +375,13 @@ def _requested(identifier: Dataset) -> list[tuple[int, str, str]]:
     return requested
 
 
-def parse(identifier: Dataset, *, model: str, fallback_charset: str | None = None) -> Query:
-    """Turn a C-FIND identifier into a Query; raises QueryError with the status to answer."""
+def parse(identifier: Dataset, *, model: str, fallback_charset: str | None = None, relational: bool = False) -> Query:
+    """Turn a C-FIND identifier into a Query; raises QueryError with the status to answer.
+
+    ``relational``: the unique keys of the levels above are not required (PS3.4
+    C.4.1.2.2 relational queries; QIDO-RS ``/series`` and ``/instances`` search
+    across studies). C-FIND stays hierarchical.
+    """
     if fallback_charset:
         charsets.apply_fallback(identifier, fallback_charset)
     level = _level(identifier, model)
@@ -388,7 +393,8 @@ def parse(identifier: Dataset, *, model: str, fallback_charset: str | None = Non
                 values[keyword] = charsets.text(identifier, keyword)
             except Exception as exc:
                 raise QueryError(UNABLE_TO_PROCESS, f"{keyword} cannot be read: {exc}") from exc
-    _check_unique_keys(model, level, values)
+    if not relational:
+        _check_unique_keys(model, level, values)
 
     paths = _PATHS[level]
     q = Q()
@@ -556,6 +562,22 @@ def _element(tag: int, vr: str, value: str | None) -> RawDataElement:
     return RawDataElement(Tag(tag), vr, len(raw), raw, 0, False, True)
 
 
+def row_values(query: Query, row: dict) -> Iterator[tuple[int, str, str, str | None]]:
+    """(tag, keyword, VR, value as DICOM text or None) of every requested key of a row.
+
+    What C-FIND's responses and QIDO-RS's dicom+json both say: one source of values.
+    """
+    for tag, keyword, vr in query.requested:
+        value = None
+        if keyword in query.columns:
+            value = _format(row[query.columns[keyword]], vr)
+        elif keyword == "RetrieveAETitle":
+            value = settings.DICOM_AE_TITLE
+        elif keyword == "InstanceAvailability":
+            value = "ONLINE"
+        yield tag, keyword, vr, value
+
+
 def response(query: Query, row: dict, *, implicit_vr: bool = False) -> Dataset:
     """One pending response: every requested key, empty when the index does not know it.
 
@@ -566,14 +588,7 @@ def response(query: Query, row: dict, *, implicit_vr: bool = False) -> Dataset:
     ds = Dataset()
     ds[0x00080052] = _element(0x00080052, "CS", query.level)  # QueryRetrieveLevel
     non_ascii = False
-    for tag, keyword, vr in query.requested:
-        value = None
-        if keyword in query.columns:
-            value = _format(row[query.columns[keyword]], vr)
-        elif keyword == "RetrieveAETitle":
-            value = settings.DICOM_AE_TITLE
-        elif keyword == "InstanceAvailability":
-            value = "ONLINE"
+    for tag, _keyword, vr, value in row_values(query, row):
         if vr == "SQ":
             ds[tag] = _element(tag, vr, None)  # an empty sequence
             continue

@@ -1,0 +1,59 @@
+"""Test data for the DICOMweb tests: files put in the store and indexed, users of each role."""
+
+import pydicom
+from django.contrib.auth.models import Group, User
+from django.test import Client
+from pydicom.data import get_charset_files, get_testdata_file
+from pydicom.uid import generate_uid
+
+from imaging import ingest, storage
+from records.roles import ADMINISTRATOR, DOCTOR, FRONT_DESK
+from tests import dicomgen
+
+PASSWORD = "a long test password 42"  # noqa: S105 - a test user's
+
+
+def store(ds) -> str:
+    """Put a data set in the store as the SCP would, index it, and return its relative path."""
+    relpath = storage.instance_relpath(ds.SOPInstanceUID)
+    path = storage.absolute(relpath)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    done, failed = ingest.index_files([relpath])
+    assert not failed, failed
+    return relpath
+
+
+def pydicom_file(name: str, **changes):
+    """One of pydicom's test files (or its character set files), optionally with attributes changed."""
+    path = get_testdata_file(name) or get_charset_files(name)[0]
+    ds = pydicom.dcmread(path)
+    for keyword, value in changes.items():
+        setattr(ds, keyword, value)
+    if "SOPInstanceUID" in changes:
+        ds.file_meta.MediaStorageSOPInstanceUID = changes["SOPInstanceUID"]
+    return ds
+
+
+def fresh_uids(ds, study=None, series=None):
+    """Give a data set new UIDs (several tests use the same pydicom file)."""
+    ds.StudyInstanceUID = study or generate_uid(dicomgen.PYNETDICOM_ROOT)
+    ds.SeriesInstanceUID = series or generate_uid(dicomgen.PYNETDICOM_ROOT)
+    ds.SOPInstanceUID = generate_uid(dicomgen.PYNETDICOM_ROOT)
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    return ds
+
+
+def make_user(username: str, *roles: str) -> User:
+    user = User.objects.create_user(username, password=PASSWORD)
+    user.groups.add(*Group.objects.filter(name__in=roles))
+    return user
+
+
+def client_for(*roles: str, username: str | None = None) -> Client:
+    client = Client()
+    client.force_login(make_user(username or ("user-" + "-".join(roles) if roles else "nobody"), *roles))
+    return client
+
+
+ROLES = {"doctor": (DOCTOR,), "admin": (ADMINISTRATOR,), "frontdesk": (FRONT_DESK,), "norole": ()}
