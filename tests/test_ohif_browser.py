@@ -219,6 +219,7 @@ def test_a_doctor_finds_our_studies_in_ohif_and_opens_the_ct(browser, web_server
     assert watched.foreign == [], f"requests to other hosts: {watched.foreign}"
     blocked = [line for line in watched.console if "Content Security Policy" in line or "Refused to" in line]
     assert blocked == [], blocked
+    assert watched.errors() == []
 
 
 @pytest.mark.parametrize("who", ["front desk", "anonymous"])
