@@ -174,11 +174,13 @@ def role_user(username: str, role: str):
     return make_user(username, role)
 
 
-def shot(page, tmp_path: Path, name: str, locator=None) -> Path:
+def shot(page, tmp_path: Path, name: str, locator=None, *, keep: bool = True) -> Path:
+    """A screenshot in the test's folder, and in /tmp/ohif-shots/ (``keep``) to be looked at."""
     path = tmp_path / name
     (locator or page).screenshot(path=path)
-    SHOTS.mkdir(exist_ok=True)
-    shutil.copy(path, SHOTS / name)
+    if keep:
+        SHOTS.mkdir(exist_ok=True)
+        shutil.copy(path, SHOTS / name)
     return path
 
 
@@ -204,7 +206,10 @@ def test_a_doctor_finds_our_studies_in_ohif_and_opens_the_ct(browser, web_server
     assert page.evaluate("window.crossOriginIsolated") is True
     shot(page, tmp_path, "1-ohif-study-list.png")
 
-    page.goto(f"{web_server}/ohif/viewer?StudyInstanceUIDs={archive['ct']}")
+    # The study list's link opens the CT in OHIF.
+    page.goto(f"{web_server}/studies/")
+    page.locator("tr", has_text="PHANTOM").get_by_role("link", name="Open in OHIF").click()
+    page.wait_for_url(f"{web_server}/ohif/viewer?StudyInstanceUIDs={archive['ct']}")
     canvas = page.locator("canvas.cornerstone-canvas").first
     expect(canvas).to_be_visible(timeout=90_000)
     procs.wait_for(lambda: not_uniform(canvas.screenshot()), 90, "an image in OHIF's viewport", interval=1)
@@ -212,8 +217,9 @@ def test_a_doctor_finds_our_studies_in_ohif_and_opens_the_ct(browser, web_server
     for button in ("Skip all", "Confirm and hide"):
         if page.get_by_text(button, exact=True).is_visible():
             page.get_by_text(button, exact=True).click()
+    expect(page.get_by_text(f"(1/{SLICES})")).to_be_visible()  # the first of the series' slices
     shot(page, tmp_path, "2-ohif-viewer-ct.png")
-    viewport = shot(page, tmp_path, "3-ohif-viewport.png", canvas)
+    viewport = shot(page, tmp_path, "3-ohif-viewport.png", canvas, keep=False)
     assert not_uniform(viewport.read_bytes())
 
     assert watched.foreign == [], f"requests to other hosts: {watched.foreign}"
