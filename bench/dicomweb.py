@@ -8,8 +8,8 @@ In a temporary VAR_DIR: a fresh SQLite database filled like bench/query.py
 tests/dicomgen.py, stored and indexed; gunicorn (2 workers, as in docker/) on a free
 127.0.0.1 port; a Doctor's session. Then, with one requests session (keep-alive):
 three study searches that each match fewer than 100 studies (exact PatientID, a
-name prefix wildcard, one StudyDate) taking turns, median and p95; the series
-metadata (all 300 headers as dicom+json); every frame of the series one request
+name prefix wildcard, one StudyDate) and OHIF's first list (no filter, limit=101),
+taking turns, median and p95; the series metadata (all 300 headers as dicom+json); every frame of the series one request
 each (frames/1, raw little endian) and as one series retrieve. Prints a table.
 """
 
@@ -123,6 +123,13 @@ def main() -> None:
             "exact PatientID": {"PatientID": patient_id},
             "name prefix wildcard": {"PatientName": name_prefix + "*"},
             "one StudyDate": {"StudyDate": date},
+            # OHIF's first study list: no filter, newest 101, with its includefields.
+            "OHIF's list (limit=101)": {
+                "limit": "101",
+                "offset": "0",
+                "fuzzymatching": "false",
+                "includefield": "00081030,00080060",
+            },
         }
         times = {name: [] for name in searches}
         matches = {}

@@ -743,7 +743,9 @@ def _raise_keyboard_interrupt(signum, frame):
 def main(argv=None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    for tool in ("storescu", "echoscu", "redis-server", "storescp", "Orthanc"):
+    wanted = {"storescp": "storescp", "orthanc": "Orthanc"}
+    tools = ["storescu", "echoscu", "redis-server"] + [wanted[r] for r in args.receivers if r in wanted]
+    for tool in tools:
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is not on PATH")
     args.revision = code_revision()

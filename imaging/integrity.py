@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 # come before (0020,000E): nothing after it is read.
 _LAST_TAG_NEEDED = 0x0020000E
 # A header this long holds every element we compare, even with long private groups before them.
-_HEADER_PREFIX = 256 * 1024
+HEADER_PREFIX = 256 * 1024
 
 
 class Refused(Exception):
@@ -58,7 +58,7 @@ def _stop(tag, vr, length) -> bool:
 def identity_of_stream(stream: bytes, transfer_syntax: str) -> Identity:
     """Study UID and patient of an encoded data set (no preamble, no file meta), reading only its start."""
     if transfer_syntax == DeflatedExplicitVRLittleEndian:
-        stream = zlib.decompressobj(-zlib.MAX_WBITS).decompress(stream, _HEADER_PREFIX)
+        stream = zlib.decompressobj(-zlib.MAX_WBITS).decompress(stream, HEADER_PREFIX)
     implicit = transfer_syntax == ImplicitVRLittleEndian
     little = transfer_syntax != ExplicitVRBigEndian
     return _identity_of(read_dataset(io.BytesIO(stream), implicit, little, stop_when=_stop))
@@ -70,7 +70,7 @@ def identity_of_file(path) -> Identity:
         read_preamble(fp, True)
         meta = _read_file_meta_info(fp)
         transfer_syntax = str(meta.get("TransferSyntaxUID", ImplicitVRLittleEndian))
-        prefix = fp.read(_HEADER_PREFIX)
+        prefix = fp.read(HEADER_PREFIX)
     # A prefix of a deflated stream inflates to the start of the data set: enough.
     return identity_of_stream(prefix, transfer_syntax)
 

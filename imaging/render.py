@@ -104,8 +104,13 @@ def decoded_frame(path_or_ds: Source, frame: int) -> tuple[np.ndarray, dict]:
     return arr, properties
 
 
-def fit(image: Image.Image, width: int, height: int, header: Dataset | None = None) -> Image.Image:
-    """``image`` scaled to fit within ``width`` x ``height``, its displayed aspect ratio kept."""
+def fit(
+    image: Image.Image, width: int, height: int, header: Dataset | None = None, *, enlarge: bool = True
+) -> Image.Image:
+    """``image`` scaled to fit within ``width`` x ``height``, its displayed aspect ratio kept.
+
+    ``enlarge=False``: never larger than it is (thumbnails, as ``thumbnail`` does).
+    """
     w, h = float(image.width), float(image.height)
     aspect = pixel_aspect(header) if header is not None else 1.0
     if aspect > 1:
@@ -113,6 +118,8 @@ def fit(image: Image.Image, width: int, height: int, header: Dataset | None = No
     else:
         w /= aspect
     scale = min(width / w, height / h)
+    if not enlarge:
+        scale = min(scale, 1.0)
     target = (max(1, min(width, round(w * scale))), max(1, min(height, round(h * scale))))
     if target == image.size:
         return image

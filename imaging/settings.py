@@ -112,6 +112,11 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "rest_framework.authtoken",
+    "django_filters",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "corsheaders",
     "axes",
     "imaging",
     "records",
@@ -119,6 +124,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First, as django-cors-headers asks: it answers CORS preflights before anything else can.
+    "corsheaders.middleware.CorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -304,20 +311,54 @@ DICOM_CHECK_HOST = envbool("DICOM_CHECK_HOST", True)
 ASSOCIATION_LOG_RETENTION_DAYS = envint("ASSOCIATION_LOG_RETENTION_DAYS", 90)
 DICOM_HOST = envstr("DICOM_HOST", "0.0.0.0")  # noqa: S104 - a PACS listens on the network
 DICOM_PORT = envint("DICOM_PORT", 11112)
-# Largest PDU we announce; 0 means unlimited, which lets senders use big PDUs.
-DICOM_MAX_PDU = envint("DICOM_MAX_PDU", 0)
+# Largest PDU we announce (Maximum Length): a P-DATA-TF longer than this is refused
+# with an A-ABORT, and one PDU is what an association reads into memory at a time.
+# 0 announces no limit (then only DICOM_MAX_DATASET_BYTES bounds a PDU); see
+# docs/performance.md for how the default was chosen.
+DICOM_MAX_PDU = envint("DICOM_MAX_PDU", 131072)
 # Each association is served by its own process (forked), so several modalities
 # sending at once use every core; beyond this many, new connections wait.
 DICOM_MAX_ASSOCIATIONS = envint("DICOM_MAX_ASSOCIATIONS", 32)
 DICOM_NETWORK_TIMEOUT = envint("DICOM_NETWORK_TIMEOUT", 60)
 DICOM_ACSE_TIMEOUT = envint("DICOM_ACSE_TIMEOUT", 30)
 DICOM_DIMSE_TIMEOUT = envint("DICOM_DIMSE_TIMEOUT", 60)
+# --- Hostile and broken peers (network/admission.py, network/guard.py) -----------
+# Longest PDU read before an association is established: an A-ASSOCIATE-RQ
+# proposing a hundred presentation contexts is about 10 KB. Longer: A-ABORT, closed.
+DICOM_MAX_ASSOCIATE_PDU = envint("DICOM_MAX_ASSOCIATE_PDU", 1024 * 1024)
+# Seconds a connection has to complete its A-ASSOCIATE-RQ, even trickling bytes;
+# then it is dropped and its process serves others.
+DICOM_ASSOCIATE_TIMEOUT = envint("DICOM_ASSOCIATE_TIMEOUT", 5)
+# Associations at once from one IP address (0: no limit); beyond, a connection is
+# closed at accept() with an A-ASSOCIATE-RJ (transient, local limit exceeded).
+DICOM_MAX_ASSOCIATIONS_PER_PEER = envint("DICOM_MAX_ASSOCIATIONS_PER_PEER", 12)
+# Connections the kernel queues for accept() (socketserver's default is 5).
+DICOM_LISTEN_BACKLOG = envint("DICOM_LISTEN_BACKLOG", 256)
+# Seconds the spares keep the active nodes' addresses (host names resolved) before
+# reading them again: an administrator's change applies within this long.
+DICOM_PEER_CACHE_SECONDS = envint("DICOM_PEER_CACHE_SECONDS", 5)
+# A C-STORE data set that grows past this many bytes is written to its file as it
+# arrives instead of being held in memory until complete.
+DICOM_STREAM_TO_DISK_BYTES = envint("DICOM_STREAM_TO_DISK_BYTES", 8 * 1024 * 1024)
 # Replace pynetdicom's 1 ms polling sleeps with waits that end when there is work
 # (network/reactor.py); 0 restores pynetdicom's own loops.
 DICOM_EVENT_DRIVEN_LOOPS = envbool("DICOM_EVENT_DRIVEN_LOOPS", True)
 # Write our C-STORE requests (C-MOVE/C-GET sub-operations, sends to nodes) to the
 # socket in one piece (network/fastsend.py); 0 leaves them to pynetdicom.
 DICOM_FAST_SEND = envbool("DICOM_FAST_SEND", True)
+# --- Our own sends (C-MOVE/C-GET sub-operations, sends to nodes; network/sendguard.py) ---
+# Each C-STORE response we wait for gets DICOM_DIMSE_TIMEOUT; these bound the rest.
+# A write to a peer that takes no byte of it for this many seconds (its TCP window
+# stays full: it stopped reading) fails, and the association is dropped.
+DICOM_SEND_TIMEOUT = envint("DICOM_SEND_TIMEOUT", 60)
+# Smallest maximum PDU length a peer may announce for us to send it images. PS3.8
+# sets no minimum, but a PDV carries 6 bytes of header: 1-6 bytes carry nothing, and
+# a few hundred bytes make a CT slice thousands of PDUs (pynetdicom queues them all
+# at once). DCMTK never announces less than 4096; below 1 KiB is a broken or
+# hostile peer, and gets an A-ABORT instead of images.
+DICOM_MIN_PEER_PDU = envint("DICOM_MIN_PEER_PDU", 1024)
+if DICOM_SEND_TIMEOUT < 1 or DICOM_MIN_PEER_PDU < 7:
+    raise ImproperlyConfigured("DICOM_SEND_TIMEOUT must be at least 1 (s), DICOM_MIN_PEER_PDU at least 7 (bytes)")
 # Processes forked ahead, warmed up and waiting for the next associations (network/scp.py).
 DICOM_SPARE_PROCESSES = envint("DICOM_SPARE_PROCESSES", 2)
 # On SIGTERM, associations in progress get this long to finish before being aborted.
@@ -384,11 +425,58 @@ LOGGING = {
     },
 }
 
+# --- REST API and DICOMweb (records/api.py, network/api.py, imaging/api_urls.py) ----
 REST_FRAMEWORK = {
     # Deny unless a view names the roles it serves (records/api_permissions.py): an API
     # view that forgets to is closed, and the URL walk test fails, instead of open.
     "DEFAULT_PERMISSION_CLASSES": ["records.api_permissions.DenyAll"],
-    # The session of our login page (throttled by axes, expiring with SESSION_HOURS);
-    # Basic authentication would send passwords with every request.
-    "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
+    # Programs and browsers alike, on /api/ and /dicomweb/: HTTP Basic (through
+    # authenticate() with the request, so django-axes' lockouts apply), tokens an
+    # administrator issues in the admin, and the session of our login page. Basic comes
+    # first so that an anonymous request is answered 401 with WWW-Authenticate: Basic.
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "records.api_auth.BasicAuthentication",
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "DEFAULT_PAGINATION_CLASS": "records.api_pagination.Pagination",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }
+# Items per page of an API list, unless the client asks for ?page_size= (at most API_MAX_PAGE_SIZE).
+API_PAGE_SIZE = envint("API_PAGE_SIZE", 100)
+API_MAX_PAGE_SIZE = envint("API_MAX_PAGE_SIZE", 1000)
+if not 1 <= API_PAGE_SIZE <= API_MAX_PAGE_SIZE:
+    # 0 would turn pagination off, and a whole archive would come back as one list.
+    raise ImproperlyConfigured(f"API_PAGE_SIZE={API_PAGE_SIZE} must be between 1 and API_MAX_PAGE_SIZE")
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Imaging archive API",
+    "DESCRIPTION": (
+        "Patients, studies, series and instances of the departmental archive; modality nodes, "
+        "the association log and send jobs for Administrators. Sign in with the session of the "
+        "login page, HTTP Basic, or a token an administrator issues (`Authorization: Token <key>`)."
+    ),
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    # /api/ only: DICOMweb is described by PS3.18, not by this schema.
+    "PREPROCESSING_HOOKS": ["imaging.api_urls.only_api_endpoints"],
+    # Any role may read the schema and the docs page; strangers may not.
+    "SERVE_PERMISSIONS": ["records.api_permissions.AnyRole"],
+    # Swagger UI's files come from drf-spectacular-sidecar, served by us: no CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "SCHEMA_PATH_PREFIX": "/api/",
+}
+# CORS (django-cors-headers): other origins (a viewer or a script page served elsewhere)
+# may call /api/ and /dicomweb/ only when listed here, e.g. "https://viewer.example.org".
+CORS_ALLOWED_ORIGINS = envlist("CORS_ALLOWED_ORIGINS", "")
+CORS_URLS_REGEX = r"^/(api|dicomweb)/"
+# Authorization for Basic and token requests; Accept named explicitly, since
+# `multipart/related; type="application/dicom"` (quoted) makes it a non-safelisted
+# header that the preflight must allow.
+CORS_ALLOW_HEADERS = ["accept", "authorization", "content-type", "user-agent", "x-csrftoken", "x-requested-with"]
+# What a script on another origin may read: QIDO's Warning, the job URL of a send.
+CORS_EXPOSE_HEADERS = ["Warning", "Location", "Content-Location"]
+# No cookies across origins: other origins authenticate with Authorization.
+CORS_ALLOW_CREDENTIALS = False

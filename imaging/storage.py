@@ -82,49 +82,82 @@ _made_dirs: set[str] = set()
 _counter = itertools.count()
 
 
-def write_atomic(relpath: str, chunks, fsync: bool | None = None) -> Path:
-    """Write ``chunks`` (bytes-like) to ``relpath`` so that the file is either whole or absent.
+class PartialFile:
+    """A file being written beside its destination: it becomes the destination whole (``commit``) or not at all.
 
     The bytes go to a temporary file in the destination folder, which is fsynced
     and then renamed over the destination; the folder is fsynced too so that the
-    rename itself survives a power cut. Only when this returns may a caller
+    rename itself survives a power cut. Only when ``commit`` returns may a caller
     report the file as stored. The temporary file sits beside its destination: a
     rename within one folder does not take the file system's cross-folder rename
-    lock, so processes storing at once do not queue behind each other.
+    lock, so processes storing at once do not queue behind each other. A C-STORE
+    receiving a large data set writes its fragments here as they arrive.
     """
-    if fsync is None:
-        fsync = settings.STORAGE_FSYNC
-    dest = absolute(relpath)
-    folder = str(dest.parent)
-    if folder not in _made_dirs:
-        os.makedirs(folder, exist_ok=True)
-        _made_dirs.add(folder)
-    tmp_name = f"{folder}/.{dest.name}.{os.getpid()}.{threading.get_ident()}.{next(_counter)}{PARTIAL_SUFFIX}"
-    fd = os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
-    try:
+
+    def __init__(self, relpath: str, fsync: bool | None = None):
+        self.fsync = settings.STORAGE_FSYNC if fsync is None else fsync
+        self.dest = absolute(relpath)
+        self.folder = str(self.dest.parent)
+        if self.folder not in _made_dirs:
+            os.makedirs(self.folder, exist_ok=True)
+            _made_dirs.add(self.folder)
+        self.path = (
+            f"{self.folder}/.{self.dest.name}.{os.getpid()}.{threading.get_ident()}.{next(_counter)}{PARTIAL_SUFFIX}"
+        )
+        self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+        self.size = 0
+        self.done = False
+
+    def write(self, data) -> None:
+        view = memoryview(data)
+        self.size += len(view)
+        while view:
+            view = view[os.write(self._fd, view) :]
+
+    def commit(self) -> Path:
+        """Make the bytes written the destination file, durably if ``fsync``; discard them if that fails."""
         try:
-            for chunk in chunks:
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(fd, view) :]
-            if fsync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp_name, dest)
-    except BaseException:
+            if self.fsync:
+                os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = None
+            os.replace(self.path, self.dest)
+        except BaseException:
+            self.discard()
+            raise
+        self.done = True
+        if self.fsync:
+            dir_fd = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        return self.dest
+
+    def discard(self) -> None:
+        """Remove the temporary file; nothing once committed or discarded."""
+        if self.done:
+            return
+        self.done = True
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
         try:
-            os.unlink(tmp_name)
+            os.unlink(self.path)
         except FileNotFoundError:
             pass
+
+
+def write_atomic(relpath: str, chunks, fsync: bool | None = None) -> Path:
+    """Write ``chunks`` (bytes-like) to ``relpath`` so that the file is either whole or absent (``PartialFile``)."""
+    partial = PartialFile(relpath, fsync)
+    try:
+        for chunk in chunks:
+            partial.write(chunk)
+    except BaseException:
+        partial.discard()
         raise
-    if fsync:
-        dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    return dest
+    return partial.commit()
 
 
 def iter_instance_files(*, remove_partials_older_than: float | None = None):

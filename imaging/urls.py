@@ -28,6 +28,8 @@ urlpatterns = [
     path("", include("records.urls")),
     path("health", views.health, name="health"),
     path("series/<int:series_id>/thumbnail.png", views.series_thumbnail, name="series-thumbnail"),
+    # The REST API, its schema and docs (imaging/api_urls.py).
+    path("api/", include("imaging.api_urls")),
 ]
 
 # DICOMweb (PS3.18): QIDO-RS, WADO-RS (network/dicomweb/).

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.utils import timezone
+from pynetdicom.presentation import AllStoragePresentationContexts, build_context
 
 from network.models import AssociationLog, ModalityNode, normalize_ae_title
 
@@ -65,6 +66,34 @@ def decide(*, called_ae: str, calling_ae: str, peer_address: str) -> Decision:
     if settings.DICOM_CHECK_HOST and not host_matches(node.host, peer_address):
         return Decision(node, REJECT_CALLING_AE, f"{calling_ae!r} called from {peer_address}, not from {node.host}")
     return Decision(node)
+
+
+STORAGE_SOP_CLASSES = frozenset(cx.abstract_syntax for cx in AllStoragePresentationContexts)
+
+
+def contexts_for(node: ModalityNode, supported: list, proposed_roles: dict) -> list | None:
+    """The presentation contexts to negotiate with ``node``, or None for all we support.
+
+    A node without may_store gets no storage context in which it would send us
+    images: its storage contexts are rejected at association time (abstract
+    syntax not supported), not each C-STORE after it sent a whole study. If it
+    may retrieve, it keeps the SCP role alone for the storage SOP classes it
+    proposes to be the SCP of (a C-GET requester receiving what it retrieves).
+    ``proposed_roles`` is the requestor's SCP/SCU Role Selection items by SOP class.
+    """
+    if node.may_store:
+        return None
+    contexts = []
+    for context in supported:
+        if context.abstract_syntax not in STORAGE_SOP_CLASSES:
+            contexts.append(context)
+            continue
+        role = proposed_roles.get(context.abstract_syntax)
+        if node.may_retrieve and role is not None and role.scp_role:
+            receiving = build_context(context.abstract_syntax, context.transfer_syntax)
+            receiving.scu_role, receiving.scp_role = False, True
+            contexts.append(receiving)
+    return contexts
 
 
 @dataclass
@@ -125,9 +154,9 @@ def open_session(*, called_ae: str, calling_ae: str, peer_address: str, peer_por
     return decision, session
 
 
-def close_session(session: Session, outcome: str) -> None:
-    """Log an accepted association once it has ended (released or aborted)."""
-    session.log_entry(outcome).save()
+def close_session(session: Session, outcome: str, reason: str = "") -> None:
+    """Log an accepted association once it has ended (released or aborted, and why we aborted it)."""
+    session.log_entry(outcome, reason).save()
 
 
 def prune_log(*, older_than_days: int) -> int:

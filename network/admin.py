@@ -4,8 +4,6 @@ Every action here is a thin shell: the DICOM work is in ``network.scu``, the
 background work in ``network.tasks``.
 """
 
-import logging
-
 from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
@@ -18,8 +16,6 @@ from django.utils.html import format_html, format_html_join
 from network import scu, tasks
 from network.addresses import local_addresses
 from network.models import AssociationLog, ModalityNode, SendJob
-
-log = logging.getLogger(__name__)
 
 
 @admin.register(ModalityNode)
@@ -162,20 +158,10 @@ class SendJobAdmin(ReadOnlyAdmin):
 # The study action, attached to records' StudyAdmin (records/admin.py).
 
 
-def _queue_send(request, job: SendJob, queued: list) -> None:
-    try:
-        tasks.send_study.delay(job.study_id, job.node_id, job.pk)
-        queued.append(job)
-    except Exception as exc:  # broker down: the job says so instead of waiting forever
-        log.exception("cannot queue send job %s", job.pk)
-        SendJob.objects.filter(pk=job.pk).update(state=SendJob.State.FAILED, error=f"could not be queued: {exc}"[:500])
-        messages.error(request, f"Sending {job.study_instance_uid} could not be queued: {exc}")
-
-
 @admin.action(description="Send to node…", permissions=["send"])
 def send_to_node(modeladmin, request, queryset):
     """Step 1 shows the nodes that may receive studies; step 2 (``apply``) queues one job per study."""
-    nodes = ModalityNode.objects.filter(active=True, may_retrieve=True)
+    nodes = tasks.send_destinations()
     node = nodes.filter(pk=request.POST.get("node") or None).first() if "apply" in request.POST else None
     if node is None:
         if "apply" in request.POST:
@@ -190,17 +176,16 @@ def send_to_node(modeladmin, request, queryset):
         }
         return TemplateResponse(request, "admin/network/send_to_node.html", context)
     queued: list[SendJob] = []
+
+    def reported(job: SendJob, error: str) -> None:
+        if error:
+            messages.error(request, f"Sending {job.study_instance_uid} could not be queued: {error}")
+        else:
+            queued.append(job)
+
     with transaction.atomic():
         for study in queryset:
-            job = SendJob.objects.create(
-                study=study,
-                study_instance_uid=study.study_instance_uid,
-                node=node,
-                destination=f"{node.ae_title} at {node.host}:{node.port}",
-                requested_by=request.user,
-                total=study.number_of_instances,
-            )
-            transaction.on_commit(lambda job=job: _queue_send(request, job, queued))
+            tasks.send_job_create(study=study, node=node, requested_by=request.user, on_queued=reported)
     # The jobs were queued when the block committed (the admin's changelist is not atomic).
     if queued:
         modeladmin.message_user(

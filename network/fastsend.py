@@ -18,6 +18,9 @@ each time. For a 512 KB CT slice sent in a C-MOVE that was most of the time.
   C-FIND, C-MOVE, C-GET, C-ECHO responses) gets its command set from us, and
   still goes through the DUL as P-DATA primitives, in order.
 
+What a peer that cannot or will not take our messages gets (a tiny maximum PDU,
+a full TCP window, a response to another request) is network/sendguard.py's.
+
 pynetdicom still negotiates, reads and decodes everything else and runs the
 services. EVT_DIMSE_SENT/RECV are not triggered for these messages (nothing
 here binds them). The encoders are checked byte for byte against pynetdicom's
@@ -28,6 +31,7 @@ else pynetdicom does it all.
 
 import logging
 import os
+import queue
 import struct
 import threading
 import time
@@ -44,7 +48,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
 from pynetdicom.pdu_primitives import P_DATA
 
-from network import reactor
+from network import reactor, sendguard
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +187,9 @@ def p_data_pdus(context_id: int, command: bytes, data_set, max_pdu: int) -> list
 
     Each PDU carries one PDV, at most ``max_pdu`` long (0: no limit); the Message
     Control Header (PS3.8 E.2) says command or data set, and last fragment or not.
+    Raises ``ValueError`` for a ``max_pdu`` of 1 to 6, which has no room for a byte of it.
     """
+    _check_room(max_pdu)
     buffers = []
     for payload, more, last in ((command, 0x01, 0x03), (data_set, 0x00, 0x02)):
         view = memoryview(payload)
@@ -200,6 +206,12 @@ def p_data_pdus(context_id: int, command: bytes, data_set, max_pdu: int) -> list
             if offset >= size:
                 break
     return buffers
+
+
+def _check_room(max_pdu: int) -> None:
+    # Each PDV has 6 bytes of header: a step of 0 (or less) would never end.
+    if 0 < max_pdu <= sendguard.PDV_HEADER:
+        raise ValueError(f"a maximum PDU length of {max_pdu} bytes leaves no room for data")
 
 
 def send_all(sock, buffers: list) -> None:
@@ -309,8 +321,10 @@ def send_c_store(
     """Send a stored file as it is encoded (a Path) or a data set encoded in ``transfer_syntax``.
 
     Returns the response's (Status, Error Comment); (None, "") when no valid response
-    came, the association then aborted. Raises ``ValueError`` when no accepted
-    context fits and ``OSError`` when the connection fails.
+    came (none within the DIMSE timeout, or one that answers another request), the
+    association then aborted. Raises ``ValueError`` when no accepted context fits and
+    ``OSError`` when the connection fails (a write without progress for
+    ``DICOM_SEND_TIMEOUT`` too), the association then ended.
     """
     if not assoc.is_established:
         raise RuntimeError("the association is not established")
@@ -343,20 +357,54 @@ def send_c_store(
     with lock:
         try:
             send_all(raw, pdus)
-        except OSError:
+        except OSError as exc:
             # As pynetdicom's own send does: the DUL's state machine learns the connection is gone.
             assoc.dul.event_queue.put("Evt17")
+            why = "it took no data for DICOM_SEND_TIMEOUT seconds" if isinstance(exc, BlockingIOError) else str(exc)
+            sendguard.refuse(assoc, f"cannot send {sop_instance}: {why}", connection_lost=True)
             raise
-    _context, rsp = assoc.dimse.get_msg(block=True)
+    rsp = _response(assoc)
+    if rsp is None and getattr(assoc, "imaging_garbage", False):
+        sendguard.refuse(assoc, f"what came in answer to the C-STORE request {msg_id} is no command set")
+        return None, ""
     if rsp is None:
         assoc._reactor_checkpoint.set()
         assoc._handle_no_response()
         return None, ""
-    if not rsp.is_valid_response:
-        log.error("invalid C-STORE response from %s; aborting", assoc.acceptor.ae_title)
-        assoc.abort()
+    wrong = sendguard.unexpected(
+        type(rsp).__name__,
+        rsp.MessageIDBeingRespondedTo,
+        getattr(rsp, "AffectedSOPInstanceUID", None) or "",
+        msg_id=msg_id,
+        expected_instance=sop_instance,
+    )
+    if wrong or not rsp.is_valid_response:
+        sendguard.refuse(assoc, wrong or "invalid C-STORE response")
         return None, ""
     return rsp.Status, rsp.ErrorComment or ""
+
+
+def _response(assoc):
+    """The next message ``assoc`` receives, within its DIMSE timeout; None sooner if the association ends.
+
+    pynetdicom's ``get_msg`` would wait the whole timeout for a peer that has
+    aborted, or sent what its DUL could not decode (which aborts too).
+    """
+    dimse = assoc.dimse
+    timeout = dimse.dimse_timeout
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        wait = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
+        if wait <= 0:
+            return None
+        try:
+            return dimse.msg_queue.get(timeout=wait)[1]
+        except queue.Empty:
+            pass
+        if not assoc.is_established or assoc.is_aborted or not assoc.dul.is_alive():
+            return None
+        if getattr(assoc, "imaging_garbage", False):
+            return None
 
 
 # --- The responses to them ------------------------------------------------------------------
@@ -438,6 +486,12 @@ def _decode_store_responses(assoc) -> None:
             if rsp is not None:
                 dimse.msg_queue.put((context_id, rsp))
                 return
+            if decode_command_set(data[1:]) is None:
+                # Not a command set at all: pynetdicom's decoder would raise in (and end)
+                # the DUL thread. An invalid PDU (Evt19) instead: the DUL sends the A-ABORT.
+                assoc.imaging_garbage = True
+                assoc.dul.event_queue.put("Evt19")
+                return
         receive_primitive(primitive)
 
     dimse.receive_primitive = receive
@@ -502,6 +556,7 @@ def install_identifier_encoding() -> bool:
 
 
 def _fragments(payload: bytes, max_pdu: int):
+    _check_room(max_pdu)
     step = max_pdu - 6 if max_pdu else max(len(payload), 1)
     return [payload[i : i + step] for i in range(0, max(len(payload), 1), step)]
 
@@ -515,13 +570,36 @@ def install_messages(assoc) -> bool:
     primitives still go through the DUL, in order, as pynetdicom's would. A
     message we cannot encode (a data set sent from a file, an Offending Element)
     is left to pynetdicom.
+
+    Whatever ``DICOM_FAST_SEND`` says, writes on the association are bounded
+    (``sendguard.bound_writes``), and a peer whose maximum PDU cannot carry a byte
+    of a message gets an A-ABORT instead of it (pynetdicom would raise while
+    fragmenting it, inside the service).
     """
-    if not usable(assoc):
+    if not reactor.supported():
         return False
+    sendguard.bound_writes(assoc)
     dimse = assoc.dimse
     send_msg = dimse.send_msg
 
+    def guarded(primitive, context_id):
+        if sendguard.cannot_carry(assoc):
+            sendguard.refuse(assoc, f"{sendguard.refusal(assoc)}: no message fits in it")
+            return
+        if not assoc.is_established:
+            return  # aborted (by us, say) while the service was running: nothing can leave
+        send_msg(primitive, context_id)
+
+    dimse.send_msg = guarded
+    if not usable(assoc):
+        return False
+
     def send(primitive, context_id):
+        if sendguard.cannot_carry(assoc):
+            sendguard.refuse(assoc, f"{sendguard.refusal(assoc)}: no message fits in it")
+            return
+        if not assoc.is_established:
+            return
         encoded = encode_message(primitive)
         if encoded is None:
             return send_msg(primitive, context_id)

@@ -10,8 +10,10 @@ message to handle) and otherwise lasts as long as the sleep would have, so an
 idle association costs no more CPU than before.
 
 It also makes the DUL read a whole PDU in as few ``recv`` calls as the kernel
-allows instead of 4 KiB at a time, and read what the peer sent between the PDUs
-it sends (a C-CANCEL in the middle of our responses); ``wait_until_sent`` lets
+allows instead of 4 KiB at a time (into a buffer that grows with what arrived;
+the PDU's claimed length is bounded before, in network/guard.py), and read
+what the peer sent between the PDUs it sends (a C-CANCEL in the middle of our
+responses); ``wait_until_sent`` lets
 a handler keep only a few responses ahead of the network. Associations we
 request (a C-MOVE's, a study sent to a node) get event-driven DUL waits too
 (``install_outgoing``).
@@ -184,20 +186,28 @@ def wait_until_sent(assoc, *, most: int, timeout: float) -> None:
             outgoing.not_full.wait(min(remaining, 0.05))
 
 
+# The first read of a PDU body takes at most this much memory, and the buffer doubles
+# only as bytes arrive: a header claiming more than the peer sends costs nothing.
+_FIRST_READ = 64 * 1024
+
+
 def _recv_whole(sock, nr_bytes: int) -> bytearray:
     """Read exactly ``nr_bytes`` (fewer only if the peer closes), in as few calls as the kernel allows.
 
     pynetdicom reads 4 KiB per call and appends each piece: a 128 KiB PDU costs
-    32 calls and as many copies. Reading into one buffer costs a few calls.
+    32 calls and as many copies. Reading into one buffer costs a few calls. The
+    buffer grows with what was received, never to the claimed length at once.
     """
-    buffer = bytearray(nr_bytes)
-    view = memoryview(buffer)
+    buffer = bytearray(min(nr_bytes, _FIRST_READ))
     read = 0
     while read < nr_bytes:
-        count = sock.recv_into(view[read:], nr_bytes - read)
+        if read == len(buffer):
+            buffer.extend(bytes(min(len(buffer), nr_bytes - len(buffer))))
+        with memoryview(buffer) as view:
+            count = sock.recv_into(view[read:], len(buffer) - read)
         if not count:
-            del view
-            return buffer[:read]
+            del buffer[read:]
+            return buffer
         read += count
     return buffer
 

@@ -22,7 +22,7 @@ from pydicom.uid import UID
 from pynetdicom.dimse_primitives import C_GET, C_MOVE
 from pynetdicom.presentation import build_context
 
-from network import access, query, scu
+from network import access, query, scu, sendguard
 from network.models import ModalityNode
 
 log = logging.getLogger(__name__)
@@ -89,15 +89,19 @@ class Outgoing(Dataset):
         return UID(self.stored.sop_instance_uid)
 
 
-class _SubOperationStatus:
-    """What pynetdicom's retrieve loops read of a C-STORE sub-operation's response: its Status.
+# What we tell pynetdicom's retrieve loops of a sub-operation that got no status from
+# the peer (not sent, no response): any C-STORE failure status (PS3.4 B.2.3) makes
+# it count the sub-operation as failed and list its SOP Instance UID; only the
+# counts and the list reach the requester. Raising would do the same with two log
+# lines of pynetdicom's for every image, hundreds after one abort.
+NOT_STORED = 0xA700
 
-    Without one (no response) reading it fails, and pynetdicom counts the sub-operation as failed.
-    """
+
+class _SubOperationStatus:
+    """What pynetdicom's retrieve loops read of a C-STORE sub-operation's response: its Status."""
 
     def __init__(self, status: int | None):
-        if status is not None:
-            self.Status = status
+        self.Status = NOT_STORED if status is None else status
 
 
 def install_sender(assoc, session: access.Session | None) -> None:
@@ -105,9 +109,11 @@ def install_sender(assoc, session: access.Session | None) -> None:
 
     For C-GET, ``assoc`` is the requester's association; for C-MOVE, the one we open to
     the destination. Anything else given to ``send_c_store`` goes through untouched.
+    Its writes are bounded (``sendguard.bound_writes``).
     """
     if getattr(assoc, "imaging_sender", False):
         return
+    sendguard.bound_writes(assoc)
     send_c_store = assoc.send_c_store
 
     def send(dataset, *args, **kwargs):
@@ -116,6 +122,12 @@ def install_sender(assoc, session: access.Session | None) -> None:
         instance = dataset.stored
         try:
             result = scu.send_stored(assoc, instance, **kwargs)
+        except (scu.CannotSend, OSError) as exc:
+            if session is not None:
+                session.failures += 1
+            if not sendguard.refused(assoc):  # an association we ended had its one log line
+                log.warning("cannot send %s: %s", instance.sop_instance_uid, exc)
+            return _SubOperationStatus(None)
         except Exception as exc:  # pynetdicom counts it as a failed sub-operation and lists the UID
             if session is not None:
                 session.failures += 1

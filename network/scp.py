@@ -6,9 +6,14 @@ modalities sending at once use every core, and a crash while handling one
 association cannot take the listener down. The parent only forks: a few spare
 children (DICOM_SPARE_PROCESSES) wait in accept() for the next connections,
 already warmed up; each tells the parent when it has one, and the parent forks
-another spare in its place.
+another spare in its place. A spare refuses, at accept(), a connection from an
+address that is no node's or that has its share of associations already
+(network/admission.py), and goes back to accept(); a connection that has not
+sent its A-ASSOCIATE-RQ within DICOM_ASSOCIATE_TIMEOUT is dropped, and what an
+association may make its process hold is bounded (network/guard.py).
 """
 
+import errno
 import logging
 import os
 import select
@@ -39,6 +44,7 @@ from pydicom.uid import (
     RLELossless,
 )
 from pynetdicom import AE, _config, evt, transport
+from pynetdicom import __version__ as pynetdicom_version
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelFind,
@@ -51,13 +57,13 @@ from pynetdicom.sop_class import (
 )
 from pynetdicom.transport import AssociationServer, RequestHandler
 
-from network import access, fastsend, reactor
+from network import access, admission, fastsend, guard, reactor
 from network.dimse.association import handle_requested, session_of
 from network.dimse.echo import handle_echo
 from network.dimse.find import handle_find
 from network.dimse.get import handle_get
 from network.dimse.move import handle_move
-from network.dimse.store import handle_store
+from network.dimse.store import handle_store, spool_for
 from network.handoff import IndexHandoff
 from network.handoff import warm_up as handoff_warm_up
 from network.models import AssociationLog, ModalityNode
@@ -152,20 +158,51 @@ class AssociationProcessHandler(RequestHandler):
             self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass
+        accepted_at = time.monotonic()
         assoc = self._create_association()
+        bounds = guard.install(
+            assoc,
+            associate_pdu=settings.DICOM_MAX_ASSOCIATE_PDU,
+            dataset_bytes=settings.DICOM_MAX_DATASET_BYTES,
+            stream_to_disk=settings.DICOM_STREAM_TO_DISK_BYTES,
+            open_spool=spool_for,
+        )
         if settings.DICOM_EVENT_DRIVEN_LOOPS:
             reactor.install(assoc)
         fastsend.install_messages(assoc)
         evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
         assoc.start()
+        try:
+            ended = self._serve(assoc, bounds, accepted_at)
+        finally:
+            self.server.release_slot()
+            if bounds is not None:
+                bounds.discard_spools()
+        if ended:
+            self._finish(assoc, bounds)
+
+    def _serve(self, assoc, bounds, accepted_at: float) -> bool:
+        """Until the association ends (True), or there is none to wait for (False)."""
         while assoc.is_alive():
             assoc.join(0.2)
+            if assoc.requestor.primitive is None:
+                if bounds is not None and bounds.closed.is_set():
+                    return False  # closed before any association (by the peer, or aborted: guard.py logged why)
+                if time.monotonic() - accepted_at > settings.DICOM_ASSOCIATE_TIMEOUT:
+                    # A port probe, a device that connects and says nothing, or one that
+                    # trickles its request: its process is wanted for others.
+                    log.warning(
+                        "connection from %s dropped: no A-ASSOCIATE-RQ within DICOM_ASSOCIATE_TIMEOUT (%ss)",
+                        self.client_address[0],
+                        settings.DICOM_ASSOCIATE_TIMEOUT,
+                    )
+                    return False
             if not _Shutdown.requested:
                 continue
             if not assoc.is_established:
                 # A connection that never asked for an association (a port probe,
                 # a half-open socket) has nothing in flight: the process just exits.
-                return
+                return False
             if time.monotonic() - _Shutdown.at > settings.DICOM_SHUTDOWN_GRACE:
                 log.warning(
                     "shutting down: aborting association from %s after %ss grace",
@@ -173,12 +210,15 @@ class AssociationProcessHandler(RequestHandler):
                     settings.DICOM_SHUTDOWN_GRACE,
                 )
                 assoc.abort()
+        return True
+
+    def _finish(self, assoc, bounds) -> None:
         self.server.handoff.flush()
         session = session_of(assoc)
         if session is not None and not assoc.is_rejected:  # a rejection was logged when it was sent
             outcome = AssociationLog.Outcome.RELEASED if assoc.is_released else AssociationLog.Outcome.ABORTED
             try:
-                access.close_session(session, outcome)
+                access.close_session(session, outcome, reason=bounds.reason if bounds is not None else "")
             except Exception:
                 log.exception("cannot log the association from %s", session.calling_ae)
 
@@ -191,7 +231,16 @@ class ForkingAssociationServer(AssociationServer):
         self.max_children = max_children
         self.children: set[int] = set()
         self.spares: set[int] = set()  # the children waiting in accept() for the next connections
-        self._accepted_r, self._accepted_w = os.pipe()  # a spare writes its pid here when it takes one
+        # A spare writes "T <pid>" here when it takes a connection, "R <address> <reason>" when it refuses one.
+        self._accepted_r, self._accepted_w = os.pipe()
+        self._pending = b""
+        # Each child's slot in the table of peers (admission.PeerTable); ``slot`` is this process's own.
+        self.peers = admission.PeerTable(max_children)
+        self.slot_of: dict[int, int] = {}
+        self.slot: int | None = None
+        self.refusals = admission.RefusalLog()
+        # socketserver's default backlog (5) is smaller than one CT room's burst of associations.
+        self.request_queue_size = max(settings.DICOM_LISTEN_BACKLOG, 1)
         super().__init__(
             ae, address, ae_title, contexts, evt_handlers=evt_handlers, request_handler=AssociationProcessHandler
         )
@@ -212,6 +261,9 @@ class ForkingAssociationServer(AssociationServer):
                 return
             self.children.discard(pid)
             self.spares.discard(pid)  # a spare that died before a connection came: fork another
+            slot = self.slot_of.pop(pid, None)
+            if slot is not None:
+                self.peers.release(slot)  # whatever the child did (or did not do) before it died
             if block:
                 return
 
@@ -223,11 +275,14 @@ class ForkingAssociationServer(AssociationServer):
         or so on the way to the A-ASSOCIATE-AC. The spare pays that while it waits;
         more than one spare lets a modality's parallel associations all find one.
         """
+        slot = min(set(range(self.max_children)) - set(self.slot_of.values()))
         pid = os.fork()
         if pid:
             self.children.add(pid)
             self.spares.add(pid)
+            self.slot_of[pid] = slot
             return
+        self.slot = slot
         status = 1
         request = None
         try:
@@ -238,11 +293,15 @@ class ForkingAssociationServer(AssociationServer):
             os.close(self._accepted_r)
             _name_process(SPARE_NAME)
             _warm_up_child(self)
-            request, client_address = self.socket.accept()
+            accepted = self._accept_admitted()
+            if accepted is None:  # the listener is stopping
+                status = 0
+                return
+            request, client_address = accepted
             _name_process(ASSOCIATION_NAME)
             signal.signal(signal.SIGTERM, _request_shutdown)
             signal.signal(signal.SIGINT, _request_shutdown)
-            os.write(self._accepted_w, b"%d\n" % os.getpid())  # the listener forks another spare
+            os.write(self._accepted_w, b"T %d\n" % os.getpid())  # the listener forks another spare
             # Keep nothing of the listener, so a stopped server frees its port.
             self.socket.close()
             self.finish_request(request, client_address)
@@ -257,6 +316,54 @@ class ForkingAssociationServer(AssociationServer):
                 logging.shutdown()
                 os._exit(status)
 
+    def _accept_admitted(self):
+        """In a spare: accept connections until one may have this process; close the others at once."""
+        known = admission.KnownPeers(settings.DICOM_PEER_CACHE_SECONDS)
+        while True:
+            try:
+                request, client_address = self.socket.accept()
+            except OSError as exc:
+                if exc.errno == errno.EINVAL:  # the listener shut its socket down on its way out
+                    return None
+                raise
+            address = client_address[0]
+            try:
+                if settings.DICOM_CHECK_HOST and not known.knows(address):
+                    refusal = admission.NOT_A_NODE
+                elif not self.peers.claim(self.slot, address, settings.DICOM_MAX_ASSOCIATIONS_PER_PEER):
+                    refusal = admission.PEER_LIMIT
+                else:
+                    return request, client_address
+            except Exception:  # deciding failed: the association's own checks still apply
+                log.exception("cannot decide on the connection from %s; letting it through", address)
+                return request, client_address
+            if refusal == admission.PEER_LIMIT:
+                # A-ASSOCIATE-RJ, rejected-transient by the service provider (presentation):
+                # local-limit-exceeded (PS3.8 9.3.4). Best effort: the peer may read it.
+                try:
+                    request.send(b"\x03\x00\x00\x00\x00\x04\x00\x02\x03\x02", socket.MSG_DONTWAIT)
+                except OSError:
+                    pass
+            request.close()
+            os.write(self._accepted_w, b"R %s %s\n" % (address.encode(), refusal.encode()))
+
+    def release_slot(self) -> None:
+        """In an association's process, once it has ended: its peer no longer counts against the limit."""
+        if self.slot is not None:
+            self.peers.release(self.slot)
+
+    def _read_messages(self) -> None:
+        """In the listener: what the spares wrote (connections taken and refused)."""
+        self._pending += os.read(self._accepted_r, 65536)
+        *lines, self._pending = self._pending.split(b"\n")
+        for line in lines:
+            kind, _, rest = line.partition(b" ")
+            if kind == b"T":
+                self.spares.discard(int(rest))
+            elif kind == b"R":
+                address, _, reason = rest.partition(b" ")
+                self.refusals.refused(address.decode(), reason.decode())
+
     def serve_until_stopped(self) -> None:
         """Keep spare processes waiting for the next connections until SIGTERM/SIGINT, then let the children finish."""
         wanted = max(settings.DICOM_SPARE_PROCESSES, 1)
@@ -268,8 +375,8 @@ class ForkingAssociationServer(AssociationServer):
             # ends: then look for that often.
             ready, _, _ = select.select([self._accepted_r], [], [], 0.5 if self.spares else 0.05)
             if ready:
-                for taken in os.read(self._accepted_r, 4096).split():
-                    self.spares.discard(int(taken))
+                self._read_messages()
+            self.refusals.flush()
         self.server_close()
         log.info("stopping: waiting for %d association(s) to finish", len(self.children - self.spares))
         for pid in list(self.children):
@@ -383,6 +490,12 @@ def serve(
 ) -> None:
     """Run the SCP in this process until SIGTERM or SIGINT."""
     ae = build_ae(ae_title)
+    if not guard.supported():
+        log.warning(
+            "pynetdicom %s is not the version network/guard.py was written for: PDU lengths and "
+            "data set sizes are NOT bounded while receiving",
+            pynetdicom_version,
+        )
     handoff = IndexHandoff()
     handoff_warm_up()
     _warm_up_database()

@@ -20,7 +20,7 @@ from pynetdicom import AE, _config
 from pynetdicom.sop_class import Verification
 
 from imaging import storage
-from network import fastsend, reactor
+from network import fastsend, reactor, sendguard
 from network.models import ModalityNode, SendJob
 
 log = logging.getLogger(__name__)
@@ -62,12 +62,13 @@ class _ThreadLog(logging.Handler):
         return [r.getMessage() for r in self.records if r.thread == ident]
 
 
-def _ae(timeout: float) -> AE:
+def _ae(timeout: float | None = None) -> AE:
+    """Our AE as a client: every timeout ``timeout`` seconds, or each its own setting."""
     ae = AE(ae_title=settings.DICOM_AE_TITLE)
-    ae.connection_timeout = timeout
-    ae.acse_timeout = timeout
-    ae.dimse_timeout = timeout
-    ae.network_timeout = timeout
+    ae.connection_timeout = timeout or settings.DICOM_ACSE_TIMEOUT
+    ae.acse_timeout = timeout or settings.DICOM_ACSE_TIMEOUT
+    ae.dimse_timeout = timeout or settings.DICOM_DIMSE_TIMEOUT
+    ae.network_timeout = timeout or settings.DICOM_NETWORK_TIMEOUT
     return ae
 
 
@@ -85,6 +86,7 @@ def _associate(ae: AE, node: ModalityNode):
     if assoc.is_established:
         if settings.DICOM_EVENT_DRIVEN_LOOPS:
             reactor.install_outgoing(assoc)
+        sendguard.bound_writes(assoc)
         return assoc, ""
     where = f"{node.ae_title} at {node.host}:{node.port}"
     if assoc.is_rejected:
@@ -194,15 +196,47 @@ def send_stored(assoc, instance, **kwargs) -> StoreResult:
     """C-STORE one stored instance: as stored when the peer accepts that, else decompressed.
 
     ``kwargs`` are ``send_c_store``'s (msg_id, originator_aet, originator_id). Raises
-    ``CannotSend``, or what the connection raises.
+    ``CannotSend`` (the association aborted when the peer cannot take images:
+    ``sendguard.refusal``), or what the connection raises. No response, or one to
+    another request, is ``StoreResult(None)`` and ends the association.
     """
+    if not assoc.is_established:
+        raise CannotSend(f"the association ended: {sendguard.refused(assoc) or 'aborted or released'}")
+    why = sendguard.refusal(assoc)
+    if why:
+        sendguard.refuse(assoc, why)
+        raise CannotSend(f"not sent: {why}")
     accepted = accepted_syntaxes(assoc, instance.sop_class_uid)
     data = payload(instance, accepted)
     if not fastsend.usable(assoc):
-        rsp = assoc.send_c_store(data, **kwargs)
-        if "Status" not in rsp:
-            return StoreResult(None)
-        return StoreResult(rsp.Status, str(rsp.get("ErrorComment", "") or ""))
+        result = _pynetdicom_send(assoc, instance, data, **kwargs)
+    else:
+        result = _fast_send(assoc, instance, data, accepted, **kwargs)
+    if result.status is None:
+        # No response within the DIMSE timeout (pynetdicom aborted), or the connection
+        # went (pynetdicom leaves the association up, and each further image would wait too).
+        sendguard.refuse(assoc, f"no valid C-STORE response for {instance.sop_instance_uid}")
+    return result
+
+
+def _pynetdicom_send(assoc, instance, data, **kwargs) -> StoreResult:
+    """pynetdicom's C-STORE, and a check that the response it took answers this request."""
+    received = sendguard.watch_responses(assoc)
+    received.clear()
+    rsp = assoc.send_c_store(data, **kwargs)
+    if "Status" not in rsp:
+        return StoreResult(None)
+    # The response send_c_store took is the first message received since: EVT_DIMSE_RECV
+    # comes before the message is queued. None received: it took one that came before.
+    message = received[0] if received else ("an earlier message", None, "")
+    wrong = sendguard.unexpected(*message, msg_id=kwargs.get("msg_id", 1), expected_instance=instance.sop_instance_uid)
+    if wrong:
+        sendguard.refuse(assoc, wrong)
+        return StoreResult(None)
+    return StoreResult(rsp.Status, str(rsp.get("ErrorComment", "") or ""))
+
+
+def _fast_send(assoc, instance, data, accepted, **kwargs) -> StoreResult:
     if isinstance(data, Dataset):
         syntax = ExplicitVRLittleEndian if ExplicitVRLittleEndian in accepted else ImplicitVRLittleEndian
     else:
@@ -254,7 +288,7 @@ def send_study(study_id: int, node_id: int, job_id: int, timeout: float | None =
     try:
         node = ModalityNode.objects.get(pk=node_id)
         for batch in _context_batches({(i.sop_class_uid, i.transfer_syntax_uid) for i in instances}):
-            ae = _ae(timeout or settings.DICOM_NETWORK_TIMEOUT)
+            ae = _ae(timeout)
             for sop_class, syntaxes in batch:
                 ae.add_requested_context(sop_class, syntaxes)
             classes = {sop_class for sop_class, _ in batch}
@@ -283,7 +317,11 @@ def _send_batch(job: SendJob, ae: AE, node: ModalityNode, instances) -> None:
     try:
         for n, instance in enumerate(instances):
             if not assoc.is_established:
-                _fail(job, instances[n:], "", "association ended before this image was sent")
+                why = sendguard.refused(assoc)
+                if why and not job.error:
+                    job.error = f"association with {node} aborted: {why}"[:500]
+                error = "association ended before this image was sent" + (f": {why}" if why else "")
+                _fail(job, instances[n:], "", error)
                 return
             try:
                 ok, status, err = _send_one(assoc, instance)
@@ -298,6 +336,8 @@ def _send_batch(job: SendJob, ae: AE, node: ModalityNode, instances) -> None:
     finally:
         if assoc.is_established:
             assoc.release()
+        elif sendguard.refused(assoc) and not job.error:
+            job.error = f"association with {node} aborted: {sendguard.refused(assoc)}"[:500]
         job.save(update_fields=["sent", "failed", "failures"])
 
 

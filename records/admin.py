@@ -3,6 +3,8 @@ from django.contrib.auth.admin import GroupAdmin, UserAdmin
 from django.contrib.auth.models import Group, User
 from django.urls import reverse
 from django.utils.html import format_html
+from rest_framework.authtoken.admin import TokenAdmin
+from rest_framework.authtoken.models import TokenProxy
 
 from network.admin import send_to_node
 from records.models import IndexingFailure, Instance, InstanceConflict, Patient, Series, Study
@@ -178,3 +180,24 @@ class InstanceConflictAdmin(RecordAdmin):
         "incoming_patient_id",
     )
     date_hierarchy = "detected_at"
+
+
+# --- API tokens (rest_framework.authtoken) ----------------------------------------------------
+# An Administrator issues tokens for the programs that read the archive (one per user,
+# "Authorization: Token <key>"), but never for a superuser: a superuser's token would be
+# a superuser's key in an Administrator's hands.
+
+
+class ImagingTokenAdmin(TokenAdmin):
+    def get_queryset(self, request):
+        tokens = super().get_queryset(request).select_related("user")
+        return tokens if request.user.is_superuser else tokens.exclude(user__is_superuser=True)
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        if db_field.name == "user" and not request.user.is_superuser:
+            kwargs["queryset"] = User.objects.filter(is_superuser=False, is_active=True)
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+
+admin.site.unregister(TokenProxy)
+admin.site.register(TokenProxy, ImagingTokenAdmin)

@@ -47,3 +47,5 @@ AdministratorsOnly = allow_roles(roles.ADMINISTRATOR)
 DoctorsAndAdministrators = allow_roles(roles.DOCTOR, roles.ADMINISTRATOR)
 # Reading demographics: doctors and the front desk.
 DoctorsAndFrontDesk = allow_roles(roles.DOCTOR, roles.FRONT_DESK)
+# Reading patient and study data: every role (the front desk sees no images, see below).
+AnyRole = allow_roles(roles.DOCTOR, roles.FRONT_DESK, roles.ADMINISTRATOR)

@@ -145,7 +145,11 @@ def pipeline(django_db_setup, django_db_blocker, redis_url, logs_dir):
         "the Celery worker",
     )
     assert worker.poll() is None, (logs_dir / "worker.log").read_text()
-    scp, port = start_scp(env, logs_dir)
+    try:
+        scp, port = start_scp(env, logs_dir)
+    except BaseException:
+        procs.stop(worker)  # a server that cannot start must not leave its worker behind
+        raise
     yield Pipeline(
         port=port,
         ae_title="IMAGING",

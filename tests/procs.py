@@ -38,22 +38,26 @@ def port_open(port: int) -> bool:
 
 
 def dicom_answers(port: int) -> bool:
-    """Does a DICOM SCP answer on ``port``? Accepted or rejected, it answered.
+    """Does a DICOM SCP answer on ``port``? Accepted, rejected, or closed at accept(), it answered.
 
-    A bare TCP connect would not do: our SCP's process for that connection would
-    wait for an A-ASSOCIATE-RQ until the ACSE timeout.
+    A bare TCP connect would not do: the kernel completes it before any process
+    of ours accepts it. With DICOM_CHECK_HOST and no node on 127.0.0.1 yet, a
+    spare closes the connection at once; a server not ready leaves it waiting.
     """
     from pynetdicom import AE
     from pynetdicom.sop_class import Verification
 
+    if not port_open(port):
+        return False
     ae = AE(ae_title="READINESS")
     ae.acse_timeout = ae.network_timeout = 5
     ae.add_requested_context(Verification)
+    started = time.monotonic()
     assoc = ae.associate("127.0.0.1", port, ae_title="IMAGING")
     if assoc.is_established:
         assoc.release()
         return True
-    return assoc.is_rejected
+    return assoc.is_rejected or (assoc.is_aborted and time.monotonic() - started < ae.acse_timeout - 1)
 
 
 def children(pid: int, *, but: str | None = None) -> list[int]:

@@ -196,7 +196,7 @@ def test_an_accept_we_cannot_serve_is_406(doctor, archive):
 def test_roles(archive):
     from django.test import Client
 
-    assert Client().get(STUDIES).status_code in (401, 403)
+    assert Client().get(STUDIES).status_code == 401  # HTTP Basic is the first authentication class: a challenge
     assert client_for(username="stranger").get(STUDIES).status_code == 403
     front_desk = client_for("Front desk")
     assert front_desk.get(STUDIES).status_code == 200
@@ -257,3 +257,17 @@ def test_formatter_numbers_and_names():
     assert formatter.text_element("DS", "1.5\\2") == {"vr": "DS", "Value": [1.5, 2]}
     assert formatter.text_element("PN", "A^B==C^D") == {"vr": "PN", "Value": [{"Alphabetic": "A^B", "Phonetic": "C^D"}]}
     assert formatter.text_element("DA", None) == {"vr": "DA"}
+
+
+def test_retrieve_urls_name_the_server_as_the_client_sees_it_behind_the_tls_proxy(doctor, archive, settings):
+    settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, "pacs.hospital.example"]
+    response = doctor.get(
+        STUDIES,
+        {"PatientID": "P-LI"},
+        HTTP_ACCEPT="application/dicom+json",
+        HTTP_HOST="pacs.hospital.example",
+        HTTP_X_FORWARDED_PROTO="https",
+    )
+    [result] = response.json()
+    assert value(result, "RetrieveURL") == [f"https://pacs.hospital.example/dicomweb/studies/{archive['li'][0]}"]

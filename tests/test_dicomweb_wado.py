@@ -17,7 +17,7 @@ from pydicom.uid import generate_uid
 from imaging import render, storage
 from network.dicomweb import multipart
 from tests import dicomgen
-from tests.dicomweb_data import client_for, fresh_uids, pydicom_file, store
+from tests.dicomweb_data import PASSWORD, client_for, fresh_uids, pydicom_file, store
 
 pytestmark = pytest.mark.django_db
 
@@ -296,6 +296,9 @@ def test_thumbnails_at_every_level(doctor, archive, settings):
     assert decode(doctor.get(f"{study}/series/{archive['jpeg'].SeriesInstanceUID}/thumbnail")).size == (64, 64)
     assert decode(doctor.get(url(archive["rgb"], "/thumbnail"))).size == (64, 64)
     assert decode(doctor.get(url(native, "/frames/3/thumbnail"), {"viewport": "32,32"})).size == (32, 32)
+    settings.THUMBNAIL_SIZE = 256
+    assert decode(doctor.get(url(ct, "/thumbnail"))).size == (128, 128)  # never enlarged by default
+    assert decode(doctor.get(url(ct, "/rendered"), {"viewport": "256,256"})).size == (256, 256)
     assert decode(doctor.get(study + "/rendered")).size == (128, 128)
 
 
@@ -363,7 +366,8 @@ def test_images_and_metadata_refused_to_other_roles(archive, who):
     for tail in ENDPOINTS:
         response = client.get(url(archive["ct"], tail))
         if who == "anonymous":
-            assert response.status_code in (401, 403), tail
+            assert response.status_code == 401, tail
+            assert response["WWW-Authenticate"].startswith("Basic")
         else:
             assert response.status_code == 403, tail
         assert response.json()["detail"]
@@ -410,13 +414,17 @@ def web_server(transactional_db, logs_dir):
         procs.stop(proc)
 
 
-def dicomweb_client(server: str, *roles: str, username: str):
+def dicomweb_client(server: str, *roles: str, username: str, basic: bool = True):
+    """dicomweb-client signed in as a new user with ``roles``: HTTP Basic, or the session cookie of a browser."""
     from dicomweb_client.api import DICOMwebClient
-    from dicomweb_client.session_utils import create_session
+    from dicomweb_client.session_utils import create_session, create_session_from_user_pass
     from django.conf import settings
 
-    session = create_session()
-    if roles is not None:
+    if basic:
+        client_for(*roles, username=username)
+        session = create_session_from_user_pass(username, PASSWORD)
+    else:
+        session = create_session()
         browser = client_for(*roles, username=username)
         session.cookies.set(settings.SESSION_COOKIE_NAME, browser.cookies[settings.SESSION_COOKIE_NAME].value)
     return DICOMwebClient(url=f"{server}/dicomweb", session=session)
@@ -506,12 +514,18 @@ def test_dicomweb_client_against_a_live_server(web_server):
         params={"viewport": "256,256"},
     )
     assert Image.open(io.BytesIO(jpg)).format == "JPEG" and Image.open(io.BytesIO(jpg)).size == (256, 256)
-    thumb = client._session.get(f"{web_server}/dicomweb/studies/{study_uid}/thumbnail", headers={"Accept": "image/png"})
-    assert thumb.status_code == 200 and Image.open(io.BytesIO(thumb.content)).size[0] <= 256
+    series_thumb = f"{web_server}/dicomweb/studies/{study_uid}/series/{jpeg.SeriesInstanceUID}/thumbnail"
+    thumb = client._session.get(series_thumb, headers={"Accept": "image/png"})
+    assert thumb.status_code == 200 and Image.open(io.BytesIO(thumb.content)).size == (256, 256)  # THUMBNAIL_SIZE
+    thumb = client._session.get(web_server + url(ct, "/thumbnail"), headers={"Accept": "image/jpeg"})
+    assert Image.open(io.BytesIO(thumb.content)).size == (128, 128)  # never enlarged
 
     # Refusals over the wire: anonymous, wrong role, malformed UID, unknown study, unservable Accept.
-    assert requests.get(instance_url, timeout=10).status_code in (401, 403)
-    front_desk = dicomweb_client(web_server, "Front desk", username="e2e-frontdesk")
+    anonymous = requests.get(instance_url, timeout=10)
+    assert anonymous.status_code == 401 and anonymous.headers["WWW-Authenticate"].startswith("Basic")
+    wrong = requests.get(instance_url, auth=("e2e-doctor", "not the password"), timeout=10)
+    assert wrong.status_code == 401
+    front_desk = dicomweb_client(web_server, "Front desk", username="e2e-frontdesk", basic=False)
     assert len(front_desk.search_for_studies()) == 2
     assert front_desk._session.get(instance_url, timeout=10).status_code == 403
     assert client._session.get(f"{web_server}/dicomweb/studies/1.2.x", timeout=10).status_code == 400
@@ -541,3 +555,41 @@ def test_the_fast_formatter_agrees_with_pydicoms_conversion(name):
         formatter._fast = original
     assert fast == converted
     assert len(fast) > 20
+
+
+def test_a_file_missing_behind_the_index_is_a_404_with_its_reason(doctor, archive):
+    ct, jpeg = archive["ct"], archive["jpeg"]
+    storage.absolute(storage.instance_relpath(ct.SOPInstanceUID)).unlink()
+    for tail in ("", "/frames/1", "/rendered", "/bulkdata/00282000"):
+        response = doctor.get(url(ct, tail))
+        assert response.status_code == 404, tail
+        assert "missing" in response.json()["detail"]
+    # The study goes out without it.
+    study = parts(doctor.get(f"/dicomweb/studies/{ct.StudyInstanceUID}"))
+    assert [content for _, content in study] == [stored_bytes(jpeg)]
+
+
+@pytest.mark.parametrize("name", ["MR_small_implicit.dcm", "image_dfl.dcm"])
+def test_implicit_and_deflated_files_transcoded_to_explicit_vr_little_endian(doctor, name):
+    ds = fresh_uids(pydicom_file(name))
+    store(ds)
+    [(headers, content)] = parts(doctor.get(url(ds), HTTP_ACCEPT=f"{DICOM_PARTS}; transfer-syntax={EXPLICIT}"))
+    assert headers["Content-Type"] == f"application/dicom; transfer-syntax={EXPLICIT}"
+    sent = pydicom.dcmread(io.BytesIO(content))
+    assert sent.file_meta.TransferSyntaxUID == EXPLICIT
+    assert not sent.original_encoding[0]  # explicit VR indeed
+    assert np.array_equal(sent.pixel_array, pydicom.dcmread(pydicom.data.get_testdata_file(name)).pixel_array)
+    [(_, as_stored)] = parts(doctor.get(url(ds)))
+    assert as_stored == stored_bytes(ds)
+
+
+def test_a_large_instance_is_streamed_in_bounded_chunks(doctor, archive):
+    from network.dicomweb import wado
+
+    cr = archive["cr"]  # 1760 x 1760 x 16 bits: 6 MB
+    response = doctor.get(url(cr), HTTP_ACCEPT=DICOM_PARTS)
+    assert response.streaming
+    chunks = list(response.streaming_content)
+    assert max(len(c) for c in chunks) <= wado.CHUNK
+    assert sum(len(c) for c in chunks) > 6_000_000
+    assert len(chunks) >= 6

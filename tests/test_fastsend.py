@@ -322,3 +322,171 @@ def test_a_decoded_element_leaves_the_encoding_to_pydicom():
     ds = Dataset()
     ds.PatientName = "DECODED^ELEMENT"
     assert fastsend.encode_raw_dataset(ds, False) is None
+
+
+# --- Peers that cannot take what we send (network/sendguard.py) --------------------------------
+
+
+@pytest.mark.parametrize("max_pdu", [1, 2, 5, 6])
+def test_a_maximum_pdu_with_no_room_for_data_is_refused_not_looped_on(max_pdu):
+    # Before: a step of max_pdu - 6 <= 0 never reached the end of the data set.
+    with pytest.raises(ValueError, match="no room"):
+        fastsend.p_data_pdus(1, b"CMD", b"DATA", max_pdu)
+    with pytest.raises(ValueError, match="no room"):
+        fastsend._fragments(b"CMD", max_pdu)
+
+
+def test_seven_bytes_carry_one_byte_a_pdu():
+    buffers = fastsend.p_data_pdus(3, b"CMD", b"DATA", 7)
+    pdvs = decode_pdus(b"".join(bytes(b) for b in buffers), 7)
+    assert [(control, f) for _cx, control, f in pdvs] == [
+        (0x01, b"C"), (0x01, b"M"), (0x03, b"D"), (0x00, b"D"), (0x00, b"A"), (0x00, b"T"), (0x02, b"A")
+    ]  # fmt: skip
+
+
+class Peer:
+    ae_title, address, port = "DEST", "127.0.0.1", 104
+
+    def __init__(self, maximum_length):
+        self.maximum_length = maximum_length
+
+
+class Requested:
+    """An association we requested, as sendguard reads it."""
+
+    is_requestor = True
+
+    def __init__(self, maximum_length):
+        self.acceptor = Peer(maximum_length)
+
+
+@pytest.mark.parametrize(
+    ("max_pdu", "refused"), [(0, False), (1, True), (6, True), (7, True), (1023, True), (1024, False), (16382, False)]
+)
+def test_it_sends_no_image_to_a_peer_announcing_less_than_the_minimum(settings, max_pdu, refused):
+    from network import sendguard
+
+    settings.DICOM_MIN_PEER_PDU = 1024
+    why = sendguard.refusal(Requested(max_pdu))
+    assert bool(why) == refused
+    if refused:
+        assert f"maximum PDU length of {max_pdu} bytes" in why
+    assert sendguard.cannot_carry(Requested(max_pdu)) == (0 < max_pdu <= 6)
+
+
+@pytest.mark.parametrize(
+    ("message", "responded_to", "instance", "problem"),
+    [
+        ("C_STORE_RSP", 5, "1.2.3", ""),
+        ("C_STORE", 5, "", ""),  # the Affected SOP Instance UID is optional in a response
+        ("C_STORE_RSP", 6, "1.2.3", "answers Message ID 6, not 5"),
+        ("C_STORE", None, "1.2.3", "answers Message ID None, not 5"),  # a request, not a response
+        ("C_STORE_RSP", 5, "1.2.4", "for another instance (1.2.4)"),
+        ("C_ECHO_RSP", 5, "", "a C_ECHO_RSP came in answer to the C-STORE request 5"),
+    ],
+)
+def test_a_response_must_answer_our_request(message, responded_to, instance, problem):
+    from network import sendguard
+
+    found = sendguard.unexpected(message, responded_to, instance, msg_id=5, expected_instance="1.2.3")
+    assert (problem in found) if problem else found == ""
+    assert bool(found) == bool(problem)
+
+
+class Transport:
+    def __init__(self, sock):
+        self.socket = sock
+
+
+class WithSocket:
+    def __init__(self, sock):
+        self.dul = type("DUL", (), {"socket": Transport(sock)})()
+
+
+def test_a_write_the_peer_never_reads_fails_after_the_send_timeout(settings):
+    import socket
+    import time
+
+    from network import sendguard
+
+    settings.DICOM_SEND_TIMEOUT = 1
+    ours, theirs = socket.socketpair()
+    try:
+        assert sendguard.bound_writes(WithSocket(ours))
+        started = time.monotonic()
+        with pytest.raises(BlockingIOError):
+            while time.monotonic() - started < 30:  # theirs never reads: the buffers fill, then a send blocks
+                ours.send(b"\0" * 65536)
+        assert time.monotonic() - started < 10
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def test_a_socket_with_a_timeout_of_its_own_is_left_alone(settings):
+    import socket
+
+    from network import sendguard
+
+    ours, theirs = socket.socketpair()
+    ours.settimeout(5)
+    try:
+        assert not sendguard.bound_writes(WithSocket(ours))
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def test_waiting_for_a_response_ends_when_the_association_does():
+    import queue
+    import time
+
+    class Ended:
+        is_established = False
+        is_aborted = True
+        dimse = type("DIMSE", (), {"dimse_timeout": 60, "msg_queue": queue.Queue()})()
+
+    started = time.monotonic()
+    assert fastsend._response(Ended()) is None
+    assert time.monotonic() - started < 2  # not pynetdicom's whole DIMSE timeout
+
+
+def test_the_guards_rely_on_this_pynetdicom_and_stand_down_for_another(monkeypatch):
+    """Fails when pynetdicom changes: check sendguard's and fastsend's use of its internals, then add the version.
+
+    ``sendguard.refuse`` stops the association's threads instead of queuing an
+    A-ABORT once the state machine is idle (Sta1) or has sent one (Sta13): there an
+    A-ABORT request is an invalid event. ``bound_writes`` and ``_response`` read
+    ``assoc.dul.socket`` and ``assoc.dimse.msg_queue``.
+    """
+    import socket
+
+    import pynetdicom
+    from pynetdicom.fsm import TRANSITION_TABLE
+
+    from network import reactor, sendguard
+
+    assert pynetdicom.__version__ in reactor.SUPPORTED_VERSIONS == {"3.0.4"}
+    assert ("Evt15", "Sta6") in TRANSITION_TABLE
+    assert ("Evt15", "Sta1") not in TRANSITION_TABLE and ("Evt15", "Sta13") not in TRANSITION_TABLE
+    monkeypatch.setattr(reactor, "SUPPORTED_VERSIONS", set())
+    ours, theirs = socket.socketpair()
+    try:
+        assert not sendguard.bound_writes(WithSocket(ours))
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def test_a_c_cancel_between_sub_operations_is_not_taken_for_their_response():
+    from pynetdicom.dimse_messages import C_CANCEL_RQ, C_STORE_RSP
+
+    from network import sendguard
+
+    cancel = C_CANCEL_RQ()
+    cancel.command_set.MessageIDBeingRespondedTo = 7
+    assert sendguard.received_message(cancel) is None
+    rsp = C_STORE_RSP()
+    rsp.command_set.MessageIDBeingRespondedTo = 8
+    rsp.command_set.AffectedSOPInstanceUID = "1.2.3"
+    assert sendguard.received_message(rsp) == ("C_STORE_RSP", 8, "1.2.3")

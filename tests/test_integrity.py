@@ -131,3 +131,28 @@ def test_a_real_scp_answers_0x0111_and_records_the_conflict(system, tmp_path):
     assert (conflict.stored_patient_id, conflict.incoming_patient_id) == ("P-FIRST", "P-SECOND")
     assert conflict.source_ae == "MODALITY"
     assert "refused (0x0111)" in system.log("runscp")
+
+
+def test_a_data_set_received_to_disk_meets_the_same_policy(tmp_path, settings):
+    """A large data set streamed to its file (network/guard.py) is checked like one held in memory."""
+    settings.DICOM_UID_CONFLICT_POLICY = "reject"
+    ds, relpath = first_stored(tmp_path)
+    before = storage.absolute(relpath).read_bytes()
+    meta, stream = resent(ds, PatientID="P-OTHER")
+    spool = store.open_spool(
+        sop_class=meta.MediaStorageSOPClassUID,
+        sop_instance=meta.MediaStorageSOPInstanceUID,
+        transfer_syntax=meta.TransferSyntaxUID,
+        calling_ae="MR2",
+        may_store=True,
+    )
+    spool.write(stream)
+
+    with pytest.raises(store.Rejected) as refused:
+        store.store_spooled(spool, "MR2")
+
+    assert refused.value.status == 0x0111
+    assert storage.absolute(relpath).read_bytes() == before
+    conflict = InstanceConflict.objects.get()
+    assert (conflict.incoming_patient_id, conflict.source_ae) == ("P-OTHER", "MR2")
+    assert not [p for p in storage.absolute(relpath).parent.iterdir() if p.name.endswith(storage.PARTIAL_SUFFIX)]

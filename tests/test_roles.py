@@ -126,6 +126,8 @@ def test_an_administrator_manages_users_and_nodes_and_only_reads_records_and_log
     expected |= {"network.view_associationlog", "network.view_sendjob", "network.add_sendjob"}
     # Unlocking sign-ins (django-axes' lockouts) and reading its sign-in log.
     expected |= {"axes.view_accessattempt", "axes.delete_accessattempt", "axes.view_accesslog"}
+    # Issuing and revoking API tokens for programs (rest_framework.authtoken's admin).
+    expected |= {"authtoken.view_tokenproxy", "authtoken.add_tokenproxy", "authtoken.delete_tokenproxy"}
     assert codenames(ADMINISTRATOR) == expected
 
 

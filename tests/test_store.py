@@ -2,6 +2,7 @@
 
 import io
 import zlib
+from pathlib import Path
 
 import pydicom
 import pytest
@@ -104,3 +105,94 @@ def test_a_deflated_stream_is_inflated_only_as_far_as_needed():
     assert zlib.decompressobj(-zlib.MAX_WBITS).decompress(stream)  # really deflated
     ids = store.header_identifiers(stream, DeflatedExplicitVRLittleEndian)
     assert ids["SOPInstanceUID"] == ds.SOPInstanceUID
+
+
+def _spool_and_memory_meta(path):
+    """What the SCP knows of a C-STORE request: the file meta pynetdicom builds, and the data set as sent."""
+    from pynetdicom.dsutils import create_file_meta
+
+    meta, stream = encoded(pydicom.dcmread(path))
+    uids = dict(
+        sop_class_uid=meta.MediaStorageSOPClassUID,
+        sop_instance_uid=meta.MediaStorageSOPInstanceUID,
+        transfer_syntax=meta.TransferSyntaxUID,
+    )
+    return (lambda: create_file_meta(**uids)), stream
+
+
+def _spool(meta, calling_ae="CT_ROOM_1", may_store=True):
+    return store.open_spool(
+        sop_class=meta.MediaStorageSOPClassUID,
+        sop_instance=meta.MediaStorageSOPInstanceUID,
+        transfer_syntax=meta.TransferSyntaxUID,
+        calling_ae=calling_ae,
+        may_store=may_store,
+    )
+
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", "image_dfl.dcm", "MR_small_bigendian.dcm"])
+def test_a_data_set_received_to_disk_is_the_same_file_as_one_held_in_memory(name):
+    make_meta, stream = _spool_and_memory_meta(get_testdata_file(name))
+    relpath = store.store(make_meta(), stream, "CT_ROOM_1")
+    in_memory = storage.absolute(relpath).read_bytes()
+    storage.absolute(relpath).unlink()
+    spool = _spool(make_meta())
+    for start in range(0, len(stream), 1000):  # as fragments arrive
+        spool.write(stream[start : start + 1000])
+    assert store.store_spooled(spool) == relpath
+    assert storage.absolute(relpath).read_bytes() == in_memory
+    assert not [p for p in storage.absolute(relpath).parent.iterdir() if p.name.endswith(storage.PARTIAL_SUFFIX)]
+
+
+def test_a_spooled_data_set_that_is_refused_leaves_no_file(tmp_path):
+    [path] = dicomgen.ct_series(tmp_path, 1, size=16)
+    make_meta, stream = _spool_and_memory_meta(path)
+    meta = make_meta()
+    meta.MediaStorageSOPInstanceUID = "1.2.3.4"  # the data set says another UID
+    spool = _spool(meta)
+    spool.write(stream)
+    with pytest.raises(store.Rejected) as refused:
+        store.store_spooled(spool)
+    assert refused.value.status == 0xA900
+    folder = storage.absolute(storage.instance_relpath("1.2.3.4")).parent
+    assert not list(folder.iterdir())
+
+
+def test_a_spool_for_an_invalid_uid_or_a_node_that_may_not_store_writes_nothing(tmp_path):
+    [path] = dicomgen.ct_series(tmp_path, 1, size=16)
+    make_meta, stream = _spool_and_memory_meta(path)
+    meta = make_meta()
+    meta.MediaStorageSOPInstanceUID = "../../etc"
+    spool = _spool(meta)
+    spool.write(stream)
+    assert spool.partial is None and spool.refusal[0] == 0xA900
+    not_allowed = _spool(make_meta(), may_store=False)
+    assert not_allowed.partial is None and not_allowed.refusal[0] == 0x0124
+
+
+def test_below_the_free_space_watermark_store_answers_out_of_resources(tmp_path, settings):
+    settings.STORAGE_MIN_FREE_MB = 1024**4
+    [path] = dicomgen.ct_series(tmp_path, 1, size=16)
+    make_meta, stream = _spool_and_memory_meta(path)
+    with pytest.raises(store.Rejected) as refused:
+        store.store(make_meta(), stream, "CT1")
+    assert refused.value.status == 0xA700 and "below STORAGE_MIN_FREE_MB" in refused.value.reason
+    assert _spool(make_meta()).refusal[0] == 0xA700
+
+
+def test_a_spool_whose_disk_fails_answers_out_of_resources_and_leaves_no_file(tmp_path, monkeypatch):
+    [path] = dicomgen.ct_series(tmp_path, 1, size=16)
+    make_meta, stream = _spool_and_memory_meta(path)
+    spool = _spool(make_meta())
+    partial_path = spool.partial.path
+
+    def disk_full(data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(spool.partial, "write", disk_full)
+    spool.write(stream)  # in the DUL thread: must not raise
+    assert spool.partial is None and spool.refusal[0] == 0xA700
+    assert not Path(partial_path).exists()
+    with pytest.raises(store.Rejected) as refused:
+        store.store_spooled(spool)
+    assert refused.value.status == 0xA700

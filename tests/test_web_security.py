@@ -159,7 +159,9 @@ def test_the_walk_reaches_every_kind_of_view():
     # The site's own pages, the admin's (its models, its catch-all) and the public ones.
     assert {"home", "records:study-list", "records:patient-list", "series-thumbnail"} <= names
     assert {"admin:index", "admin:auth_user_change", "admin:network_modalitynode_this_server"} <= names
-    assert {"admin:axes_accessattempt_changelist"} <= names
+    assert {"admin:axes_accessattempt_changelist", "admin:authtoken_tokenproxy_add"} <= names
+    # The REST API: its root, lists, details, the send POST's list route, schema and docs.
+    assert {"api:api-root", "api:study-list", "api:study-detail", "api:sendjob-list", "api:schema", "api:docs"} <= names
     assert set(PUBLIC) <= names, "the allow-list names a view that no longer exists"
     assert len(names) > 60
 
@@ -246,7 +248,9 @@ def test_drf_denies_by_default():
 def test_a_view_that_names_no_role_refuses_even_a_superuser():
     boss = User.objects.create_superuser("boss", password=PASSWORD)
     assert api_get(NamesNoRole, boss).status_code == 403
-    assert api_get(NamesNoRole).status_code == 403
+    # A stranger is asked to authenticate (401 with WWW-Authenticate: Basic), and refused all the same.
+    stranger = api_get(NamesNoRole)
+    assert stranger.status_code == 401 and stranger["WWW-Authenticate"].startswith("Basic ")
 
 
 @pytest.mark.django_db
@@ -256,7 +260,7 @@ def test_a_role_permission_lets_in_its_roles_only():
     assert api_get(ForDoctors, make_user("desk", FRONT_DESK)).status_code == 403
     assert api_get(ForDoctors, make_user("nobody")).status_code == 403
     assert api_get(ForDoctors, make_user("gone", DOCTOR, is_active=False)).status_code == 403
-    assert api_get(ForDoctors).status_code == 403
+    assert api_get(ForDoctors).status_code == 401
 
 
 @pytest.mark.django_db

@@ -8,6 +8,8 @@ through the index (``Instance.file_path``) and ``storage.absolute``, never from
 anything in the request.
 """
 
+import logging
+
 from django.urls import reverse
 from rest_framework.exceptions import NotAcceptable, NotFound, ParseError
 from rest_framework.negotiation import BaseContentNegotiation
@@ -18,6 +20,8 @@ from imaging import storage
 from records import roles
 from records.api_permissions import DoctorsAndAdministrators, allow_roles
 from records.models import Instance
+
+log = logging.getLogger(__name__)
 
 # Searching studies (patient and study data, no images): the front desk too.
 StudySearchRoles = allow_roles(roles.DOCTOR, roles.FRONT_DESK, roles.ADMINISTRATOR)
@@ -111,6 +115,15 @@ def instances(study: str, series: str | None = None, sop: str | None = None, *, 
 def path_of(instance: Instance):
     """The stored file of an indexed instance (its relative path comes from the index only)."""
     return storage.absolute(instance.file_path)
+
+
+def stored_file(instance: Instance):
+    """``path_of``, 404 with the reason when the file is gone (removed behind the index's back)."""
+    path = path_of(instance)
+    if not path.is_file():
+        log.warning("DICOMweb: %s is indexed but its file %s is missing", instance.sop_instance_uid, path)
+        raise NotFound(f"the stored file of instance {instance.sop_instance_uid} is missing (reindex needed)")
+    return path
 
 
 def not_acceptable(accept: str | None, offered: str) -> NotAcceptable:

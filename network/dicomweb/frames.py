@@ -136,7 +136,7 @@ def frames_response(request, instance, numbers):
         part_type, syntax = OCTET_STREAM, base.EXPLICIT_VR_LITTLE_ENDIAN
     # The header is read now: a file that cannot be read is a status, not a broken stream.
     try:
-        span = dicomfile.pixel_data_span(base.path_of(instance))
+        span = dicomfile.pixel_data_span(base.stored_file(instance))
     except dicomfile.Unreadable as exc:
         raise base.NotAcceptable(f"the stored file cannot be read: {exc}") from exc
     if span[1] is None and span[0].get("Rows") is None:

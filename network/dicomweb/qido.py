@@ -93,9 +93,12 @@ def _int_param(params, name: str, default: int | None) -> int | None:
     return int(values[-1])
 
 
-def identifier(params, level: str, **uids: str) -> tuple[Dataset, bool]:
-    """The C-FIND identifier of a QIDO-RS request at ``level`` with the path's ``uids``; and whether
-    includefield asked for RetrieveURL."""
+def identifier(params, level: str, **uids: str) -> Dataset:
+    """The C-FIND identifier of a QIDO-RS request at ``level`` with the path's ``uids`` (keyword -> UID).
+
+    Matching keys carry their value, ``includefield`` and the level's defaults are
+    empty return keys; RetrieveURL, which the index does not hold, is added by ``search``.
+    """
     ds = Dataset()
     ds.SpecificCharacterSet = "ISO_IR 192"  # values are Unicode already
     ds.QueryRetrieveLevel = level
@@ -132,7 +135,6 @@ def identifier(params, level: str, **uids: str) -> tuple[Dataset, bool]:
         if keyword in matching and matching[keyword] != uid:
             raise base.BadRequest(f"{keyword} in the query differs from the one in the path")
         matching[keyword] = uid
-    wants_url = "RetrieveURL" in requested
     for keyword in dict.fromkeys([*requested, *matching]):
         if keyword in ("RetrieveURL", "SpecificCharacterSet", "QueryRetrieveLevel"):
             continue
@@ -145,7 +147,7 @@ def identifier(params, level: str, **uids: str) -> tuple[Dataset, bool]:
                 raise base.BadRequest(f"{keyword}={value!r} is not a number") from exc
         # Matching values ("20240101-", "WANG*") are no valid values of their VR: not validated.
         ds.add(DataElement(tag_for_keyword(keyword), vr, value, validation_mode=config.IGNORE))
-    return ds, wants_url
+    return ds
 
 
 def search(request, level: str, **uids: str) -> HttpResponse:
@@ -158,7 +160,7 @@ def search(request, level: str, **uids: str) -> HttpResponse:
     limit_max = settings.DICOM_FIND_MAX_RESULTS
     limit = _int_param(params, "limit", limit_max) or limit_max
     offset = _int_param(params, "offset", 0)
-    ds, _ = identifier(params, level, **uids)
+    ds = identifier(params, level, **uids)
     try:
         # Relational (PS3.4 C.4.1.2.2): /series and /instances search across studies; the
         # path's UIDs, when given, are matching keys like any other.

@@ -79,14 +79,15 @@ def image_response(request, instance, frame: int | None, *, thumbnail: bool) -> 
     media = choose_media(request.headers.get("Accept"))
     options = parameters(request.GET)
     try:
-        image, header = render.render_with_header(base.path_of(instance), frame, options["window"])
+        image, header = render.render_with_header(base.stored_file(instance), frame, options["window"])
     except render.CannotRender as exc:
         raise base.NotAcceptable(f"the instance cannot be rendered as an image: {exc}") from exc
-    viewport = options["viewport"]
+    viewport, enlarge = options["viewport"], True
     if viewport is None and thumbnail:
-        viewport = [settings.THUMBNAIL_SIZE, settings.THUMBNAIL_SIZE]
+        # A thumbnail of its own size: within THUMBNAIL_SIZE, never enlarged (as the series thumbnails).
+        viewport, enlarge = [settings.THUMBNAIL_SIZE, settings.THUMBNAIL_SIZE], False
     if viewport is not None:
-        image = render.fit(image, viewport[0], viewport[1], header)
+        image = render.fit(image, viewport[0], viewport[1], header, enlarge=enlarge)
     out = io.BytesIO()
     if media == JPEG:
         image.save(out, "JPEG", quality=options["quality"])

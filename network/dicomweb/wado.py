@@ -110,6 +110,13 @@ def retrieve(request, study, series=None, sop=None):
     if not accepted:
         raise base.not_acceptable(accept, 'multipart/related; type="application/dicom"')
     found = base.instances(study, series, sop, fields=_INDEX_FIELDS)
+    # A file removed behind the index's back is left out (and logged), not a broken stream.
+    present = [i for i in found if base.path_of(i).is_file()]
+    for missing in set(found) - set(present):
+        log.warning("WADO-RS: %s is indexed but its file %s is missing", missing.sop_instance_uid, missing.file_path)
+    if not present:
+        raise base.NotFound("the stored files of these instances are missing (reindex needed)")
+    found = present
     syntaxes = []
     for instance in found:
         syntax = choose_syntax(instance.transfer_syntax_uid, accepted)
@@ -234,7 +241,7 @@ class BulkData(base.DicomWebView):
             for r in multipart.parse_accept(accept)
         ):
             raise base.not_acceptable(accept, 'multipart/related; type="application/octet-stream"')
-        file = base.path_of(instance)
+        file = base.stored_file(instance)
         try:
             dicomfile.check_inflated_size(file)  # pydicom inflates a deflated file whole: no bombs
         except dicomfile.Unreadable as exc:

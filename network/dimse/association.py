@@ -76,6 +76,29 @@ def handle_requested(event) -> None:
     assoc.imaging_session = session
     if decision.reject:
         _reject(assoc, decision.reject)
+        return
+    try:
+        contexts = access.contexts_for(decision.node, assoc.acceptor.supported_contexts, assoc.requestor.role_selection)
+        if contexts is not None:
+            assoc.acceptor.supported_contexts = contexts
+            _log_refused_storage(session, request, contexts)
+    except Exception:
+        log.exception("cannot limit the presentation contexts of %s; rejecting it", request.calling_ae_title)
+        _reject(assoc, REJECT_TRANSIENT)
+
+
+def _log_refused_storage(session, request, contexts) -> None:
+    kept = {context.abstract_syntax for context in contexts}
+    proposed = {context.abstract_syntax for context in request.presentation_context_definition_list}
+    refused = (proposed & access.STORAGE_SOP_CLASSES) - kept
+    if refused:
+        session.services.add("C-STORE")
+        session.failures += 1
+        log.warning(
+            "storage from %s refused at association time: the node lacks may_store (%d storage SOP class(es) rejected)",
+            session.calling_ae,
+            len(refused),
+        )
 
 
 def _reject(assoc, reason: tuple[int, int, int]) -> None:

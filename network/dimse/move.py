@@ -53,6 +53,10 @@ def handle_move(event):
         yield from _refuse(event, node, refusal[0])
         return
     log.info("C-MOVE from %s: %d instance(s) to %s", calling_ae, len(instances), node)
+    if event.assoc.ae.connection_timeout is None:
+        # pynetdicom's default: a destination that drops our SYNs would hold the move for
+        # the kernel's connect timeout (minutes). This process's AE is its own (forked).
+        event.assoc.ae.connection_timeout = settings.DICOM_ACSE_TIMEOUT
     yield (
         node.host,
         node.port,

@@ -4,16 +4,23 @@ The hot path does as little as possible: it never decodes pixel data and never
 touches the database. It reads the few header attributes it must check, writes
 the encoded bytes (preamble + file meta + data set exactly as sent) atomically,
 answers Success only once the file is on disk, and queues the path for indexing.
+
+A data set larger than DICOM_STREAM_TO_DISK_BYTES is not held in memory: its
+fragments go to its file's temporary twin as they arrive (``open_spool``, called
+by network/guard.py when the C-STORE request's command set is complete), and the
+handler checks and commits that file (``store_spooled``). Either way the file is
+the same, byte for byte.
 """
 
 import io
 import logging
 import zlib
+from dataclasses import dataclass
 
 from django.conf import settings
 from pydicom.filereader import read_dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
-from pynetdicom.dsutils import encode_file_meta
+from pynetdicom.dsutils import create_file_meta, encode_file_meta
 
 from imaging import integrity, storage
 from network import access
@@ -23,7 +30,7 @@ log = logging.getLogger(__name__)
 
 # DICOM statuses used here (PS3.4 B.2.3 and PS3.7 C).
 SUCCESS = 0x0000
-OUT_OF_RESOURCES = 0xA700  # the data set is larger than we accept, or the disk failed
+OUT_OF_RESOURCES = 0xA700  # the data set is larger than we accept, the disk is (nearly) full or failed
 DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900  # required identifiers missing or wrong
 CANNOT_UNDERSTAND = 0xC000  # the data set cannot be parsed
 # PS3.7 C.4 "Duplicate SOP Instance": the UID is held under another study or patient
@@ -46,8 +53,14 @@ def _stop_after_uids(tag, vr, length) -> bool:
     return tag > _LAST_TAG_NEEDED
 
 
-def header_identifiers(stream: bytes, transfer_syntax: str) -> dict[str, str]:
-    """Read SOP Class/Instance, Study and Series UIDs from an encoded data set.
+# Only the start of a deflated data set is needed: at most this much is inflated (and read from a file).
+_INFLATED_PREFIX = 1024 * 1024
+# Values longer than this are skipped, not read, on the way to the UIDs.
+_DEFER_SIZE = 64 * 1024
+
+
+def header_identifiers(stream, transfer_syntax: str) -> dict[str, str]:
+    """Read SOP Class/Instance, Study and Series UIDs from an encoded data set (bytes, or a file at its start).
 
     Reads only up to (0020,000E): the pixel data and most of the header are
     never parsed on the hot path.
@@ -56,9 +69,11 @@ def header_identifiers(stream: bytes, transfer_syntax: str) -> dict[str, str]:
     little = transfer_syntax != ExplicitVRBigEndian
     try:
         if transfer_syntax == DeflatedExplicitVRLittleEndian:
-            # Only the start of the data set is needed; inflate a bounded prefix.
-            stream = zlib.decompressobj(-zlib.MAX_WBITS).decompress(stream, 1024 * 1024)
-        ds = read_dataset(io.BytesIO(stream), implicit, little, stop_when=_stop_after_uids)
+            if not isinstance(stream, bytes | bytearray | memoryview):
+                stream = stream.read(2 * _INFLATED_PREFIX)
+            stream = zlib.decompressobj(-zlib.MAX_WBITS).decompress(stream, _INFLATED_PREFIX)
+        fp = io.BytesIO(stream) if isinstance(stream, bytes | bytearray | memoryview) else stream
+        ds = read_dataset(fp, implicit, little, stop_when=_stop_after_uids, defer_size=_DEFER_SIZE)
         ids = {
             "SOPClassUID": ds.get("SOPClassUID", ""),
             "SOPInstanceUID": ds.get("SOPInstanceUID", ""),
@@ -93,6 +108,27 @@ def check_identifiers(ids: dict[str, str], affected_sop_class: str, affected_sop
         )
 
 
+def file_header(file_meta, calling_ae: str) -> bytes:
+    """Preamble, prefix and our file meta (with the calling AE as Source Application Entity Title)."""
+    if calling_ae:
+        file_meta.SourceApplicationEntityTitle = calling_ae
+    return b"\x00" * 128 + b"DICM" + encode_file_meta(file_meta)
+
+
+def check_conflict(relpath: str, stream, transfer_syntax: str, sop_instance_uid: str, calling_ae: str) -> None:
+    """DICOM_UID_CONFLICT_POLICY against the instance already stored at ``relpath`` (imaging/integrity.py)."""
+    try:
+        integrity.check_before_store(relpath, stream, transfer_syntax, sop_instance_uid, calling_ae)
+    except integrity.Refused as exc:
+        raise Rejected(DUPLICATE_SOP_INSTANCE, str(exc)) from exc
+
+
+def check_space() -> None:
+    reason = storage.low_space_reason()
+    if reason:
+        raise Rejected(OUT_OF_RESOURCES, reason)
+
+
 def store(file_meta, stream: bytes, calling_ae: str) -> str:
     """Check and write one received data set; returns its path relative to STORAGE_DIR.
 
@@ -101,22 +137,104 @@ def store(file_meta, stream: bytes, calling_ae: str) -> str:
     """
     if len(stream) > settings.DICOM_MAX_DATASET_BYTES:
         raise Rejected(OUT_OF_RESOURCES, f"data set of {len(stream)} bytes exceeds DICOM_MAX_DATASET_BYTES")
+    check_space()
     ids = header_identifiers(stream, str(file_meta.TransferSyntaxUID))
     check_identifiers(ids, str(file_meta.MediaStorageSOPClassUID), str(file_meta.MediaStorageSOPInstanceUID))
-    if calling_ae:
-        file_meta.SourceApplicationEntityTitle = calling_ae
     relpath = storage.instance_relpath(ids["SOPInstanceUID"])
+    check_conflict(relpath, stream, str(file_meta.TransferSyntaxUID), ids["SOPInstanceUID"], calling_ae)
     try:
-        integrity.check_before_store(
-            relpath, stream, str(file_meta.TransferSyntaxUID), ids["SOPInstanceUID"], calling_ae
-        )
-    except integrity.Refused as exc:
-        raise Rejected(DUPLICATE_SOP_INSTANCE, str(exc)) from exc
-    try:
-        storage.write_atomic(relpath, (b"\x00" * 128 + b"DICM" + encode_file_meta(file_meta), stream))
+        storage.write_atomic(relpath, (file_header(file_meta, calling_ae), stream))
     except OSError as exc:
         raise Rejected(OUT_OF_RESOURCES, f"cannot write {relpath}: {exc}") from exc
     return relpath
+
+
+@dataclass
+class Spool:
+    """A C-STORE data set on its way to disk: the file's temporary twin, header written, fragments appended.
+
+    ``refusal`` (status, reason) when it is not written at all: the fragments are
+    only counted, and the handler answers that status.
+    """
+
+    partial: storage.PartialFile | None
+    transfer_syntax: str
+    sop_class: str
+    sop_instance: str
+    data_offset: int = 0
+    refusal: tuple[int, str] | None = None
+
+    def write(self, data) -> None:
+        if self.partial is None:
+            return
+        try:
+            self.partial.write(data)
+        except OSError as exc:  # the disk failed or filled up: count the rest, answer 0xA700
+            self.partial.discard()
+            self.partial = None
+            self.refusal = OUT_OF_RESOURCES, f"cannot write the data set to disk: {exc}"
+
+    def discard(self) -> None:
+        if self.partial is not None:
+            self.partial.discard()
+
+
+def open_spool(*, sop_class: str, sop_instance: str, transfer_syntax: str, calling_ae: str, may_store: bool) -> Spool:
+    """Where the fragments of a large C-STORE data set go as they arrive; never raises."""
+    spool = Spool(None, str(transfer_syntax), str(sop_class), str(sop_instance))
+    try:
+        if not may_store:
+            raise Rejected(access.NOT_AUTHORIZED, "the node lacks may_store")
+        check_space()
+        try:
+            relpath = storage.instance_relpath(spool.sop_instance)
+        except storage.InvalidUID as exc:
+            raise Rejected(DATASET_DOES_NOT_MATCH_SOP_CLASS, str(exc)) from exc
+        meta = create_file_meta(sop_class_uid=sop_class, sop_instance_uid=sop_instance, transfer_syntax=transfer_syntax)
+        header = file_header(meta, calling_ae)
+        try:
+            spool.partial = storage.PartialFile(relpath)
+            spool.partial.write(header)
+        except OSError as exc:
+            spool.discard()
+            spool.partial = None
+            raise Rejected(OUT_OF_RESOURCES, f"cannot write {relpath}: {exc}") from exc
+        spool.data_offset = len(header)
+    except Rejected as exc:
+        spool.refusal = exc.status, exc.reason
+    except Exception as exc:
+        log.exception("cannot receive the data set of %s to disk", sop_instance)
+        spool.refusal = OUT_OF_RESOURCES, f"cannot receive the data set to disk: {exc}"
+    return spool
+
+
+def store_spooled(spool: Spool, calling_ae: str = "") -> str:
+    """Check and commit a data set received to disk (``open_spool``); returns its path relative to STORAGE_DIR.
+
+    Raises ``Rejected`` like ``store``; the temporary file is then removed.
+    """
+    try:
+        if spool.refusal:
+            raise Rejected(*spool.refusal)
+        size = spool.partial.size - spool.data_offset
+        if size > settings.DICOM_MAX_DATASET_BYTES:
+            raise Rejected(OUT_OF_RESOURCES, f"data set of {size} bytes exceeds DICOM_MAX_DATASET_BYTES")
+        check_space()
+        with open(spool.partial.path, "rb") as fp:
+            fp.seek(spool.data_offset)
+            ids = header_identifiers(fp, spool.transfer_syntax)
+            fp.seek(spool.data_offset)
+            start = fp.read(integrity.HEADER_PREFIX)
+        check_identifiers(ids, spool.sop_class, spool.sop_instance)
+        relpath = storage.instance_relpath(ids["SOPInstanceUID"])
+        check_conflict(relpath, start, spool.transfer_syntax, ids["SOPInstanceUID"], calling_ae)
+        try:
+            spool.partial.commit()
+        except OSError as exc:
+            raise Rejected(OUT_OF_RESOURCES, f"cannot write {relpath}: {exc}") from exc
+        return relpath
+    finally:
+        spool.discard()
 
 
 def handle_store(event, handoff) -> int:
@@ -124,11 +242,18 @@ def handle_store(event, handoff) -> int:
     calling_ae = event.assoc.requestor.ae_title.strip()
     request = event.request
     if not permitted(event, "C-STORE", "may_store"):
+        spool = getattr(request, "imaging_spool", None)
+        if spool is not None:
+            spool.discard()
         return access.NOT_AUTHORIZED
     session = session_of(event.assoc)
+    spool = getattr(request, "imaging_spool", None)  # set by network/guard.py for a data set received to disk
     try:
-        stream = event.encoded_dataset(include_meta=False)
-        relpath = store(event.file_meta, stream, calling_ae)
+        if spool is not None:
+            relpath = store_spooled(spool, calling_ae)
+        else:
+            stream = event.encoded_dataset(include_meta=False)
+            relpath = store(event.file_meta, stream, calling_ae)
     except Rejected as exc:
         if session is not None:
             session.failures += 1
@@ -145,7 +270,22 @@ def handle_store(event, handoff) -> int:
             session.failures += 1
         log.exception("C-STORE from %s of %s failed", calling_ae, request.AffectedSOPInstanceUID)
         return OUT_OF_RESOURCES
+    finally:
+        if spool is not None:
+            spool.discard()
     handoff.submit(relpath, calling_ae)
     if session is not None:
         session.images_received += 1
     return SUCCESS
+
+
+def spool_for(assoc, request, transfer_syntax: str) -> Spool:
+    """``open_spool`` for a C-STORE request on ``assoc`` (network/guard.py calls it)."""
+    session = session_of(assoc)
+    return open_spool(
+        sop_class=request.AffectedSOPClassUID,
+        sop_instance=request.AffectedSOPInstanceUID,
+        transfer_syntax=transfer_syntax,
+        calling_ae=assoc.requestor.ae_title.strip(),
+        may_store=session is None or session.allows("may_store"),
+    )
