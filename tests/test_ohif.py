@@ -4,6 +4,7 @@ A small fake of @ohif/app's tarball stands in for the real one (tests/test_ohif_
 runs the real viewer).
 """
 
+import gzip
 import io
 import json
 import re
@@ -36,7 +37,7 @@ FILES = {
     f"package/dist/{APP_BUNDLE}": b'(() => {\n__webpack_require__.p = "/";\n})();\n',
     "package/dist/compute.bundle.fedcba9876543210.js": b'__webpack_require__.p = "/";',
     "package/dist/app.bundle.css": b"@font-face{src:url(/a34f9d1faa5f3315.woff2)}a{b:url(//keep.invalid/x)}",
-    "package/dist/0ddf166f7a343eda.wasm": b"\0asm\1\0\0\0",
+    "package/dist/0ddf166f7a343eda.wasm": b"\0asm\1\0\0\0" + bytes(4096),
     "package/dist/assets/favicon.ico": b"icon",
     "package/dist/app-config.js": b"window.config = {dataSources: ['https://d14fa38qiwhyfd.cloudfront.net']};",
 }
@@ -97,6 +98,12 @@ def test_a_second_install_does_nothing_and_an_older_version_is_removed(package, 
     stamp = (first / install.MARKER).stat().st_mtime_ns
     assert install.install(tarball=Path("/nonexistent.tgz")) == first
     assert (first / install.MARKER).stat().st_mtime_ns == stamp
+    # One made by an earlier installer (another layout) is made again.
+    marker = json.loads((first / install.MARKER).read_text())
+    (first / install.MARKER).write_text(json.dumps({**marker, "layout": install.LAYOUT - 1}))
+    assert not install.is_installed()
+    install.install(tarball=package)
+    assert install.is_installed()
 
 
 def test_a_tarball_that_is_not_the_pinned_one_is_refused_and_nothing_is_installed(package, tmp_path, monkeypatch):
@@ -184,6 +191,21 @@ def test_files_come_with_their_type_and_hashed_ones_are_kept_for_a_year(doctor, 
     assert icon["Cache-Control"] == "private, no-cache"
     again = doctor.get("/ohif/assets/favicon.ico", HTTP_IF_MODIFIED_SINCE=icon["Last-Modified"])
     assert again.status_code == 304
+
+
+def test_big_files_go_gzipped_to_browsers_that_take_it(doctor, installed):
+    wasm = (installed / "0ddf166f7a343eda.wasm").read_bytes()
+    assert (installed / "0ddf166f7a343eda.wasm.gz").is_file()
+    assert not (installed / "assets" / "favicon.ico.gz").exists()  # not worth it
+    for accept in ("gzip, deflate, br, zstd", "br;q=1.0, gzip;q=0.5"):
+        response = doctor.get("/ohif/0ddf166f7a343eda.wasm", HTTP_ACCEPT_ENCODING=accept)
+        assert response["Content-Encoding"] == "gzip" and response["Content-Type"] == "application/wasm"
+        assert "Accept-Encoding" in response["Vary"]
+        assert gzip.decompress(b"".join(response.streaming_content)) == wasm
+    for accept in ("", "br", "gzip;q=0"):
+        response = doctor.get("/ohif/0ddf166f7a343eda.wasm", HTTP_ACCEPT_ENCODING=accept)
+        assert not response.has_header("Content-Encoding")
+        assert b"".join(response.streaming_content) == wasm
 
 
 def test_missing_files_are_404_and_nothing_outside_the_dist_is_served(doctor, installed):

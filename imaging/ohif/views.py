@@ -165,6 +165,21 @@ def _app_config_response(request):
     return _headers(response)
 
 
+def _takes_gzip(request) -> bool:
+    """Does the Accept-Encoding header take gzip (and not with q=0)?"""
+    for part in request.headers.get("Accept-Encoding", "").split(","):
+        coding, _, params = part.partition(";")
+        if coding.strip().lower() == "gzip":
+            params = params.strip().lower()
+            if not params.startswith("q="):
+                return True
+            try:
+                return float(params[2:]) > 0
+            except ValueError:
+                return False
+    return False
+
+
 def _file(request, path: str):
     root = install.dist_dir()
     if any(part.startswith(".") for part in path.split("/")):
@@ -179,8 +194,14 @@ def _file(request, path: str):
     response = get_conditional_response(request, last_modified=int(stat.st_mtime))
     if response is None:
         content_type = CONTENT_TYPES.get(full.suffix.lower(), "application/octet-stream")
-        response = FileResponse(full.open("rb"), content_type=content_type)
+        gzipped = full.with_name(full.name + ".gz")
+        if full.suffix != ".gz" and gzipped.is_file() and _takes_gzip(request):
+            response = FileResponse(gzipped.open("rb"), content_type=content_type, filename=full.name)
+            response["Content-Encoding"] = "gzip"
+        else:
+            response = FileResponse(full.open("rb"), content_type=content_type)
         response["Last-Modified"] = http_date(stat.st_mtime)
+    response["Vary"] = "Accept-Encoding, Cookie"
     if HASHED.search(full.name):
         response["Cache-Control"] = "private, max-age=31536000, immutable"
     else:
