@@ -377,6 +377,14 @@ DICOM_FIND_MAX_RESULTS = envint("DICOM_FIND_MAX_RESULTS", 1000)
 # the requester and us CPU beside every image sent. 0 sends one after each sub-operation.
 DICOM_RETRIEVE_PENDING_INTERVAL_MS = envint("DICOM_RETRIEVE_PENDING_INTERVAL_MS", 200)
 
+# --- OHIF Viewer (imaging/ohif/; its version is pinned in imaging/ohif/package.json) ---
+# The prebuilt @ohif/app from npm, served under /ohif/ to Doctors and Administrators and
+# linked from the study list; `manage.py ohif_install` (make run, make test) fetches it.
+# 0: no /ohif/, no link, nothing fetched (a machine without npm or registry access).
+OHIF_ENABLED = envbool("OHIF_ENABLED", True)
+# Where the unpacked viewer lives (about 200 MB per version; older versions are removed).
+OHIF_DIR = Path(envstr("OHIF_DIR", "") or VAR_DIR / "ohif")
+
 # --- Celery ----------------------------------------------------------------------
 CELERY_BROKER_URL = envstr("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
 CELERY_RESULT_BACKEND = envstr("CELERY_RESULT_BACKEND", "") or None

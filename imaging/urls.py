@@ -1,8 +1,9 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.urls import include, path
+from django.urls import include, path, re_path
 
 from imaging import views
+from imaging.ohif import views as ohif_views
 from records import roles
 from records import views as records_views
 
@@ -33,3 +34,6 @@ urlpatterns = [
 
 # DICOMweb (PS3.18): QIDO-RS, WADO-RS (network/dicomweb/).
 urlpatterns += [path("dicomweb/", include("network.dicomweb.urls"))]
+
+# The OHIF Viewer (imaging/ohif/): its files, app-config.js and, for its client-side routes, index.html.
+urlpatterns += [re_path(r"^ohif/(?P<path>.*)$", ohif_views.serve, name="ohif")]

@@ -180,7 +180,8 @@ def study_list(request):
     page, form, query = _search_page(request, StudySearchForm, study_search)
     for study in page:
         study.patient_name = display_name(study.patient)
-    return _page(request, "records/study_list.html", {"page": page, "form": form, "query": query})
+    context = {"page": page, "form": form, "query": query, "ohif_enabled": settings.OHIF_ENABLED}
+    return _page(request, "records/study_list.html", context)
 
 
 @roles.role_required(roles.FRONT_DESK)
