@@ -114,3 +114,24 @@ def dcmtk(tool: str, *args: str, timeout: float = 300, env: dict | None = None) 
     """Run a DCMTK tool with Nagle's algorithm off, as benchmarks and real setups do."""
     full_env = {**os.environ, "TCP_NODELAY": "1", **(env or {})}
     return subprocess.run([tool, *args], capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+def keep_responses_for_the_waiter(assoc) -> None:
+    """Work around a race in pynetdicom's requestor (3.0.4) for tests that send twice in a row.
+
+    Each ``send_*`` pauses the association's reactor with a flag the reactor sets
+    just *before* it waits: when the GIL preempts the reactor between that wait
+    and its next ``get_msg``, the response to the next request is taken by the
+    reactor, logged as "Received unexpected ... service message" and dropped, and
+    the waiting ``send_*`` times out. A response the reactor takes is put back on
+    the queue, where the waiting ``send_*`` finds it.
+    """
+    serve = assoc._serve_request
+
+    def serve_or_requeue(msg, context_id):
+        if not msg.is_valid_request:
+            assoc.dimse.msg_queue.put((context_id, msg))
+            return
+        serve(msg, context_id)
+
+    assoc._serve_request = serve_or_requeue

@@ -83,6 +83,7 @@ def pynetdicom_move(port, identifier, *, destination="DEST", calling="MODALITY",
     ae.add_requested_context(Verification)
     assoc = ae.associate("127.0.0.1", port, ae_title="IMAGING")
     assert assoc.is_established
+    procs.keep_responses_for_the_waiter(assoc)
     try:
         responses = [(s, ds) for s, ds in assoc.send_c_move(identifier, destination, model) if "Status" in s]
         echo = assoc.send_c_echo()
