@@ -309,10 +309,11 @@ def test_an_accept_we_cannot_serve_is_406(doctor):
     assert response.status_code == 406
 
 
-def test_application_json_is_accepted(doctor):
-    response = doctor.generic(
-        "POST", STUDIES, body(file_bytes(ct())), content_type=CONTENT_TYPE, HTTP_ACCEPT="application/json"
-    )
+@pytest.mark.parametrize(
+    "accept", ["application/json", "*/*", "application/*", "application/dicom+json, application/json"]
+)
+def test_json_and_wildcards_are_accepted(doctor, accept):
+    response = doctor.generic("POST", STUDIES, body(file_bytes(ct())), content_type=CONTENT_TYPE, HTTP_ACCEPT=accept)
     assert response.status_code == 200
 
 

@@ -334,7 +334,7 @@ def stow(request, study: str | None = None) -> HttpResponse:
     base.check_uids(study_instance_uid=study)
     accept = request.META.get("HTTP_ACCEPT", "")
     if accept and not any(
-        qido.matches(r.type, "application/dicom+json") or qido.matches(r.type, "application/json")
+        qido.matches("application/dicom+json", r.type) or qido.matches("application/json", r.type)
         for r in qido.parse_accept(accept)
     ):
         raise base.not_acceptable(accept, "application/dicom+json")
