@@ -353,3 +353,19 @@ def test_the_indexed_instance_is_found_after_indexing(doctor, handed):
     done, failed = ingest.index_files(list(handed))
     assert not failed
     assert Instance.objects.filter(sop_instance_uid=ds.SOPInstanceUID).exists()
+
+
+def test_a_chunked_body_on_a_server_that_cannot_read_it_is_411(doctor):
+    response = post(doctor, body(file_bytes(ct())), HTTP_TRANSFER_ENCODING="chunked")
+    assert response.status_code == 411
+    assert "chunked" in response.json()["detail"]
+
+
+def test_a_body_cut_inside_a_spooled_part_leaves_no_temporary_file(doctor, settings):
+    settings.DICOM_STREAM_TO_DISK_BYTES = 70 * 1024
+    ds = fresh_uids(pydicom_file("emri_small.dcm"))
+    payload = body(file_bytes(ds))
+    response = post(doctor, payload[: len(payload) - 200])
+    assert response.status_code == 400
+    folder = stored_path(ds.SOPInstanceUID).parent
+    assert not folder.exists() or not list(folder.iterdir())

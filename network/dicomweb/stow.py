@@ -16,6 +16,7 @@ stored, 202 when some were and others failed, 409 when none was; each failure
 with its reason (the C-STORE status) and a log line naming the user.
 """
 
+import atexit
 import io
 import json
 import logging
@@ -40,6 +41,8 @@ PROCESSING_FAILURE = 0x0110
 STUDY_MISMATCH = dimse_store.DATASET_DOES_NOT_MATCH_SOP_CLASS
 
 _READ_CHUNK = 256 * 1024
+# The Warning header names the reasons of at most this many failed parts (all are logged).
+_WARNINGS = 20
 # Enough of a part to hold its preamble and any sane file meta.
 _META_WINDOW = 64 * 1024
 
@@ -72,6 +75,9 @@ def handoff() -> IndexHandoff:
     global _handoff
     if _handoff is None:
         _handoff = IndexHandoff()
+        # A worker that exits (gunicorn's max-requests, a restart) sends what it still holds;
+        # anything lost anyway is on disk, and `manage.py reindex` indexes it.
+        atexit.register(_handoff.flush)
     return _handoff
 
 
@@ -119,7 +125,10 @@ def body_reader(request):
 
     def read(n: int) -> bytes:
         nonlocal total
-        data = raw(n)
+        try:
+            data = raw(n)
+        except Exception as exc:  # a broken chunked encoding, a client gone mid-body
+            raise base.BadRequest(f"cannot read the request body: {exc.__class__.__name__} {exc}") from exc
         total += len(data)
         if total > limit:
             raise PayloadTooLarge(f"body exceeds DICOMWEB_STOW_MAX_BODY_BYTES ({limit} bytes)")
@@ -380,8 +389,6 @@ def stow(request, study: str | None = None) -> HttpResponse:
     try:
         parts = parse(read, boundary, on_part)
     except (PayloadTooLarge, base.BadRequest) as exc:
-        for part in current:
-            part.discard()
         log.warning(
             "STOW-RS from %s refused after %d stored: %s",
             user,
@@ -391,6 +398,9 @@ def stow(request, study: str | None = None) -> HttpResponse:
         if stored:
             exc.detail = f"{exc.detail} ({len(stored)} instance(s) before it were stored)"
         raise
+    finally:
+        for part in current:  # a part cut off by a refusal or an error: its temporary file goes
+            part.discard()
     if not parts:
         raise base.BadRequest("multipart body without any part")
 
@@ -440,7 +450,7 @@ def stow(request, study: str | None = None) -> HttpResponse:
     if failed:
         # The reasons in words (FailureReason carries only the status): one Warning header per failure.
         response["Warning"] = ", ".join(
-            f'299 {request.get_host()} "part {p.number}: {_quoted(reason)}"' for p, _s, reason in failed
+            f'299 {request.get_host()} "part {p.number}: {_quoted(reason)}"' for p, _s, reason in failed[:_WARNINGS]
         )
     return response
 
