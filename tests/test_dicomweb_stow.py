@@ -369,3 +369,23 @@ def test_a_body_cut_inside_a_spooled_part_leaves_no_temporary_file(doctor, setti
     assert response.status_code == 400
     folder = stored_path(ds.SOPInstanceUID).parent
     assert not folder.exists() or not list(folder.iterdir())
+
+
+def test_a_data_set_of_another_sop_class_than_its_meta_is_stored_with_a_warning(doctor):
+    ds = ct()
+    raw = file_bytes(ds)
+    ct_class, mr_class = b"1.2.840.10008.5.1.4.1.1.2\0", b"1.2.840.10008.5.1.4.1.1.4\0"
+    raw = raw.replace(ct_class, mr_class, 1)  # the first one is the file meta's
+    assert data_set_part(raw).count(ct_class) == 1
+    response = post(doctor, body(raw))
+    assert response.status_code == 202, response.content
+    [ref] = items(response, REFERENCED)
+    assert ref["00081196"]["Value"] == [0xB007]
+    assert ref[SOP_CLASS]["Value"] == [ds.SOPClassUID]
+    assert stored_path(ds.SOPInstanceUID).exists()
+
+
+def test_a_stored_instance_has_no_warning(doctor):
+    response = post(doctor, body(file_bytes(ct())))
+    [ref] = items(response, REFERENCED)
+    assert "00081196" not in ref

@@ -12,8 +12,9 @@ for a C-STORE. Stored paths go to the indexer through one ``IndexHandoff`` per
 web process.
 
 The answer is PS3.18 Table 10.5.3-1 in dicom+json: 200 when every instance was
-stored, 202 when some were and others failed, 409 when none was; each failure
-with its reason (the C-STORE status) and a log line naming the user.
+stored, 202 when some were and others failed (or were stored with a warning),
+409 when none was; each failure with its reason (the C-STORE status, Table
+I.2-2) and a log line naming the user.
 """
 
 import atexit
@@ -39,6 +40,8 @@ log = logging.getLogger(__name__)
 PROCESSING_FAILURE = 0x0110
 # PS3.18 10.5.3: an instance whose Study Instance UID differs from the one in the target URL.
 STUDY_MISMATCH = dimse_store.DATASET_DOES_NOT_MATCH_SOP_CLASS
+# PS3.18 Table I.2-1: stored although the data set does not match its SOP Class.
+DATA_SET_DOES_NOT_MATCH_SOP_CLASS_WARNING = 0xB007
 
 _READ_CHUNK = 256 * 1024
 # The Warning header names the reasons of at most this many failed parts (all are logged).
@@ -339,6 +342,28 @@ def _sequence_item(sop_class: str, sop_instance: str, **extra) -> dict:
     return dict(sorted(item.items()))
 
 
+def _warning(part: Part, ids: dict[str, str]) -> int | None:
+    """PS3.18 I.2.1 Warning Reason of a stored instance, if any."""
+    if ids.get("SOPClassUID") and ids["SOPClassUID"] != part.sop_class:
+        # Stored as a C-STORE would be (the class named by the file meta differs from the
+        # data set's): "Data Set does not match SOP Class", stored anyway.
+        return DATA_SET_DOES_NOT_MATCH_SOP_CLASS_WARNING
+    return None
+
+
+def _referenced(request, part: Part, ids: dict[str, str]) -> dict:
+    extra = {
+        "RetrieveURL": (
+            "UR",
+            base.instance_url(request, ids["StudyInstanceUID"], ids["SeriesInstanceUID"], ids["SOPInstanceUID"]),
+        )
+    }
+    warning = _warning(part, ids)
+    if warning is not None:
+        extra["WarningReason"] = ("US", warning)
+    return _sequence_item(ids.get("SOPClassUID") or part.sop_class, ids["SOPInstanceUID"], **extra)
+
+
 def stow(request, study: str | None = None) -> HttpResponse:
     base.check_uids(study_instance_uid=study)
     accept = request.META.get("HTTP_ACCEPT", "")
@@ -411,19 +436,7 @@ def stow(request, study: str | None = None) -> HttpResponse:
     if stored:
         out[formatter.tag_key(_TAG["ReferencedSOPSequence"])] = {
             "vr": "SQ",
-            "Value": [
-                _sequence_item(
-                    ids.get("SOPClassUID") or part.sop_class,
-                    ids["SOPInstanceUID"],
-                    RetrieveURL=(
-                        "UR",
-                        base.instance_url(
-                            request, ids["StudyInstanceUID"], ids["SeriesInstanceUID"], ids["SOPInstanceUID"]
-                        ),
-                    ),
-                )
-                for part, ids in stored
-            ],
+            "Value": [_referenced(request, part, ids) for part, ids in stored],
         }
     if failed:
         out[formatter.tag_key(_TAG["FailedSOPSequence"])] = {
@@ -433,7 +446,8 @@ def stow(request, study: str | None = None) -> HttpResponse:
                 for part, status, _reason in failed
             ],
         }
-    status = 200 if not failed else 202 if stored else 409
+    warned = any(_warning(part, ids) for part, ids in stored)
+    status = 409 if not stored else 202 if failed or warned else 200
     log.info(
         "STOW-RS from %s: %d part(s), %d stored, %d refused%s",
         user,
