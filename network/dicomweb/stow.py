@@ -31,6 +31,7 @@ from rest_framework.exceptions import APIException, UnsupportedMediaType
 
 from imaging import storage
 from network.dicomweb import base, formatter, qido, wado
+from network.dicomweb.multipart import matches, parse_accept
 from network.dimse import store as dimse_store
 from network.handoff import IndexHandoff
 
@@ -368,8 +369,7 @@ def stow(request, study: str | None = None) -> HttpResponse:
     base.check_uids(study_instance_uid=study)
     accept = request.META.get("HTTP_ACCEPT", "")
     if accept and not any(
-        qido.matches("application/dicom+json", r.type) or qido.matches("application/json", r.type)
-        for r in qido.parse_accept(accept)
+        matches("application/dicom+json", r.type) or matches("application/json", r.type) for r in parse_accept(accept)
     ):
         raise base.not_acceptable(accept, "application/dicom+json")
     boundary = boundary_of(request.META.get("CONTENT_TYPE"))
