@@ -284,6 +284,12 @@ DICOM_UID_CONFLICT_POLICY = envstr("DICOM_UID_CONFLICT_POLICY", "reject")
 if DICOM_UID_CONFLICT_POLICY not in ("reject", "replace"):
     raise ImproperlyConfigured(f"DICOM_UID_CONFLICT_POLICY={DICOM_UID_CONFLICT_POLICY!r}: use reject or replace")
 
+# --- STOW-RS (network/dicomweb/stow.py) -------------------------------------------
+# Largest STOW-RS request body, all parts together, in bytes; beyond it the request
+# is refused with 413 (each part is also bounded by DICOM_MAX_DATASET_BYTES). The
+# body is read as a stream either way: this bounds one request's disk use and time.
+DICOMWEB_STOW_MAX_BODY_BYTES = envint("DICOMWEB_STOW_MAX_BODY_BYTES", 4 * 1024**3)
+
 # --- Hostile and broken files (imaging/dicomfile.py, ingest, the index spool) ---
 # A Deflated Explicit VR data set is inflated as a stream and never beyond this many
 # bytes: a few MB on disk can inflate to gigabytes (a deflate bomb). Such a file is

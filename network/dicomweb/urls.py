@@ -1,8 +1,8 @@
-"""/dicomweb/: QIDO-RS, WADO-RS (PS3.18). UIDs are matched loosely here and checked in the views (400)."""
+"""/dicomweb/: QIDO-RS, WADO-RS, STOW-RS (PS3.18). UIDs are matched loosely here and checked in the views (400)."""
 
 from django.urls import path
 
-from network.dicomweb import frames, qido, rendered, wado
+from network.dicomweb import frames, qido, rendered, stow, wado
 
 app_name = "dicomweb"
 
@@ -12,15 +12,15 @@ INSTANCE = SERIES + "/instances/<str:sop>"
 FRAMES = INSTANCE + "/frames/<str:frames>"
 
 urlpatterns = [
-    # QIDO-RS
-    path("studies", qido.SearchStudies.as_view(), name="search-studies"),
+    # QIDO-RS (GET) and STOW-RS (POST)
+    path("studies", stow.Studies.as_view(), name="search-studies"),
     path(STUDY + "/series", qido.SearchSeries.as_view(), name="search-study-series"),
     path("series", qido.SearchSeries.as_view(), name="search-series"),
     path(SERIES + "/instances", qido.SearchInstances.as_view(), name="search-series-instances"),
     path(STUDY + "/instances", qido.SearchInstances.as_view(), name="search-study-instances"),
     path("instances", qido.SearchInstances.as_view(), name="search-instances"),
     # WADO-RS
-    path(STUDY, wado.Retrieve.as_view(), name="study"),
+    path(STUDY, stow.Study.as_view(), name="study"),  # WADO-RS (GET) and STOW-RS (POST)
     path(SERIES, wado.Retrieve.as_view(), name="series"),
     path(INSTANCE, wado.Retrieve.as_view(), name="instance"),
     path(STUDY + "/metadata", wado.Metadata.as_view(), name="study-metadata"),
