@@ -330,7 +330,7 @@ def main() -> int:
                 f["ours"],
                 f["Orthanc"],
                 "frames/s",
-                ".0f",
+                ".1f",
             )
         )
         rt = {label: statistics.median(v) for label, v in retrieve.items()}
