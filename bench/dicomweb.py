@@ -9,7 +9,7 @@ Self-contained and self-stopping, 127.0.0.1 only, free ports, temporary folders.
   with storescu to Orthanc 1.10.1 (Debian's ``orthanc`` and ``orthanc-dicomweb``,
   installed here when missing; its own config, storage and index) and indexed in our
   "small" archive (a fresh SQLite database, gunicorn with 2 workers as in docker/).
-  100,000 studies in Orthanc would take about 20 minutes to generate and send (the
+  100,000 studies in Orthanc would take about 30 minutes to generate and send (the
   timing is printed): Orthanc is measured at that smaller size, ours at that size too
   and, in a second fresh database filled like bench/query.py, at ``--studies``.
 - The 300-slice 512x512 CT of tests/dicomgen.py, sent to Orthanc and stored and
