@@ -10,7 +10,7 @@ RUN_PACKAGES := redis-server dcmtk npm
 TEST_PACKAGES := $(RUN_PACKAGES) postgresql chromium fonts-noto-cjk
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint system-packages system-packages-test venv migrate ohif bench clean
+.PHONY: run test lint system-packages system-packages-test venv migrate ohif bench bench-dicomweb clean
 
 run: system-packages venv migrate ohif
 	$(PY) manage.py runall
@@ -57,6 +57,10 @@ ohif: venv
 
 bench: venv
 	$(PY) bench/ingest.py
+
+# Installs Debian's orthanc and orthanc-dicomweb when missing (bench/orthanc.py), never at test time.
+bench-dicomweb: venv
+	$(PY) bench/dicomweb.py --studies 100000 --orthanc-studies 3000 --runs 15
 
 clean:
 	rm -rf $(VENV) var/test-db.sqlite3* .pytest_cache .ruff_cache
