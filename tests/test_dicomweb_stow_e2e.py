@@ -7,13 +7,11 @@ import sys
 import numpy as np
 import pydicom
 import pytest
-from django.contrib.auth.models import Group
 from pydicom.filereader import _read_file_meta_info
 from pydicom.uid import generate_uid
 
 from imaging import storage
 from records.models import Instance
-from records.roles import ROLES
 from tests import dicomgen, procs
 from tests.dicomweb_data import PASSWORD, client_for, fresh_uids, pydicom_file
 from tests.test_find_e2e import findscu
@@ -28,11 +26,8 @@ BOUNDARY = "e2e-stow-boundary"
 def gunicorn(system):
     """gunicorn (as `make run` serves the web) on a free 127.0.0.1 port, over the system's database, store and broker.
 
-    Its access log records each request's Transfer-Encoding header. The role groups
-    are made again: a transactional test before this one emptied the database.
+    Its access log records each request's Transfer-Encoding header.
     """
-    for role in ROLES:
-        Group.objects.get_or_create(name=role)
     port = procs.free_port()
     access = system.logs / f"gunicorn-access-{port}.log"
     env = {
