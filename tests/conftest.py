@@ -1,5 +1,6 @@
 """Shared fixtures: a real Redis, a real Celery worker and a real runscp process."""
 
+import contextlib
 import os
 import shutil
 import sys
@@ -179,3 +180,56 @@ def system(pipeline, transactional_db):
     procs.wait_for(lambda: not procs.children(runscp, but=SPARE_NAME), 60, "runscp's associations to end")
     for folder in ("instances", "thumbnails"):
         shutil.rmtree(pipeline.storage / folder, ignore_errors=True)
+
+
+# Debian's chromium: Playwright never downloads a browser of its own here.
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture
+def browser(monkeypatch):
+    """Debian's chromium, headless, driven by Playwright, with nothing of its own calling out."""
+    # Playwright's sync API keeps an event loop in this thread; the test's own ORM
+    # calls are synchronous and safe (the documented setting for this case).
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    if not shutil.which(CHROMIUM):
+        pytest.fail("chromium is not installed (make test installs it)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
+        yield browser
+        browser.close()
+
+
+@contextlib.contextmanager
+def runserver(logs: Path, name: str, **extra_env: str):
+    """``manage.py runserver`` on a free 127.0.0.1 port over the test database and store; yields its URL."""
+    port = procs.free_port()
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "imaging.settings",
+        "DATABASE_URL": database_url(),
+        "STORAGE_DIR": str(settings.STORAGE_DIR),
+        "ALLOWED_HOSTS": "127.0.0.1",
+        "PYTHONUNBUFFERED": "1",
+        **extra_env,
+    }
+    log = logs / f"{name}-{port}.log"
+    proc = procs.start(procs.manage("runserver", "--noreload", f"127.0.0.1:{port}"), env, log)
+    try:
+        procs.wait_for(lambda: procs.port_open(port) or proc.poll() is not None, 60, "runserver")
+        assert proc.poll() is None, log.read_text()
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        procs.stop(proc)

@@ -1,7 +1,6 @@
 """An administrator sets up a new device in a real browser (Debian's chromium, driven by Playwright)."""
 
 import re
-import shutil
 
 import pytest
 from django.conf import settings as django_settings
@@ -13,35 +12,14 @@ from tests.storescp import storescp
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
-CHROMIUM = "/usr/bin/chromium"
 PASSWORD = "browser-test-pass-123"  # noqa: S105 - a throwaway test account
 
 
 @pytest.fixture
-def page(live_server, monkeypatch):
-    # Playwright's sync API keeps an event loop in this thread; the test's own ORM
-    # calls are synchronous and safe (the documented setting for this case).
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    if not shutil.which(CHROMIUM):
-        pytest.fail("chromium is not installed (make test installs it)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-            ],
-        )
-        page = browser.new_page(viewport={"width": 1400, "height": 900})
-        page.set_default_timeout(15_000)
-        yield page
-        browser.close()
+def page(live_server, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.set_default_timeout(15_000)
+    return page
 
 
 def test_an_administrator_adds_a_node_tests_it_and_reads_our_settings(page, live_server, tmp_path, settings):

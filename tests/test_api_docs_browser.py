@@ -7,7 +7,6 @@ quoted Accept, must be answered for a listed origin.
 
 import base64
 import http.server
-import shutil
 import threading
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -22,7 +21,6 @@ from records.roles import DOCTOR
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
-CHROMIUM = "/usr/bin/chromium"
 PASSWORD = "browser-test-pass-123"  # noqa: S105 - a throwaway test account
 SCREENSHOTS = Path(django_settings.VAR_DIR) / "screenshots"
 
@@ -31,31 +29,6 @@ SCREENSHOTS = Path(django_settings.VAR_DIR) / "screenshots"
 def base_url(live_server) -> str:
     # The live server listens on the loopback address; name it by its number.
     return f"http://127.0.0.1:{urlsplit(live_server.url).port}"
-
-
-@pytest.fixture
-def browser(monkeypatch):
-    # Playwright's sync API keeps an event loop in this thread; the test's own ORM
-    # calls are synchronous and safe (the documented setting for this case).
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    if not shutil.which(CHROMIUM):
-        pytest.fail("chromium is not installed (make test installs it)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-            ],
-        )
-        yield browser
-        browser.close()
 
 
 @pytest.fixture

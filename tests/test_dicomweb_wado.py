@@ -2,7 +2,6 @@
 
 import io
 import json
-import os
 
 import numpy as np
 import pydicom
@@ -390,28 +389,10 @@ def test_multipart_writer_round_trip():
 @pytest.fixture
 def web_server(transactional_db, logs_dir):
     """``manage.py runserver`` on a free 127.0.0.1 port, over the test database and store."""
-    from django.conf import settings
+    from tests.conftest import runserver
 
-    from tests import procs
-    from tests.conftest import database_url
-
-    port = procs.free_port()
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "imaging.settings",
-        "DATABASE_URL": database_url(),
-        "STORAGE_DIR": str(settings.STORAGE_DIR),
-        "ALLOWED_HOSTS": "127.0.0.1",
-        "PYTHONUNBUFFERED": "1",
-    }
-    log = logs_dir / f"runserver-{port}.log"
-    proc = procs.start(procs.manage("runserver", "--noreload", f"127.0.0.1:{port}"), env, log)
-    try:
-        procs.wait_for(lambda: procs.port_open(port) or proc.poll() is not None, 60, "runserver")
-        assert proc.poll() is None, log.read_text()
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        procs.stop(proc)
+    with runserver(logs_dir, "runserver") as url:
+        yield url
 
 
 def dicomweb_client(server: str, *roles: str, username: str, basic: bool = True):

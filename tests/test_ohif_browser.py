@@ -5,7 +5,6 @@ any request to another host than 127.0.0.1 fails the test.
 """
 
 import io
-import os
 import shutil
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -24,7 +23,6 @@ from tests.dicomweb_data import PASSWORD, fresh_uids, make_user, pydicom_file, s
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
-CHROMIUM = "/usr/bin/chromium"
 SHOTS = Path("/tmp/ohif-shots")
 SLICES = 300
 
@@ -37,29 +35,13 @@ def ohif_installed():
 
 @pytest.fixture
 def web_server(transactional_db, logs_dir, ohif_installed):
-    """``manage.py runserver`` on a free 127.0.0.1 port, over the test database and store."""
+    """``manage.py runserver`` on a free 127.0.0.1 port, over the test database, store and OHIF."""
     from django.conf import settings
 
-    from tests.conftest import database_url
+    from tests.conftest import runserver
 
-    port = procs.free_port()
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "imaging.settings",
-        "DATABASE_URL": database_url(),
-        "STORAGE_DIR": str(settings.STORAGE_DIR),
-        "OHIF_DIR": str(settings.OHIF_DIR),
-        "ALLOWED_HOSTS": "127.0.0.1",
-        "PYTHONUNBUFFERED": "1",
-    }
-    log = logs_dir / f"runserver-ohif-{port}.log"
-    proc = procs.start(procs.manage("runserver", "--noreload", f"127.0.0.1:{port}"), env, log)
-    try:
-        procs.wait_for(lambda: procs.port_open(port) or proc.poll() is not None, 60, "runserver")
-        assert proc.poll() is None, log.read_text()
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        procs.stop(proc)
+    with runserver(logs_dir, "runserver-ohif", OHIF_DIR=str(settings.OHIF_DIR)) as url:
+        yield url
 
 
 def signed_ct(slices: int, size: int = 512) -> str:
@@ -109,31 +91,6 @@ def archive(web_server):
     zhang = fresh_uids(pydicom_file("chrX2.dcm", PatientName="张^伟", PatientID="OHIF-ZH"))
     store(zhang)
     return {"wang": wang.StudyInstanceUID, "zhang": zhang.StudyInstanceUID, "ct": signed_ct(SLICES)}
-
-
-@pytest.fixture
-def browser(monkeypatch):
-    # Playwright's sync API keeps an event loop in this thread; the test's own ORM
-    # calls are synchronous and safe (the documented setting for this case).
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    if not shutil.which(CHROMIUM):
-        pytest.fail("chromium is not installed (make test installs it)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-            ],
-        )
-        yield browser
-        browser.close()
 
 
 class Watched:
