@@ -37,12 +37,19 @@ export function pixelModule(item) {
 
 export async function paletteOf(item) {
   const lut = {};
-  for (const [color, desc, data] of [["red", "00281101", "00281201"], ["green", "00281102", "00281202"], ["blue", "00281103", "00281203"]]) {
+  const tags = [["red", "00281101", "00281201", "00281221"], ["green", "00281102", "00281202", "00281222"], ["blue", "00281103", "00281203", "00281223"]];
+  for (const [color, desc, data, segmented] of tags) {
     const [entries, firstMapped] = numbers(item, desc);
-    const buffer = await binary(item, data);
-    if (!buffer) throw new Error("palette color image without its lookup table data");
     const count = entries || 65536;
-    let table = buffer.byteLength >= 2 * count ? new Uint16Array(buffer, 0, count) : new Uint8Array(buffer, 0, Math.min(count, buffer.byteLength));
+    let table;
+    const plain = await binary(item, data);
+    if (plain) {
+      table = plain.byteLength >= 2 * count ? new Uint16Array(plain, 0, count) : new Uint8Array(plain, 0, Math.min(count, plain.byteLength));
+    } else {
+      const words = await binary(item, segmented);
+      if (!words) throw new Error("palette color image without its lookup table data");
+      table = expandSegmented(new Uint16Array(words, 0, words.byteLength >> 1));
+    }
     // Declared 16 bits but holding 8-bit values happens, and the reverse: the values tell.
     let max = 0;
     for (let i = 0; i < table.length; i++) if (table[i] > max) max = table[i];
@@ -52,6 +59,35 @@ export async function paletteOf(item) {
     lut[color] = { table: out, first: firstMapped || 0 };
   }
   return lut;
+}
+
+// Segmented palette data (PS3.3 C.7.9.2): discrete, linear and indirect segments.
+export function expandSegmented(words) {
+  const out = [];
+  const run = (start, limit) => {
+    let i = start;
+    for (let segment = 0; i < words.length && segment < limit; segment++) {
+      const op = words[i];
+      const length = words[i + 1];
+      if (op === 0) {
+        for (let k = 0; k < length; k++) out.push(words[i + 2 + k]);
+        i += 2 + length;
+      } else if (op === 1) {
+        const y0 = out.length ? out[out.length - 1] : 0;
+        const y1 = words[i + 2];
+        for (let k = 1; k <= length; k++) out.push(Math.round(y0 + ((y1 - y0) * k) / length));
+        i += 3;
+      } else if (op === 2) {
+        const offset = words[i + 2] | (words[i + 3] << 16);
+        run(offset, length);
+        i += 4;
+      } else {
+        throw new Error(`segmented palette: unknown segment type ${op}`);
+      }
+    }
+  };
+  run(0, Infinity);
+  return Uint16Array.from(out);
 }
 
 function typed(buffer, module) {
@@ -93,6 +129,10 @@ export class Frame {
       this.min = min;
       this.max = max;
     } else {
+      // YBR_FULL_422 frames the server could not send as stored come decoded, at full size, as RGB.
+      if (module.photometric === "YBR_FULL_422" && !module.serverDecoded && data.length >= 3 * n) {
+        this.module = { ...module, serverDecoded: true };
+      }
       this.stored = data;
     }
   }

@@ -76,7 +76,10 @@ async function loadSeries(seriesUid) {
   state.current = series;
   state.index = 0;
   state.window = null;
+  state.view = null;
+  state.drawn = null;
   state.measurements = new Map();
+  message("");
   markStrip();
   const instances = await getJSON(`${series.url}/instances`);
   if (state.current !== series) return;
@@ -101,8 +104,9 @@ async function loadSeries(seriesUid) {
     fetchImage(series, 0),
   ]);
   if (state.current !== series) return;
-  fit();
-  draw();
+  await draw();
+  if (state.current !== series) return;
+  if (!state.drawn) return message(T.error);
   state.firstImageMs = performance.now();
   performance.mark("viewer-first-image");
   document.body.dataset.firstImage = "shown";
