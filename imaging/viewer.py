@@ -42,6 +42,20 @@ def study_to_view(*, study_uid: str = "", accession: str = "") -> Study:
     return found
 
 
+def series_to_open(study: Study, series_uid: str = "") -> str:
+    """The series the viewer opens first: the one asked for if the study has it, else its first with images.
+
+    Known before the page loads, so that the script asks for the series' instances at
+    once, beside the study's series list, instead of after it.
+    """
+    series = study.series.filter(number_of_instances__gt=0)
+    if series_uid and storage.is_valid_uid(series_uid):
+        asked = series.filter(series_instance_uid=series_uid).values_list("series_instance_uid", flat=True).first()
+        if asked:
+            return asked
+    return series.order_by("series_number", "pk").values_list("series_instance_uid", flat=True).first() or ""
+
+
 def strings() -> dict[str, str]:
     """Every label the viewer shows, in the request's language (the page passes them to the script)."""
     return {

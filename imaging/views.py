@@ -54,11 +54,10 @@ def viewer_page(request):
         study_uid=request.GET.get("study", "").strip(), accession=request.GET.get("accession", "").strip()
     )
     # TODO(issue 10): records.access.record_access(request, study=study, action="viewer") (wired at merge)
-    series = request.GET.get("series", "").strip()
     config = {
         "dicomweb": reverse("dicomweb:search-studies").removesuffix("studies"),
         "study": study.study_instance_uid,
-        "series": series if storage.is_valid_uid(series) else "",
+        "series": viewer.series_to_open(study, request.GET.get("series", "").strip()),
         "tagNames": reverse("viewer-tag-names"),
         "studyList": reverse("records:study-list"),
         "presets": {"CT": [{"key": k, "center": c, "width": w} for k, c, w in viewer.CT_PRESETS]},

@@ -41,18 +41,25 @@ const studyUrl = `${ROOT}studies/${config.study}`;
 async function start() {
   buildToolbar();
   $("help").textContent = T.help;
-  const seriesList = getJSON(`${studyUrl}/series`);
-  // Opened on a named series, its instances are asked for at once, beside the series list.
-  const early = config.series ? loadSeries(config.series) : null;
-  state.series = (await seriesList).sort(
-    (a, b) => number(a, "00200011", 1e9) - number(b, "00200011", 1e9),
-  );
-  buildStrip();
-  if (!early) {
-    const firstSeries = state.series[0];
-    if (!firstSeries) return message(T.no_images);
-    await loadSeries(first(firstSeries, "0020000E"));
+  // The page names the series to open: its instances are asked for at once, beside the series list.
+  const seriesList = getJSON(`${studyUrl}/series`).then((list) => {
+    state.series = list.sort((a, b) => number(a, "00200011", 1e9) - number(b, "00200011", 1e9));
+    buildStrip();
+    if (state.current && !state.current.modality) {
+      state.current.modality = modalityOf(state.current.uid);
+      buildPresets();
+    }
+  });
+  if (config.series) await loadSeries(config.series);
+  await seriesList;
+  if (!config.series) {
+    if (!state.series.length) return message(T.no_images);
+    await loadSeries(first(state.series[0], "0020000E"));
   }
+}
+
+function modalityOf(seriesUid) {
+  return first(state.series.find((s) => first(s, "0020000E") === seriesUid), "00080060", "");
 }
 
 async function loadSeries(seriesUid) {
@@ -69,6 +76,7 @@ async function loadSeries(seriesUid) {
     inFlight: new Set(),
     failed: new Set(),
     metadata: new Map(), // SOP Instance UID -> dicom+json
+    metaInFlight: new Set(),
     palettes: new Map(),
     loaded: 0,
     started: performance.now(),
@@ -92,7 +100,7 @@ async function loadSeries(seriesUid) {
     }
   }
   if (!series.images.length) return message(T.no_images);
-  series.modality = first(state.series.find((s) => first(s, "0020000E") === seriesUid), "00080060", "");
+  series.modality = modalityOf(seriesUid);
   const slider = $("slider");
   slider.max = series.images.length;
   slider.value = 1;
@@ -111,7 +119,12 @@ async function loadSeries(seriesUid) {
   performance.mark("viewer-first-image");
   document.body.dataset.firstImage = "shown";
   pump(series);
-  // Then every header, for overlays, the tag browser and per-image rescale.
+  return meta;
+}
+
+// Every header of the series, once every frame is in: overlays and the tag browser of
+// each image until then come from its own instance's metadata, asked for when shown.
+function loadSeriesMetadata(series) {
   getJSON(`${series.url}/metadata`)
     .then((items) => {
       if (state.current !== series) return;
@@ -121,7 +134,23 @@ async function loadSeries(seriesUid) {
       if (!$("tags").hidden) showTags();
     })
     .catch((error) => console.warn("series metadata", error));
-  return meta;
+}
+
+function ensureMetadata(series, index) {
+  const sop = series.images[index].sop;
+  if (series.metadata.has(sop) || series.metaInFlight.has(sop)) return;
+  series.metaInFlight.add(sop);
+  getJSON(`${series.url}/instances/${sop}/metadata`)
+    .then((items) => {
+      series.metadata.set(sop, items[0]);
+      series.images.forEach((image, i) => image.sop === sop && series.frames.delete(i));
+      if (state.current === series && series.images[state.index].sop === sop) {
+        draw();
+        if (!$("tags").hidden) showTags();
+      }
+    })
+    .catch((error) => console.warn("metadata", sop, error))
+    .finally(() => series.metaInFlight.delete(sop));
 }
 
 async function fetchImage(series, index) {
@@ -168,9 +197,12 @@ function progress(series) {
   const total = series.images.length;
   $("progress").textContent = series.loaded < total ? `${T.loading} ${series.loaded}/${total}` : `${total}/${total} ${T.loaded}`;
   document.body.dataset.loaded = String(series.loaded);
-  if (series.loaded === total && state.allLoadedMs === null) {
-    state.allLoadedMs = performance.now();
-    performance.mark("viewer-all-loaded");
+  if (series.loaded === total) {
+    if (state.allLoadedMs === null) {
+      state.allLoadedMs = performance.now();
+      performance.mark("viewer-all-loaded");
+    }
+    loadSeriesMetadata(series);
   }
 }
 
@@ -211,6 +243,7 @@ function draw() {
 async function drawNow() {
   const series = state.current;
   if (!series) return;
+  if (series.images.length) ensureMetadata(series, state.index);
   resizeCanvas();
   const frame = await frameAt(series, state.index);
   const ratio = window.devicePixelRatio || 1;
