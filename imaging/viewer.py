@@ -11,7 +11,7 @@ from django.utils.translation import gettext as _
 from pydicom.datadict import DicomDictionary
 
 from imaging import storage
-from records.models import Study
+from records.models import Instance, Study
 
 # CT presets (center, width) in Hounsfield units, in the order of the keys 1-5.
 CT_PRESETS = (
@@ -54,6 +54,23 @@ def series_to_open(study: Study, series_uid: str = "") -> str:
         if asked:
             return asked
     return series.order_by("series_number", "pk").values_list("series_instance_uid", flat=True).first() or ""
+
+
+def instance_list(series_uid: str) -> list[list]:
+    """[[SOP Instance UID, Instance Number, frames], ...] of a series, in instance order, from the index.
+
+    In the page, for the series opened first: one indexed query instead of a QIDO-RS
+    round trip (which formats dicom+json for every instance: 0.5 s for 300 on this
+    machine under load), so that the first frame is asked for as soon as the script runs.
+    """
+    if not series_uid:
+        return []
+    rows = (
+        Instance.objects.filter(series__series_instance_uid=series_uid)
+        .order_by("instance_number", "pk")
+        .values_list("sop_instance_uid", "instance_number", "number_of_frames")
+    )
+    return [[sop, number, frames or 1] for sop, number, frames in rows]
 
 
 def strings() -> dict[str, str]:

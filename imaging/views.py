@@ -54,10 +54,12 @@ def viewer_page(request):
         study_uid=request.GET.get("study", "").strip(), accession=request.GET.get("accession", "").strip()
     )
     # TODO(issue 10): records.access.record_access(request, study=study, action="viewer") (wired at merge)
+    series = viewer.series_to_open(study, request.GET.get("series", "").strip())
     config = {
         "dicomweb": reverse("dicomweb:search-studies").removesuffix("studies"),
         "study": study.study_instance_uid,
-        "series": viewer.series_to_open(study, request.GET.get("series", "").strip()),
+        "series": series,
+        "instances": viewer.instance_list(series),
         "tagNames": reverse("viewer-tag-names"),
         "studyList": reverse("records:study-list"),
         "presets": {"CT": [{"key": k, "center": c, "width": w} for k, c, w in viewer.CT_PRESETS]},

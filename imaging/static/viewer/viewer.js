@@ -50,7 +50,7 @@ async function start() {
       buildPresets();
     }
   });
-  if (config.series) await loadSeries(config.series);
+  if (config.series) await loadSeries(config.series, config.instances);
   await seriesList;
   if (!config.series) {
     if (!state.series.length) return message(T.no_images);
@@ -62,7 +62,8 @@ function modalityOf(seriesUid) {
   return first(state.series.find((s) => first(s, "0020000E") === seriesUid), "00080060", "");
 }
 
-async function loadSeries(seriesUid) {
+// ``listed``: [[SOP Instance UID, Instance Number, frames], ...] when the page brought them.
+async function loadSeries(seriesUid, listed = null) {
   if (state.current) state.current.controller.abort();
   stopCine();
   const controller = new AbortController();
@@ -89,12 +90,13 @@ async function loadSeries(seriesUid) {
   state.measurements = new Map();
   message("");
   markStrip();
-  const instances = await getJSON(`${series.url}/instances`);
-  if (state.current !== series) return;
-  instances.sort((a, b) => number(a, "00200013", 0) - number(b, "00200013", 0));
-  for (const instance of instances) {
-    const sop = first(instance, "00080018");
-    const count = number(instance, "00280008", 1) || 1;
+  if (!listed) {
+    const found = await getJSON(`${series.url}/instances`);
+    if (state.current !== series) return;
+    listed = found.map((i) => [first(i, "00080018"), number(i, "00200013", 0), number(i, "00280008", 1) || 1]);
+    listed.sort((a, b) => a[1] - b[1]);
+  }
+  for (const [sop, , count] of listed) {
     for (let f = 1; f <= count; f++) {
       series.images.push({ sop, frame: f, frames: count, url: `${series.url}/instances/${sop}/frames/${f}` });
     }
@@ -119,6 +121,7 @@ async function loadSeries(seriesUid) {
   performance.mark("viewer-first-image");
   document.body.dataset.firstImage = "shown";
   pump(series);
+  showThumbnails();
   return meta;
 }
 
@@ -560,7 +563,8 @@ function buildStrip() {
     const img = document.createElement("img");
     img.alt = "";
     img.loading = "lazy";
-    img.src = `${studyUrl}/series/${uid}/thumbnail`;
+    // Rendered on request by the server: asked for once the first image is on screen.
+    img.dataset.src = `${studyUrl}/series/${uid}/thumbnail`;
     const label = document.createElement("span");
     const count = number(s, "00201209", "");
     label.textContent = [text(s, "00080060"), first(s, "00200011", ""), text(s, "0008103E"), count !== "" ? `(${count})` : ""].filter((x) => x !== "").join(" ");
@@ -569,6 +573,14 @@ function buildStrip() {
     strip.append(item);
   }
   markStrip();
+  if (state.firstImageMs !== null) showThumbnails();
+}
+
+function showThumbnails() {
+  for (const img of $("strip").querySelectorAll("img[data-src]")) {
+    img.src = img.dataset.src;
+    delete img.dataset.src;
+  }
 }
 
 function markStrip() {
