@@ -134,8 +134,12 @@ def from_study_list(context, server: str) -> float:
     clicked = time.time() * 1000
     link.click()
     page.wait_for_url("**/viewer/**")
-    at = poll(page, "(n) => { const m = performance.getEntriesByName(n)[0]; "
-              "return m ? performance.timeOrigin + m.startTime : null; }", "viewer-first-image")
+    at = poll(
+        page,
+        "(n) => { const m = performance.getEntriesByName(n)[0]; "
+        "return m ? performance.timeOrigin + m.startTime : null; }",
+        "viewer-first-image",
+    )
     page.close()
     return at - clicked
 
@@ -185,7 +189,8 @@ def main() -> int:
                 results["list"].append(from_study_list(context, archive.url))
             browser.close()
         n = args.slices
-        print(f"\nViewer, {n}-slice 512x512 CT, chromium headless, gunicorn -w {args.workers} --threads {args.threads}, {args.runs} runs:")
+        server = f"gunicorn -w {args.workers} --threads {args.threads}"
+        print(f"\nViewer, {n}-slice 512x512 CT, chromium headless, {server}, {args.runs} runs:")
         print(f"  ours, first image (mark)          {median([r['mark'] for r in results['ours']])}")
         print(f"  ours, first image (pixels)        {median([r['pixels'] for r in results['ours']])}")
         print(f"  OHIF, first image (pixels)        {median([r['pixels'] for r in results['ohif']])}")

@@ -361,3 +361,48 @@ def test_the_viewer_answers_404_for_a_study_it_does_not_have(client, db):
     assert client.get("/viewer/?study=../../etc").status_code == 404
     assert client.get("/viewer/?accession=NOPE").status_code == 404
     assert client.get("/viewer/").status_code == 404
+
+
+def test_cine_plays_the_frames_of_a_multi_frame_image(browser, web_server, tmp_path):
+    from playwright.sync_api import expect
+
+    ds = fresh_uids(pydicom.dcmread(get_testdata_file("emri_small.dcm")))  # 10 frames
+    store(ds)
+    make_user("viewer-cine", DOCTOR)
+    page, errors = open_viewer(browser, web_server, f"study={ds.StudyInstanceUID}", "viewer-cine")
+    expect(page.locator("[data-field=image]")).to_have_text("Image 1/10")
+    expect(page.locator("[data-field=frame]")).to_have_text("1/10")
+    until(page, "document.body.dataset.loaded === '10'")
+    first_frame = canvas_hash(page)
+    page.click("#cine")
+    expect(page.locator("#cine")).to_have_attribute("aria-pressed", "true")
+    until(page, "window.imagingViewer.state.drawn?.index >= 3")
+    page.click("#cine")
+    expect(page.locator("#cine")).to_have_attribute("aria-pressed", "false")
+    stopped = overlay(page, "image")
+    assert stopped != "Image 1/10"
+    assert canvas_hash(page) != first_frame
+    frame = int(stopped.removeprefix("Image ").split("/")[0]) - 1
+    expected = windowed(apply_modality_lut(ds.pixel_array[frame], ds).astype(float), 100, 200)
+    page.evaluate("([c, w]) => window.imagingViewer.setWindow(c, w)", [100, 200])
+    assert rendered(page, 32, 30)[0] == expected[30, 32]
+    shot(page, tmp_path, "8-viewer-cine.png")
+    assert errors == []
+
+
+def test_the_viewer_opens_the_first_series_when_the_named_one_is_not_in_the_study(db):
+    from imaging import viewer
+
+    first = fresh_uids(pydicom.dcmread(get_testdata_file("CT_small.dcm")))
+    first.SeriesNumber = 1
+    store(first)
+    second = fresh_uids(pydicom.dcmread(get_testdata_file("CT_small.dcm")), study=first.StudyInstanceUID)
+    second.SeriesNumber = 2
+    store(second)
+    elsewhere = fresh_uids(pydicom.dcmread(get_testdata_file("CT_small.dcm")))
+    store(elsewhere)
+    study = viewer.study_to_view(study_uid=first.StudyInstanceUID)
+    assert viewer.series_to_open(study, second.SeriesInstanceUID) == second.SeriesInstanceUID
+    assert viewer.series_to_open(study, elsewhere.SeriesInstanceUID) == first.SeriesInstanceUID
+    assert viewer.series_to_open(study, "not a uid") == first.SeriesInstanceUID
+    assert viewer.instance_list(second.SeriesInstanceUID) == [[second.SOPInstanceUID, second.InstanceNumber, 1]]
