@@ -16,8 +16,12 @@ cache, as on a workstation used every day):
 - **first image, mark**: from the navigation's start to the ``viewer-first-image``
   mark our viewer sets once the first frame is drawn on its canvas;
 - **first image, pixels**: from the navigation's start until the canvas has an image
-  on it (spread-out grey levels), polled from here every few ms: the same measure
-  for ours and for OHIF (its ``canvas.cornerstone-canvas``);
+  on it (spread-out grey levels), read back with getImageData and polled from here
+  every few ms: the same measure for ours and for OHIF (its
+  ``canvas.cornerstone-canvas``). Checked against screenshots of OHIF's canvas (what
+  tests/test_ohif_browser.py waits for): the same moment within one poll; a
+  screenshot loop itself is no timer here, one screenshot took up to 1.7 s while
+  OHIF's page was busy;
 - **from the study list**: the study list's "Open" link clicked, until our mark
   (wall clock, both ends on this machine);
 - **all slices**: from the navigation's start to the ``viewer-all-loaded`` mark (every
