@@ -406,3 +406,40 @@ def test_the_viewer_opens_the_first_series_when_the_named_one_is_not_in_the_stud
     assert viewer.series_to_open(study, elsewhere.SeriesInstanceUID) == first.SeriesInstanceUID
     assert viewer.series_to_open(study, "not a uid") == first.SeriesInstanceUID
     assert viewer.instance_list(second.SeriesInstanceUID) == [[second.SOPInstanceUID, second.InstanceNumber, 1]]
+
+
+@pytest.mark.parametrize("syntax", ["implicit", "rle"])
+def test_the_rest_of_a_series_streams_in_as_one_retrieve(browser, web_server, syntax, tmp_path):
+    """Implicit VR files go as stored, compressed ones transcoded by the server; the viewer finds their pixels."""
+    from playwright.sync_api import expect
+    from pydicom.dataset import Dataset
+    from pydicom.uid import ImplicitVRLittleEndian, RLELossless
+
+    slices = 16
+    paths = dicomgen.ct_series(tmp_path / "series", slices, 128, patient_id=f"STREAM-{syntax}")
+    datasets = []
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        item = Dataset()
+        item.ReferencedSOPClassUID = ds.SOPClassUID
+        item.ReferencedSOPInstanceUID = ds.SOPInstanceUID
+        ds.ReferencedImageSequence = [item]  # a sequence before the pixels, for the parser to step over
+        if syntax == "rle":
+            ds.compress(RLELossless)
+        else:
+            ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+        store(ds)
+        datasets.append(ds)
+    make_user("viewer-stream", DOCTOR)
+    page, errors = open_viewer(browser, web_server, f"study={datasets[0].StudyInstanceUID}", "viewer-stream")
+    until(page, f"document.body.dataset.loaded === '{slices}'")
+    assert page.evaluate("window.imagingViewer.state.current.streamed") >= slices - 10  # most came in the stream
+    page.locator("#image").click()
+    page.keyboard.press("End")
+    expect(page.locator("[data-field=image]")).to_have_text(f"Image {slices}/{slices}")
+    until(page, f"window.imagingViewer.state.drawn?.index === {slices - 1}")
+    hu = pydicom.dcmread(paths[-1]).pixel_array.astype(float) - 1024
+    for x, y in [(64, 64), (30, 64), (96, 70), (20, 20)]:
+        assert rendered(page, x, y)[:3] == [windowed(hu[y, x], 40, 400)] * 3, (x, y)
+    shot(page, tmp_path, f"9-viewer-streamed-{syntax}.png")
+    assert errors == []

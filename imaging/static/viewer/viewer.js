@@ -6,11 +6,17 @@
 
 import { first, getFrame, getJSON, number, personOrText, text, values } from "./dicomweb.js";
 import { Frame, paletteOf, pixelModule } from "./pixels.js";
+import { streamSeries } from "./series.js";
 
 const config = JSON.parse(document.getElementById("viewer-config").textContent);
 const T = config.strings;
 const ROOT = config.dicomweb;
 const IN_FLIGHT = 6; // what a browser opens to one host over HTTP/1.1
+// While the series streams in, single frames are asked for only around the image shown
+// (for a jump ahead of the stream), a few at a time.
+const NEAR_BEHIND = 3;
+const NEAR_AHEAD = 8;
+const IN_FLIGHT_WHILE_STREAMING = 2;
 
 const $ = (id) => document.getElementById(id);
 const canvas = $("image");
@@ -120,6 +126,7 @@ async function loadSeries(seriesUid, listed = null) {
   state.firstImageMs = performance.now();
   performance.mark("viewer-first-image");
   document.body.dataset.firstImage = "shown";
+  streamAll(series);
   pump(series);
   showThumbnails();
   return meta;
@@ -156,12 +163,40 @@ function ensureMetadata(series, index) {
     .finally(() => series.metaInFlight.delete(sop));
 }
 
+// The rest of the series in one retrieve; should it fail, frame by frame as before.
+function streamAll(series) {
+  if (series.buffers.size === series.images.length) return;
+  const bySop = new Map();
+  series.images.forEach((image, i) => {
+    if (!bySop.has(image.sop)) bySop.set(image.sop, []);
+    bySop.get(image.sop).push(i);
+  });
+  series.streaming = true;
+  streamSeries(series.url, series.controller.signal, (sop, buffer) => {
+    const indexes = bySop.get(sop) || [];
+    const size = buffer.byteLength / Math.max(1, indexes.length);
+    indexes.forEach((index, k) => {
+      if (series.buffers.has(index)) return;
+      series.buffers.set(index, indexes.length > 1 ? buffer.slice(k * size, (k + 1) * size) : buffer);
+      series.streamed = (series.streamed || 0) + 1;
+      if (index === state.index && state.current === series) draw();
+    });
+    progress(series);
+  })
+    .catch((error) => {
+      if (error.name !== "AbortError") console.warn("series retrieve; frames one by one instead", error);
+    })
+    .finally(() => {
+      series.streaming = false;
+      pump(series);
+    });
+}
+
 async function fetchImage(series, index) {
   series.inFlight.add(index);
   try {
     const buffer = await getFrame(series.images[index].url, series.controller.signal);
-    series.buffers.set(index, buffer);
-    series.loaded += 1;
+    if (!series.buffers.has(index)) series.buffers.set(index, buffer); // the stream may have brought it
     progress(series);
     if (index === state.index && state.firstImageMs !== null && state.current === series) draw();
   } catch (error) {
@@ -177,7 +212,7 @@ async function fetchImage(series, index) {
 // Keep IN_FLIGHT requests going, the nearest missing image to the one shown first.
 function pump(series) {
   if (state.current !== series || series.controller.signal.aborted) return;
-  while (series.inFlight.size < IN_FLIGHT) {
+  while (series.inFlight.size < (series.streaming ? IN_FLIGHT_WHILE_STREAMING : IN_FLIGHT)) {
     const next = nearestMissing(series);
     if (next === null) break;
     fetchImage(series, next).then(() => pump(series));
@@ -188,6 +223,13 @@ function nearestMissing(series) {
   const n = series.images.length;
   const want = (i) => i >= 0 && i < n && !series.buffers.has(i) && !series.inFlight.has(i) && !series.failed.has(i);
   // Ahead of the shown image twice as much as behind: people scroll forward.
+  if (series.streaming) {
+    for (let d = 0; d <= NEAR_AHEAD; d++) {
+      if (want(state.index + d)) return state.index + d;
+      if (d <= NEAR_BEHIND && want(state.index - d)) return state.index - d;
+    }
+    return null;
+  }
   for (let d = 0; d < n; d++) {
     if (want(state.index + d)) return state.index + d;
     if (d % 2 === 0 && want(state.index - d / 2)) return state.index - d / 2;
@@ -198,9 +240,11 @@ function nearestMissing(series) {
 
 function progress(series) {
   const total = series.images.length;
+  series.loaded = series.buffers.size;
   $("progress").textContent = series.loaded < total ? `${T.loading} ${series.loaded}/${total}` : `${total}/${total} ${T.loaded}`;
   document.body.dataset.loaded = String(series.loaded);
-  if (series.loaded === total) {
+  if (series.loaded === total && !series.complete) {
+    series.complete = true;
     if (state.allLoadedMs === null) {
       state.allLoadedMs = performance.now();
       performance.mark("viewer-all-loaded");
