@@ -112,13 +112,20 @@ def poll(page, expression: str, arg, timeout: float = 60.0):
     raise TimeoutError(f"{expression[:40]}... {arg}: nothing after {timeout} s")
 
 
+def settle(page):
+    """Let the page finish what it loads (no request for 500 ms) before the next measurement starts,
+    so that no run pays for the server still answering the one before."""
+    page.wait_for_load_state("networkidle", timeout=120_000)
+    page.close()
+
+
 def ours(context, url: str) -> dict:
     page = context.new_page()
     page.goto(url, wait_until="commit")
     painted = poll(page, PAINTED, OURS_CANVAS)
     first = poll(page, MARK, "viewer-first-image")
     everything = poll(page, MARK, "viewer-all-loaded")
-    page.close()
+    settle(page)
     return {"mark": first, "pixels": painted, "all": everything}
 
 
@@ -126,7 +133,7 @@ def ohif(context, url: str) -> dict:
     page = context.new_page()
     page.goto(url, wait_until="commit")
     painted = poll(page, PAINTED, OHIF_CANVAS, timeout=120)
-    page.close()
+    settle(page)
     return {"pixels": painted}
 
 
@@ -200,6 +207,11 @@ def main() -> int:
         print(f"  OHIF, first image (pixels)        {median([r['pixels'] for r in results['ohif']])}")
         print(f"  ours, study list click -> image   {median(results['list'])}")
         print(f"  ours, all {n} slices in the page  {median([r['all'] for r in results['ours']])}")
+        print("  each run (ours mark / ours pixels / OHIF pixels / list click / all slices):")
+        for i in range(args.runs):
+            o, h = results["ours"][i], results["ohif"][i]
+            cells = (o["mark"], o["pixels"], h["pixels"], results["list"][i], o["all"])
+            print("    " + " / ".join(f"{v:.0f}" for v in cells))
         return 0
     finally:
         if archive is not None:
