@@ -441,5 +441,12 @@ def test_the_rest_of_a_series_streams_in_as_one_retrieve(browser, web_server, sy
     hu = pydicom.dcmread(paths[-1]).pixel_array.astype(float) - 1024
     for x, y in [(64, 64), (30, 64), (96, 70), (20, 20)]:
         assert rendered(page, x, y)[:3] == [windowed(hu[y, x], 40, 400)] * 3, (x, y)
+    # The tag browser shows the sequence's item and what is inside it.
+    page.click("#show-tags")
+    expect(page.locator("#tag-rows tr[data-tag='00081140']")).to_contain_text("ReferencedImageSequence")
+    expect(page.locator("#tag-rows tr", has_text="Item 1")).to_have_count(1)
+    expect(page.locator("#tag-rows tr[data-tag='00081155']")).to_contain_text(
+        datasets[-1].ReferencedImageSequence[0].ReferencedSOPInstanceUID
+    )
     shot(page, tmp_path, f"9-viewer-streamed-{syntax}.png")
     assert errors == []
