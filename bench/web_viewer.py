@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from dicomweb import PASSWORD, SETUP, USER  # noqa: E402 - bench/dicomweb.py: files indexed, a Doctor signed in
+from dicomweb import archive_env, index_and_sign_in  # noqa: E402 - bench/dicomweb.py: one of our archives
 
 from tests import dicomgen, procs  # noqa: E402
 
@@ -69,30 +69,10 @@ class Archive:
 
     def __init__(self, var: Path, files: Path, workers: int, threads: int, ohif_dir: str):
         var.mkdir(parents=True)
-        self.env = {
-            **os.environ,
-            "DJANGO_SETTINGS_MODULE": "imaging.settings",
-            "VAR_DIR": str(var),
-            "STORAGE_DIR": str(var / "storage"),
-            "DATABASE_URL": f"sqlite:///{var / 'db.sqlite3'}",
-            "PYTHONPATH": str(ROOT),
-            "LOG_LEVEL": "WARNING",
-            "ALLOWED_HOSTS": "127.0.0.1",
-            "STORAGE_MIN_FREE_MB": "1",
-            "OHIF_DIR": ohif_dir,
-            "CELERY_BROKER_URL": "redis://127.0.0.1:1/0",  # none: thumbnails are made on request
-        }
+        self.env = archive_env(var, OHIF_DIR=ohif_dir)
         subprocess.run(procs.manage("migrate", "-v0"), env=self.env, cwd=ROOT, check=True)
         subprocess.run(procs.manage("collectstatic", "--noinput", "-v0"), env=self.env, cwd=ROOT, check=True)
-        out = subprocess.run(
-            [sys.executable, "-c", SETUP, str(files), USER, PASSWORD],
-            env=self.env,
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.split("\n")
-        self.session_id = out[-3].split()[0]
+        self.session_id = index_and_sign_in(self.env, files)[0]
         port = procs.free_port()
         command = [sys.executable, "-m", "gunicorn", "-w", str(workers), "--threads", str(threads)]
         command += ["-b", f"127.0.0.1:{port}"]
