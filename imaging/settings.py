@@ -289,6 +289,11 @@ if DICOM_UID_CONFLICT_POLICY not in ("reject", "replace"):
 # is refused with 413 (each part is also bounded by DICOM_MAX_DATASET_BYTES). The
 # body is read as a stream either way: this bounds one request's disk use and time.
 DICOMWEB_STOW_MAX_BODY_BYTES = envint("DICOMWEB_STOW_MAX_BODY_BYTES", 4 * 1024**3)
+# WADO-RS metadata: each instance's dicom+json is kept here once built, so that a
+# series' metadata reads 300 small files instead of parsing 300 DICOM headers (750 ms
+# for a 300-slice CT). A cache: rebuilt whenever the stored file changes (size, mtime,
+# inode), safe to delete; empty turns it off.
+DICOMWEB_METADATA_CACHE_DIR = envstr("DICOMWEB_METADATA_CACHE_DIR", str(VAR_DIR / "cache" / "metadata"))
 
 # --- Hostile and broken files (imaging/dicomfile.py, ingest, the index spool) ---
 # A Deflated Explicit VR data set is inflated as a stream and never beyond this many
@@ -442,7 +447,7 @@ REST_FRAMEWORK = {
     # first so that an anonymous request is answered 401 with WWW-Authenticate: Basic.
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "records.api_auth.BasicAuthentication",
-        "rest_framework.authentication.TokenAuthentication",
+        "records.api_auth.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
