@@ -271,6 +271,10 @@ THUMBNAIL_DELAY_SECONDS = envint("THUMBNAIL_DELAY_SECONDS", 1)
 # fsync each stored file (and its directory) before answering Success. Turning it
 # off trades durability after a power cut for speed; only benchmarks should.
 STORAGE_FSYNC = envbool("STORAGE_FSYNC", True)
+# Files stored together (the parts of one STOW-RS request) are made durable by this
+# many threads at once: a journaling file system folds concurrent fsyncs into one
+# commit (20 files: 160 ms one after another, 50-65 ms from 8 threads, measured here).
+STORAGE_FSYNC_THREADS = envint("STORAGE_FSYNC_THREADS", 8)
 # Largest C-STORE data set accepted, in bytes (a multi-frame US cine can be large).
 DICOM_MAX_DATASET_BYTES = envint("DICOM_MAX_DATASET_BYTES", 2 * 1024**3)
 # Below this much free space on STORAGE_DIR, C-STORE and STOW-RS answer "out of
