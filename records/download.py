@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 CHUNK = 1024 * 1024
 MAX_NAME = 64
 _UNSAFE = re.compile(r"[^\w.-]+")  # \w is Unicode: 张伟 stays, "/", "\", ":" and controls go
+_DOTS = re.compile(r"\.{2,}")  # no ".." anywhere in a name
+_UNDERSCORES = re.compile(r"_{2,}")
 # Names Windows refuses as a file or folder, whatever the extension.
 _RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(10)), *(f"LPT{i}" for i in range(10))}
 
@@ -39,7 +41,8 @@ def safe_name(text: str, fallback: str) -> str:
     """``text`` as one path component any unzip tool writes where it should: no separators, no "..", no
     leading dot, no device names, at most MAX_NAME characters; ``fallback`` when nothing is left."""
     text = unicodedata.normalize("NFC", str(text or ""))
-    text = _UNSAFE.sub("_", text).strip("._-")[:MAX_NAME].rstrip("._-")
+    text = _UNDERSCORES.sub("_", _DOTS.sub("_", _UNSAFE.sub("_", text)))
+    text = text.strip("._-")[:MAX_NAME].rstrip("._-")
     if not text:
         return fallback
     if text.split(".")[0].upper() in _RESERVED:
