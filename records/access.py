@@ -24,9 +24,10 @@ from records.models import AccessRecord, Study
 
 Action = AccessRecord.Action
 
-# Keys (session digest, study UID, action) this process has written; the oldest are
-# forgotten past this many, which costs one no-op INSERT when they come back.
-_MEMO_SIZE = 100_000
+# Keys (session digest, study UID, action) this process has written (about 350 bytes
+# each); the oldest are forgotten past this many, which costs one no-op INSERT when
+# they come back.
+_MEMO_SIZE = 20_000
 _memo: OrderedDict[tuple[str, str, str], None] = OrderedDict()
 _memo_lock = threading.Lock()
 
@@ -36,17 +37,19 @@ def session_digest(request) -> str:
 
     The session key and the token are credentials: only their SHA-256 is kept.
     """
-    user = request.user
+    # The user is part of every digest: a Basic request carrying another user's session
+    # cookie is that request's user's read, not the session owner's.
+    user = request.user.pk
     auth = getattr(request, "auth", None)  # DRF: the Token of TokenAuthentication
     token = getattr(auth, "key", None)
     if token:
-        return "t" + hashlib.sha256(f"token:{token}".encode()).hexdigest()[:40]
+        return "t" + hashlib.sha256(f"token:{user}:{token}".encode()).hexdigest()[:40]
     session = getattr(request, "session", None)
     key = getattr(session, "session_key", None)
     if key:
-        return "s" + hashlib.sha256(f"session:{key}".encode()).hexdigest()[:40]
+        return "s" + hashlib.sha256(f"session:{user}:{key}".encode()).hexdigest()[:40]
     day = timezone.localdate().isoformat()
-    return "u" + hashlib.sha256(f"user:{user.pk}:{day}".encode()).hexdigest()[:40]
+    return "u" + hashlib.sha256(f"user:{user}:{day}".encode()).hexdigest()[:40]
 
 
 def client_address(request) -> str | None:

@@ -153,6 +153,15 @@ def test_token_and_basic_users_are_recorded_once_per_day(ct):
     assert all(token.key not in r.session for r in records)
 
 
+def test_a_basic_request_with_another_users_session_cookie_is_its_own_users_read(ct):
+    make_user("script", "Doctor")
+    browser = client_for("Doctor", username="dr-li")
+    how = READS["metadata"]
+    assert browser.get(how[0](ct[0]), **how[1]).status_code == 200
+    assert browser.get(how[0](ct[0]), HTTP_AUTHORIZATION=basic("script"), **how[1]).status_code == 200
+    assert sorted(AccessRecord.objects.values_list("username", flat=True)) == ["dr-li", "script"]
+
+
 def test_the_address_is_remote_addr_not_a_header_the_client_writes(ct):
     doctor = client_for("Doctor")
     doctor.get(f"/studies/{ct[0].StudyInstanceUID}/", REMOTE_ADDR="10.1.2.3", HTTP_X_FORWARDED_FOR="8.8.8.8")
