@@ -173,6 +173,17 @@ def test_the_zip_is_streamed_in_pieces_never_the_study_at_once(tmp_path):
     assert len([p for p in pieces if p]) >= 4
 
 
+def test_the_zip_goes_zip64_past_the_limits(patient_studies, monkeypatch):
+    # Files and offsets past 4 GiB, without writing 4 GiB: zipfile reads its limit at run time.
+    monkeypatch.setattr(zipfile, "ZIP64_LIMIT", 4096)
+    response = client_for("Doctor").get(zip_url(patient_studies["study"]))
+    body = b"".join(response.streaming_content)
+    assert b"PK\x06\x06" in body  # the ZIP64 end of central directory record
+    monkeypatch.undo()
+    archive = zipfile.ZipFile(io.BytesIO(body))
+    assert archive.testzip() is None and len(archive.namelist()) == 5
+
+
 HOSTILE = {
     "PatientID": "../../etc",
     "PatientName": "../..^CON",
