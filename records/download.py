@@ -13,6 +13,7 @@ Every name is made here from index values through ``safe_name`` (letters, digits
 """
 
 import logging
+import os
 import re
 import time
 import unicodedata
@@ -139,7 +140,7 @@ def zip_chunks(entries: list[Entry]) -> Iterator[bytes]:
                 log.warning("ZIP download: %s left out: %s", entry.path, exc)
                 continue
             with f:
-                stat = entry.path.stat()
+                stat = os.fstat(f.fileno())  # the file being read (a rewrite renames another into place)
                 # ZIP dates start in 1980 (315619200 is 1980-01-02, whatever the time zone).
                 info = zipfile.ZipInfo(entry.name, date_time=time.localtime(max(stat.st_mtime, 315619200))[:6])
                 info.file_size = stat.st_size  # so that zipfile writes ZIP64 headers for a file past 4 GiB
@@ -147,7 +148,8 @@ def zip_chunks(entries: list[Entry]) -> Iterator[bytes]:
                 with archive.open(info, "w") as out:
                     while chunk := f.read(CHUNK):
                         out.write(chunk)
-                        yield sink.take()
+                        if data := sink.take():
+                            yield data
             if data := sink.take():
                 yield data
-    yield sink.take()
+    yield sink.take()  # the central directory
