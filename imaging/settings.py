@@ -324,6 +324,9 @@ DICOM_CHECK_CALLED_AE = envbool("DICOM_CHECK_CALLED_AE", True)
 DICOM_CHECK_HOST = envbool("DICOM_CHECK_HOST", True)
 # Association log entries older than this are deleted daily by the worker.
 ASSOCIATION_LOG_RETENTION_DAYS = envint("ASSOCIATION_LOG_RETENTION_DAYS", 90)
+# Access records (who opened which patient's study: records/access.py) older than this
+# are deleted daily by the worker. Default: seven years and the leap days in them.
+ACCESS_RECORD_RETENTION_DAYS = envint("ACCESS_RECORD_RETENTION_DAYS", 7 * 365 + 2)
 DICOM_HOST = envstr("DICOM_HOST", "0.0.0.0")  # noqa: S104 - a PACS listens on the network
 DICOM_PORT = envint("DICOM_PORT", 11112)
 # Largest PDU we announce (Maximum Length): a P-DATA-TF longer than this is refused

@@ -14,7 +14,9 @@ from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers, viewsets
+from rest_framework.response import Response
 
+from records import access
 from records.api_permissions import AdministratorsOnly, AnyRole, DoctorsAndAdministrators
 from records.models import IndexingFailure, Instance, InstanceConflict, Patient, Series, Study
 
@@ -309,6 +311,12 @@ class InstanceViewSet(viewsets.ReadOnlyModelViewSet):
     serializer_class = InstanceSerializer
     filterset_class = InstanceFilter
     queryset = Instance.objects.select_related("series__study").order_by("series_id", "instance_number", "id")
+
+    def retrieve(self, request, *args, **kwargs):
+        """One instance, and the access record of reading it (lists are index searches, not reads)."""
+        instance = self.get_object()
+        access.record_access(request, study=instance.series.study, action=access.Action.API_INSTANCE)
+        return Response(self.get_serializer(instance).data)
 
 
 class IndexingFailureViewSet(viewsets.ReadOnlyModelViewSet):

@@ -5,8 +5,10 @@ The stored files are the source of truth; every row here can be rebuilt from the
 the modality used.
 """
 
+from django.conf import settings
 from django.db import models
 from django.db.models.functions import Upper
+from django.utils.translation import gettext_lazy as _
 
 
 class Patient(models.Model):
@@ -192,3 +194,62 @@ class InstanceConflict(models.Model):
 
     def __str__(self) -> str:
         return f"{self.sop_instance_uid}: {self.get_resolution_display()}"
+
+
+class AccessRecord(models.Model):
+    """Someone opened a patient's study: once per session (or token/Basic user per day), study and action.
+
+    Written by ``records.access.record_access`` only, never edited (the admin reads it)
+    and pruned after settings.ACCESS_RECORD_RETENTION_DAYS. The patient's and study's
+    identifiers are copied, so a record still says whom it was about after the study
+    is deleted, corrected or merged.
+    """
+
+    class Action(models.TextChoices):
+        STUDY_PAGE = "study-page", _("study page")
+        VIEWER = "viewer", _("viewer")
+        DOWNLOAD = "download", _("download (ZIP)")
+        WADO_RETRIEVE = "wado-retrieve", _("DICOMweb retrieve")
+        WADO_METADATA = "wado-metadata", _("DICOMweb metadata")
+        WADO_FRAMES = "wado-frames", _("DICOMweb frames")
+        WADO_BULKDATA = "wado-bulkdata", _("DICOMweb bulk data")
+        WADO_RENDERED = "wado-rendered", _("DICOMweb rendered")
+        WADO_THUMBNAIL = "wado-thumbnail", _("DICOMweb thumbnail")
+        API_INSTANCE = "api-instance", _("API instance")
+
+    at = models.DateTimeField(_("when"), db_index=True)  # the admin's date filter and the pruning
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, verbose_name=_("user"), null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    username = models.CharField(_("user name"), max_length=150)
+    # A digest of the session key (or of the token, or "user:<id>:<day>"): what "once per
+    # session" is counted on; the key itself is a credential and is never stored.
+    session = models.CharField(_("session"), max_length=64)
+    action = models.CharField(_("action"), max_length=16, choices=Action.choices)
+    study = models.ForeignKey(
+        Study, verbose_name=_("study"), null=True, on_delete=models.SET_NULL, related_name="access_records"
+    )
+    study_instance_uid = models.CharField(_("Study Instance UID"), max_length=64)
+    accession_number = models.CharField(_("accession number"), max_length=64, blank=True, default="")
+    patient_id = models.CharField(_("patient ID"), max_length=64, blank=True, default="")
+    patient_name = models.CharField(_("patient name"), max_length=200, blank=True, default="")
+    address = models.GenericIPAddressField(_("from address"), null=True, blank=True)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        verbose_name = _("access record")
+        verbose_name_plural = _("access records")
+        constraints = [
+            # Once per session, study and action: a second insert from another web
+            # process is a no-op (INSERT ... ON CONFLICT DO NOTHING).
+            models.UniqueConstraint(
+                fields=["session", "study_instance_uid", "action"], name="access_record_once_per_session"
+            ),
+        ]
+        indexes = [
+            # The admin's filter by patient (patient_id exact or contains).
+            models.Index(fields=["patient_id", "at"], name="access_record_patient"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M} {self.username} {self.action} {self.study_instance_uid}"

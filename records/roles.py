@@ -28,6 +28,11 @@ ROLE_HOMES = {
     ADMINISTRATOR: ("admin:index", _("Administration")),
 }
 
+# A study's page: every role reads patient and study data; images (thumbnails, the
+# viewer, downloads, DICOMweb) are for Doctors and Administrators only.
+STUDY_ROLES = (DOCTOR, FRONT_DESK, ADMINISTRATOR)
+IMAGE_ROLES = (DOCTOR, ADMINISTRATOR)
+
 # Our login page (settings.LOGIN_URL names the same one).
 LOGIN_URL = reverse_lazy("login")
 
@@ -66,6 +71,11 @@ def _group_names(user_pk: int) -> list[str]:
     with connection.cursor() as cursor:
         cursor.execute(sql, [user_pk])
         return [name for (name,) in cursor.fetchall()]
+
+
+def can_see_images(user) -> bool:
+    """May ``user`` see a patient's images (thumbnails, viewer, downloads)? The front desk may not."""
+    return bool(user_roles(user) & set(IMAGE_ROLES))
 
 
 def home_url(user) -> str | None:

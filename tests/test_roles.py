@@ -122,6 +122,8 @@ def test_an_administrator_manages_users_and_nodes_and_only_reads_records_and_log
     expected |= {f"records.view_{m}" for m in ("patient", "study", "series", "instance")}
     # What the indexer could not index, and the UID conflicts it met: read only.
     expected |= {"records.view_indexingfailure", "records.view_instanceconflict"}
+    # Who opened which patient's study: read only.
+    expected |= {"records.view_accessrecord"}
     expected |= {f"network.{a}_modalitynode" for a in ("view", "add", "change", "delete")}
     expected |= {"network.view_associationlog", "network.view_sendjob", "network.add_sendjob"}
     # Unlocking sign-ins (django-axes' lockouts) and reading its sign-in log.

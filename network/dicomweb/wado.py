@@ -109,6 +109,7 @@ def retrieve(request, study, series=None, sop=None):
     if not accepted:
         raise base.not_acceptable(accept, 'multipart/related; type="application/dicom"')
     found = base.instances(study, series, sop, fields=_INDEX_FIELDS)
+    base.record(request, study, base.Action.WADO_RETRIEVE)
     # A file removed behind the index's back is left out (and logged), not a broken stream.
     present = [i for i in found if base.path_of(i).is_file()]
     for missing in set(found) - set(present):
@@ -205,6 +206,7 @@ def metadata(request, study, series=None, sop=None):
     ):
         raise base.not_acceptable(accept, base.DICOM_JSON)
     found = base.instances(study, series, sop, fields=_METADATA_FIELDS)
+    base.record(request, study, base.Action.WADO_METADATA)
     return StreamingHttpResponse(_metadata_chunks(request, found), content_type=base.DICOM_JSON)
 
 
@@ -242,6 +244,7 @@ class BulkData(base.DicomWebView):
     def get(self, request, study, series, sop, tagpath):
         path = _parse_tag_path(tagpath)
         [instance] = base.instances(study, series, sop)
+        base.record(request, study, base.Action.WADO_BULKDATA)
         if path in ([0x7FE00010], [0x7FE00008], [0x7FE00009]):
             count = instance.number_of_frames or 1
             # The pixel data of a file is its frames.
