@@ -3,6 +3,7 @@ from django.contrib.auth.admin import GroupAdmin, UserAdmin
 from django.contrib.auth.models import Group, User
 from django.urls import reverse
 from django.utils.html import format_html
+from django.utils.translation import gettext_lazy as _
 from rest_framework.authtoken.admin import TokenAdmin
 from rest_framework.authtoken.models import TokenProxy
 
@@ -72,7 +73,7 @@ class SeriesAdmin(ReadOnlyIndexAdmin):
     list_select_related = ("study",)
     search_fields = ("series_instance_uid", "description")
 
-    @admin.display(description="thumbnail")
+    @admin.display(description=_("thumbnail"))
     def preview(self, obj):
         if not obj.thumbnail:
             return "-"
