@@ -12,7 +12,7 @@ class Lease(models.Model):
     with an expiry, so that a holder that crashed never blocks the next run.
     """
 
-    name = models.CharField(_("name"), max_length=64, unique=True)
+    name = models.CharField(_("lease name"), max_length=64, unique=True)
     holder = models.CharField(_("holder"), max_length=200, blank=True, default="")
     expires_at = models.DateTimeField(_("expires"))
 

@@ -108,7 +108,7 @@ class AssociationLog(models.Model):
     )
     images_received = models.PositiveIntegerField(_("images received"), default=0)
     images_sent = models.PositiveIntegerField(_("images sent"), default=0)
-    failures = models.PositiveIntegerField(_("failures"), default=0)
+    failures = models.PositiveIntegerField(_("failed images"), default=0)
 
     class Meta:
         ordering = ["-started_at"]
@@ -145,9 +145,9 @@ class SendJob(models.Model):
     started_at = models.DateTimeField(_("started"), null=True, blank=True)
     finished_at = models.DateTimeField(_("finished"), null=True, blank=True)
     state = models.CharField(_("state"), max_length=16, choices=State.choices, default=State.QUEUED, db_index=True)
-    total = models.PositiveIntegerField(_("images"), default=0)
-    sent = models.PositiveIntegerField(_("sent"), default=0)
-    failed = models.PositiveIntegerField(_("failed"), default=0)
+    total = models.PositiveIntegerField(_("images in total"), default=0)
+    sent = models.PositiveIntegerField(_("images sent"), default=0)
+    failed = models.PositiveIntegerField(_("images failed"), default=0)
     error = models.CharField(
         _("error"), max_length=500, blank=True, default="", help_text=_("Why the job as a whole failed.")
     )

@@ -61,8 +61,8 @@ class Study(models.Model):
     referring_physician = models.CharField(_("referring physician"), max_length=200, blank=True, default="")
     # Backslash-separated, sorted, as DICOM's ModalitiesInStudy: "CT\SR".
     modalities_in_study = models.CharField(_("modalities"), max_length=200, blank=True, default="")
-    number_of_series = models.PositiveIntegerField(_("series"), default=0)
-    number_of_instances = models.PositiveIntegerField(_("images"), default=0)
+    number_of_series = models.PositiveIntegerField(_("number of series"), default=0)
+    number_of_instances = models.PositiveIntegerField(_("number of images"), default=0)
     created_at = models.DateTimeField(_("created"), auto_now_add=True)
     updated_at = models.DateTimeField(_("updated"), auto_now=True)
 
@@ -82,7 +82,7 @@ class Series(models.Model):
     series_number = models.IntegerField(_("series number"), null=True, blank=True)
     description = models.CharField(_("description"), max_length=200, blank=True, default="")
     body_part = models.CharField(_("body part examined"), max_length=64, blank=True, default="")
-    number_of_instances = models.PositiveIntegerField(_("images"), default=0)
+    number_of_instances = models.PositiveIntegerField(_("number of images"), default=0)
     # Thumbnail path relative to STORAGE_DIR, and the instance it was made from
     # (so a later, better representative replaces it).
     thumbnail = models.CharField(_("thumbnail"), max_length=255, blank=True, default="")

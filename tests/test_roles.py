@@ -435,7 +435,7 @@ def test_the_front_desk_sees_patients_with_their_number_of_studies(front_desk_cl
     make_study(2, patient=zhang)
     Patient.objects.create(patient_id="X9", name_alphabetic="Nobody")
     assert search_patients(front_desk_client) == [("X9", 0), ("CN1", 2)]
-    assert "张伟 (Zhang Wei)" in front_desk_client.get("/patients/").content.decode()
+    assert "ZHANG Wei (张伟)" in front_desk_client.get("/patients/").content.decode()
 
 
 def test_the_front_desk_finds_patients_by_name_id_and_birth_date(front_desk_client):
