@@ -337,7 +337,7 @@ def test_the_study_list_shows_each_series_thumbnail_with_the_study(doctor_client
     for series in study.series.exclude(pk=bare.pk):
         assert f'src="{reverse("series-thumbnail", args=[series.pk])}"' in body
     assert reverse("series-thumbnail", args=[bare.pk]) not in body
-    assert "Chest" in body and "CT\\SR" in body and "P0001" in body and "Doe Pat1" in body
+    assert "Chest" in body and "CT\\SR" in body and "P0001" in body and "DOE Pat1" in body
 
 
 def test_the_study_list_takes_the_same_number_of_queries_for_one_study_or_fifty(
