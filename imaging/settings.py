@@ -117,7 +117,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "corsheaders",
-    "axes",
+    "imaging.apps.AxesConfig",  # django-axes, named in our languages
     "imaging",
     "records",
     "network",
