@@ -116,7 +116,7 @@ class AssociationLog(models.Model):
         verbose_name_plural = _("association log")
 
     def __str__(self) -> str:
-        return f"{self.started_at:%Y-%m-%d %H:%M:%S} {self.calling_ae} -> {self.called_ae} ({self.outcome})"
+        return f"{self.started_at:%Y-%m-%d %H:%M:%S} {self.calling_ae} -> {self.called_ae} ({self.get_outcome_display()})"
 
 
 class SendJob(models.Model):
@@ -160,4 +160,4 @@ class SendJob(models.Model):
         verbose_name_plural = _("send jobs")
 
     def __str__(self) -> str:
-        return f"{self.study_instance_uid} -> {self.destination} ({self.state})"
+        return f"{self.study_instance_uid} -> {self.destination} ({self.get_state_display()})"

@@ -1,14 +1,15 @@
 """Simplified Chinese and English: names, dates, the admin's own pages, messages and validation errors."""
 
 import datetime as dt
+from html.parser import HTMLParser
 
 import pytest
 from django.template import Context, Template
 from django.urls import reverse
-from django.utils import translation
+from django.utils import timezone, translation
 
-from network.models import ModalityNode
-from records.models import Patient, Study
+from network.models import AssociationLog, ModalityNode, SendJob
+from records.models import IndexingFailure, Instance, InstanceConflict, Patient, Series, Study
 from records.names import alphabetic_name, ideographic_name, person_name
 from tests import procs
 
@@ -114,3 +115,81 @@ def test_this_server_speaks_chinese(admin_client, settings):
     body = admin_client.get(reverse("admin:network_modalitynode_this_server"), headers=ZH).content.decode()
     assert "当前生效的访问控制" in body and "主叫 AE 标题" in body
     assert '<td id="check-called-ae">是</td>' in body and '<td id="check-host">否</td>' in body
+
+
+class _Text(HTMLParser):
+    """The text a reader sees in an HTML page (scripts and styles left out)."""
+
+    def __init__(self):
+        super().__init__()
+        self.parts, self._skip = [], 0
+
+    def handle_starttag(self, tag, attrs):
+        self._skip += tag in ("script", "style")
+
+    def handle_endtag(self, tag):
+        self._skip -= tag in ("script", "style")
+
+    def handle_data(self, data):
+        if not self._skip:
+            self.parts.append(data)
+
+
+def visible_text(html: str) -> str:
+    parser = _Text()
+    parser.feed(html)
+    return " ".join(parser.parts)
+
+
+@pytest.fixture
+def one_of_everything(zhang_study, admin_user):
+    series = Series.objects.create(study=zhang_study, series_instance_uid="1.2.3.4.1", modality="CT", series_number=1)
+    instance = Instance.objects.create(
+        series=series,
+        sop_instance_uid="1.2.3.4.1.1",
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+        transfer_syntax_uid="1.2.840.10008.1.2.1",
+        file_path="1/2/3.dcm",  # not "instances/...": the word would pass for untranslated English
+        file_size=1024,
+        checksum="0" * 64,
+        received_at=timezone.now(),
+        source_ae="CT_ROOM_1",
+    )
+    node = ModalityNode.objects.create(ae_title="CT_ROOM_1", host="127.0.0.1", port=104, location="放射科")
+    failure = IndexingFailure.objects.create(file_path="9/9/9.dcm", category="charset", indexed=True, reason="-")
+    conflict = InstanceConflict.objects.create(sop_instance_uid="1.2.3.4.1.1", resolution="kept-stored")
+    log = AssociationLog.objects.create(
+        started_at=timezone.now(),
+        calling_ae="CT_ROOM_1",
+        called_ae="IMAGING",
+        peer_host="127.0.0.1",
+        outcome="released",
+    )
+    job = SendJob.objects.create(
+        study=zhang_study,
+        study_instance_uid=zhang_study.study_instance_uid,
+        node=node,
+        destination="CT_ROOM_1",
+        requested_by=admin_user,
+        state="partial",
+        failures=[{"sop_instance_uid": "1.2.3.4.1.1", "status": "0xA700", "error": "-"}],
+    )
+    return [zhang_study.patient, zhang_study, series, instance, node, failure, conflict, log, job]
+
+
+def test_no_english_of_ours_is_left_on_our_admin_pages_in_chinese(admin_client, one_of_everything):
+    from tests.test_i18n_browser import our_english
+
+    english = our_english()
+    pages = [reverse("admin:index"), reverse("admin:network_modalitynode_this_server")]
+    for obj in one_of_everything:
+        opts = obj._meta
+        pages += [reverse(f"admin:{opts.app_label}_{opts.model_name}_changelist")]
+        pages += [reverse(f"admin:{opts.app_label}_{opts.model_name}_change", args=[obj.pk])]
+    pages += [reverse("admin:network_modalitynode_add"), reverse("admin:app_list", args=["records"])]
+    for url in pages:
+        response = admin_client.get(url, headers=ZH)
+        assert response.status_code == 200, url
+        text = visible_text(response.content.decode())
+        left = sorted({p.pattern for p in english if p.search(text)})
+        assert not left, f"{url} still shows our English: {left}"
