@@ -116,7 +116,8 @@ class AssociationLog(models.Model):
         verbose_name_plural = _("association log")
 
     def __str__(self) -> str:
-        return f"{self.started_at:%Y-%m-%d %H:%M:%S} {self.calling_ae} -> {self.called_ae} ({self.get_outcome_display()})"
+        outcome = self.get_outcome_display()
+        return f"{self.started_at:%Y-%m-%d %H:%M:%S} {self.calling_ae} -> {self.called_ae} ({outcome})"
 
 
 class SendJob(models.Model):
