@@ -9,6 +9,7 @@ from rest_framework.authtoken.models import TokenProxy
 
 from network.admin import send_to_node
 from records.models import IndexingFailure, Instance, InstanceConflict, Patient, Series, Study
+from records.names import display_name
 
 
 class ReadOnlyIndexAdmin(admin.ModelAdmin):
@@ -23,9 +24,17 @@ class ReadOnlyIndexAdmin(admin.ModelAdmin):
 
 @admin.register(Patient)
 class PatientAdmin(ReadOnlyIndexAdmin):
-    list_display = ("patient_id", "issuer", "name", "birth_date", "sex", "updated_at")
+    list_display = ("patient_id", "issuer", "shown_name", "birth_date", "shown_sex", "updated_at")
     search_fields = ("patient_id", "name_alphabetic", "name_ideographic", "name_phonetic")
     list_filter = ("sex",)
+
+    @admin.display(description=_("name"), ordering="name_alphabetic")
+    def shown_name(self, obj):
+        return display_name(obj)
+
+    @admin.display(description=_("sex"), ordering="sex")
+    def shown_sex(self, obj):
+        return obj.sex_display()
 
 
 @admin.register(Study)

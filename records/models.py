@@ -46,8 +46,15 @@ class Patient(models.Model):
             models.Index(Upper("name_phonetic"), name="patient_name_phon_upper"),
         ]
 
+    # Patient's Sex (0010,0040) is M, F or O (PS3.3 C.7.1.1): a word in the reader's language on pages.
+    SEX_LABELS = {"M": _("male"), "F": _("female"), "O": _("other")}
+
     def __str__(self) -> str:
         return f"{display_name(self) or _('(no name)')} [{self.patient_id}]"
+
+    def sex_display(self) -> str:
+        """男 / male for M; a value DICOM does not define is shown as sent."""
+        return str(self.SEX_LABELS.get(self.sex.strip().upper(), self.sex))
 
 
 class Study(models.Model):

@@ -193,3 +193,12 @@ def test_no_english_of_ours_is_left_on_our_admin_pages_in_chinese(admin_client, 
         text = visible_text(response.content.decode())
         left = sorted({p.pattern for p in english if p.search(text)})
         assert not left, f"{url} still shows our English: {left}"
+
+
+def test_the_patient_list_writes_sex_and_birth_date_in_the_readers_way(admin_client, db):
+    Patient.objects.create(patient_id="CN2", name_ideographic="欧阳^娜娜", sex="F", birth_date=dt.date(1980, 5, 1))
+    Patient.objects.create(patient_id="X1", name_alphabetic="Doe^Jo", sex="U")
+    chinese = visible_text(admin_client.get(reverse("records:patient-list"), headers=ZH).content.decode())
+    assert "欧阳娜娜" in chinese and "女" in chinese and "1980-05-01" in chinese and " U " in chinese
+    english = visible_text(admin_client.get(reverse("records:patient-list")).content.decode())
+    assert "female" in english and "DOE Jo" in english
