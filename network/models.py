@@ -4,6 +4,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils.translation import gettext_lazy as _
+from django.utils.translation import pgettext_lazy
 
 
 def normalize_ae_title(value: str) -> str:
@@ -51,7 +52,9 @@ class ModalityNode(models.Model):
     description = models.CharField(_("description"), max_length=200, blank=True, default="")
     location = models.CharField(_("location"), max_length=200, blank=True, default="")
     active = models.BooleanField(
-        _("active"), default=True, help_text=_("Inactive nodes are refused like unknown ones.")
+        pgettext_lazy("modality node", "active"),
+        default=True,
+        help_text=_("Inactive nodes are refused like unknown ones."),
     )
     may_store = models.BooleanField(_("may store to us"), default=True, help_text=_("C-STORE: send images to us."))
     may_query = models.BooleanField(_("may query us"), default=True, help_text=_("C-FIND: search our archive."))

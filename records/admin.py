@@ -4,6 +4,7 @@ from django.contrib.auth.models import Group, User
 from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
+from django.utils.translation import pgettext_lazy
 from rest_framework.authtoken.admin import TokenAdmin
 from rest_framework.authtoken.models import TokenProxy
 
@@ -28,7 +29,7 @@ class PatientAdmin(ReadOnlyIndexAdmin):
     search_fields = ("patient_id", "name_alphabetic", "name_ideographic", "name_phonetic")
     list_filter = ("sex",)
 
-    @admin.display(description=_("name"), ordering="name_alphabetic")
+    @admin.display(description=pgettext_lazy("person", "name"), ordering="name_alphabetic")
     def shown_name(self, obj):
         return display_name(obj)
 

@@ -8,6 +8,7 @@ the modality used.
 from django.db import models
 from django.db.models.functions import Upper
 from django.utils.translation import gettext_lazy as _
+from django.utils.translation import pgettext_lazy
 
 from records.names import display_name
 
@@ -20,7 +21,10 @@ class Patient(models.Model):
     issuer = models.CharField(_("issuer of patient ID"), max_length=64, blank=True, default="")
     # The full Person Name as DICOM writes it ("alphabetic=ideographic=phonetic"),
     # and each group apart so that searches can match any of them.
-    name = models.CharField(_("name"), max_length=200, blank=True, default="", help_text=_("As DICOM writes it."))
+    # "person": Django translates a plain "name" (a group's, a permission's) otherwise.
+    name = models.CharField(
+        pgettext_lazy("person", "name"), max_length=200, blank=True, default="", help_text=_("As DICOM writes it.")
+    )
     name_alphabetic = models.CharField(_("name (alphabetic)"), max_length=200, blank=True, default="", db_index=True)
     name_ideographic = models.CharField(_("name (ideographic)"), max_length=200, blank=True, default="", db_index=True)
     name_phonetic = models.CharField(_("name (phonetic)"), max_length=200, blank=True, default="", db_index=True)

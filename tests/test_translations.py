@@ -193,3 +193,34 @@ def test_the_committed_mo_is_the_compiled_po(tmp_path):
             f"{MO.relative_to(ROOT)} is not the compiled {PO.relative_to(ROOT)}: "
             "run `manage.py compilemessages -l zh_Hans` and commit the .mo"
         )
+
+
+def installed_catalogs() -> dict[str, dict]:
+    """The zh_Hans catalogs of Django and of every installed app that has one (ours have none of their own)."""
+    import django
+    from django.apps import apps
+
+    folders = [Path(django.__file__).parent / "conf"] + [Path(app.path) for app in apps.get_app_configs()]
+    catalogs = {}
+    for folder in folders:
+        mo = folder / "locale" / "zh_Hans" / "LC_MESSAGES" / "django.mo"
+        if mo.exists() and mo != MO:
+            with mo.open("rb") as f:
+                catalogs[str(folder.relative_to(folder.parents[1]))] = gettext.GNUTranslations(f)._catalog
+    return catalogs
+
+
+def test_our_catalog_does_not_retranslate_what_django_and_the_apps_translate(committed):
+    # Our catalog comes first (LOCALE_PATHS) for every msgid on every page: a plain "Change"
+    # of ours turned the admin's 修改 into 切换. Give such a string a context (pgettext).
+    catalogs = installed_catalogs()
+    assert "django/conf" in catalogs and "contrib/admin" in catalogs, sorted(catalogs)
+    problems = []
+    for entry in committed.values():
+        key = entry.msgid if entry.msgctxt is None else f"{entry.msgctxt}\x04{entry.msgid}"
+        ours = entry.msgstr.get(0, "")
+        for package, catalog in catalogs.items():
+            theirs = catalog.get(key if entry.msgid_plural is None else (key, 0))
+            if theirs and ours and theirs.strip() != ours.strip():
+                problems.append(f"  {entry.describe()}: ours {ours!r}, {package}'s {theirs!r}")
+    assert not problems, "our translation would replace another package's (use a context):\n" + "\n".join(problems)
