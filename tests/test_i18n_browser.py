@@ -103,6 +103,7 @@ def test_a_chinese_browser_sees_chinese_pages_and_switches_to_english(zh_page, l
         "设备节点",
         "索引失败",
         "发送任务",
+        "修改",  # Django's own, which a plain "Change" of ours once turned into 切换
         patterns=english,
     )
 
