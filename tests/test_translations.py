@@ -110,37 +110,68 @@ def test_the_po_parser_reads_plurals_contexts_flags_and_continued_lines():
 
 
 @pytest.fixture(scope="module")
-def marked(tmp_path_factory) -> list[Entry]:
-    """What makemessages finds in our code and templates: msgids with their source locations."""
+def sources(tmp_path_factory) -> Path:
+    """A copy of our code and templates without their catalogs, for makemessages to write into."""
     if not shutil.which("xgettext") or not shutil.which("msgfmt"):
         pytest.fail("gettext is not installed (make test installs Debian's gettext package)")
-    work = tmp_path_factory.mktemp("makemessages")
-    source = work / "src"
-    before = hashlib.sha256(PO.read_bytes()).hexdigest()
+    source = tmp_path_factory.mktemp("makemessages") / "src"
 
     def ignored(directory, names):
         skip = set(shutil.ignore_patterns(*NEVER_COPIED)(directory, names))
         return skip | (NOT_SOURCES & set(names) if Path(directory) == ROOT else set())
 
     shutil.copytree(ROOT, source, ignore=ignored, symlinks=True)
-    (source / "locale" / "zh_Hans" / "LC_MESSAGES" / "django.po").unlink()
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "imaging.settings", "VAR_DIR": str(work / "var")}
-    done = subprocess.run(
-        [sys.executable, "manage.py", "makemessages", "--locale", "zh_Hans", "--no-wrap", "--verbosity", "0"],
-        cwd=source,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    for po in (source / "locale" / "zh_Hans" / "LC_MESSAGES").glob("*.po"):
+        po.unlink()
+    return source
+
+
+def makemessages(source: Path, domain: str) -> list[Entry]:
+    """The msgids makemessages finds for ``domain``, with their source locations (none: [])."""
+    before = {po: hashlib.sha256(po.read_bytes()).hexdigest() for po in LOCALE_DIR.glob("*.po")}
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "imaging.settings", "VAR_DIR": str(source.parent / "var")}
+    command = ["manage.py", "makemessages", "--locale", "zh_Hans", "--domain", domain, "--no-wrap", "--verbosity", "0"]
+    done = subprocess.run([sys.executable, *command], cwd=source, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert hashlib.sha256(PO.read_bytes()).hexdigest() == before, "the test rewrote the committed .po"
-    return parse_po((source / "locale" / "zh_Hans" / "LC_MESSAGES" / "django.po").read_text(encoding="utf-8"))
+    after = {po: hashlib.sha256(po.read_bytes()).hexdigest() for po in LOCALE_DIR.glob("*.po")}
+    assert after == before, "the test rewrote a committed .po"
+    found = source / "locale" / "zh_Hans" / "LC_MESSAGES" / f"{domain}.po"
+    return parse_po(found.read_text(encoding="utf-8")) if found.exists() else []
+
+
+@pytest.fixture(scope="module")
+def marked(sources) -> list[Entry]:
+    """What makemessages finds in our Python code and templates."""
+    return makemessages(sources, "django")
 
 
 @pytest.fixture(scope="module")
 def committed() -> dict[tuple, Entry]:
-    return {entry.key: entry for entry in parse_po(PO.read_text(encoding="utf-8"))}
+    return catalog(PO)
+
+
+def catalog(po: Path) -> dict[tuple, Entry]:
+    return {entry.key: entry for entry in parse_po(po.read_text(encoding="utf-8"))}
+
+
+def untranslated(marked: list[Entry], committed: dict[tuple, Entry], po: Path) -> str:
+    """What a failure says: each marked msgid without a usable translation, and where it comes from."""
+    problems = []
+    for entry in marked:
+        ours = committed.get(entry.key)
+        if ours is None:
+            problems.append(f"  not in the .po: {entry.describe()}")
+        elif "fuzzy" in ours.flags:
+            problems.append(f"  fuzzy: {entry.describe()}")
+        elif not ours.msgstr or not all(ours.msgstr.values()):
+            problems.append(f"  empty msgstr: {entry.describe()}")
+    if not problems:
+        return ""
+    return (
+        f"{len(problems)} marked string(s) without a Simplified Chinese translation in "
+        f"{po.relative_to(ROOT)} (add each msgid with its msgstr, then "
+        "`manage.py compilemessages -l zh_Hans`):\n" + "\n".join(problems)
+    )
 
 
 def test_makemessages_finds_our_marked_strings(marked):
@@ -151,20 +182,22 @@ def test_makemessages_finds_our_marked_strings(marked):
 
 
 def test_every_marked_string_has_a_simplified_chinese_translation(marked, committed):
-    problems = []
-    for entry in marked:
-        ours = committed.get(entry.key)
-        if ours is None:
-            problems.append(f"  not in the .po: {entry.describe()}")
-        elif "fuzzy" in ours.flags:
-            problems.append(f"  fuzzy: {entry.describe()}")
-        elif not ours.msgstr or not all(ours.msgstr.values()):
-            problems.append(f"  empty msgstr: {entry.describe()}")
-    assert not problems, (
-        f"{len(problems)} marked string(s) without a Simplified Chinese translation in "
-        f"{PO.relative_to(ROOT)} (add each msgid with its msgstr, then "
-        "`manage.py compilemessages -l zh_Hans`):\n" + "\n".join(problems)
-    )
+    problems = untranslated(marked, committed, PO)
+    assert not problems, problems
+
+
+def test_strings_marked_in_javascript_have_their_catalog(sources):
+    # Our pages' scripts (the viewer) may mark strings for Django's JavaScriptCatalog:
+    # they need locale/zh_Hans/LC_MESSAGES/djangojs.po, held to the same rule.
+    js_po = LOCALE_DIR / "djangojs.po"
+    marked_js = makemessages(sources, "djangojs")
+    if not js_po.exists():
+        assert not marked_js, f"strings marked in JavaScript but no {js_po.relative_to(ROOT)}:\n" + "\n".join(
+            f"  {entry.describe()}" for entry in marked_js
+        )
+    else:
+        problems = untranslated(marked_js, catalog(js_po), js_po)
+        assert not problems, problems
 
 
 PLACEHOLDER = re.compile(r"%(?:\([^)]+\))?[-#0 +]*\d*(?:\.\d+)?[sdifrxXeEgGco]|\{[A-Za-z_][A-Za-z0-9_]*\}|\{\d*\}")
@@ -174,9 +207,11 @@ def placeholders(text: str) -> list[str]:
     return sorted(PLACEHOLDER.findall(text.replace("%%", "")))
 
 
-def test_translations_keep_every_placeholder(committed):
+def test_translations_keep_every_placeholder():
     problems = []
-    for entry in committed.values():
+    entries = [entry for po in sorted(LOCALE_DIR.glob("*.po")) for entry in catalog(po).values()]
+    assert entries
+    for entry in entries:
         expected = placeholders(entry.msgid_plural if entry.msgid_plural is not None else entry.msgid)
         for n, text in entry.msgstr.items():
             if text and placeholders(text) != expected:
@@ -184,13 +219,19 @@ def test_translations_keep_every_placeholder(committed):
     assert not problems, "translations that lost or changed a placeholder:\n" + "\n".join(problems)
 
 
-def test_the_committed_mo_is_the_compiled_po(tmp_path):
-    compiled = tmp_path / "django.mo"
-    done = subprocess.run(["msgfmt", "--check", "-o", compiled, PO], capture_output=True, text=True)
+@pytest.mark.parametrize("domain", ["django", "djangojs"])
+def test_the_committed_mo_is_the_compiled_po(tmp_path, domain):
+    po, mo = LOCALE_DIR / f"{domain}.po", LOCALE_DIR / f"{domain}.mo"
+    if domain != "django" and not po.exists():
+        assert not mo.exists(), f"{mo.relative_to(ROOT)} without its .po"
+        return
+    compiled = tmp_path / f"{domain}.mo"
+    done = subprocess.run(["msgfmt", "--check", "-o", compiled, po], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    with MO.open("rb") as ours, compiled.open("rb") as fresh:
+    assert mo.exists(), f"{mo.relative_to(ROOT)} is missing: run `manage.py compilemessages -l zh_Hans` and commit it"
+    with mo.open("rb") as ours, compiled.open("rb") as fresh:
         assert gettext.GNUTranslations(ours)._catalog == gettext.GNUTranslations(fresh)._catalog, (
-            f"{MO.relative_to(ROOT)} is not the compiled {PO.relative_to(ROOT)}: "
+            f"{mo.relative_to(ROOT)} is not the compiled {po.relative_to(ROOT)}: "
             "run `manage.py compilemessages -l zh_Hans` and commit the .mo"
         )
 
