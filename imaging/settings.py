@@ -117,7 +117,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "corsheaders",
-    "axes",
+    "imaging.apps.AxesConfig",  # django-axes, named in our languages
     "imaging",
     "records",
     "network",
@@ -194,6 +194,8 @@ AUTH_PASSWORD_VALIDATORS = [
 LANGUAGE_CODE = envstr("LANGUAGE_CODE", "en")
 LANGUAGES = [("en", "English"), ("zh-hans", "简体中文")]
 LOCALE_PATHS = [BASE_DIR / "locale"]
+# Dates in Chinese as Chinese PACS/RIS write them, 2026-12-01 (imaging/formats/zh_Hans/formats.py).
+FORMAT_MODULE_PATH = ["imaging.formats"]
 TIME_ZONE = envstr("TIME_ZONE", "UTC")
 USE_I18N = True
 USE_TZ = True

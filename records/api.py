@@ -11,6 +11,7 @@ and instance conflicts.
 import django_filters
 from django.db.models import Count, F
 from django.urls import reverse
+from django.utils.translation import gettext as _
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers, viewsets
@@ -58,7 +59,7 @@ class DateRange(django_filters.DateFromToRangeFilter):
 
     def filter(self, qs, value):
         if value and value.start and value.stop and value.start > value.stop:
-            raise serializers.ValidationError({self.field_name: ["The start date is after the end date."]})
+            raise serializers.ValidationError({self.field_name: [_("The start date is after the end date.")]})
         return super().filter(qs, value)
 
 

@@ -13,6 +13,7 @@ from django.db import connection
 from django.shortcuts import render
 from django.urls import reverse, reverse_lazy
 from django.utils.translation import gettext_lazy as _
+from django.utils.translation import pgettext_lazy
 
 DOCTOR = "Doctor"
 FRONT_DESK = "Front desk"
@@ -25,7 +26,7 @@ ROLE_NAMES = {DOCTOR: _("Doctor"), FRONT_DESK: _("Front desk"), ADMINISTRATOR: _
 ROLE_HOMES = {
     DOCTOR: ("records:study-list", _("Studies")),
     FRONT_DESK: ("records:patient-list", _("Patients")),
-    ADMINISTRATOR: ("admin:index", _("Administration")),
+    ADMINISTRATOR: ("admin:index", pgettext_lazy("role home", "Administration")),
 }
 
 # A study's page: every role reads patient and study data; images (thumbnails, the

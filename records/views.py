@@ -16,6 +16,7 @@ from django.utils.translation import gettext_lazy as _
 
 from records import access, download, roles, studies
 from records.models import Patient, Series, Study
+from records.names import display_name
 
 PAGE_SIZE = 50
 
@@ -152,16 +153,6 @@ def patient_search(*, name="", patient_id="", birth_date=None):
     if birth_date:
         patients = patients.filter(birth_date=birth_date)
     return patients.order_by("name_alphabetic", "patient_id", "id")
-
-
-def display_name(patient: Patient) -> str:
-    """张伟 (Zhang Wei): the ideographic group, then the alphabetic one, without DICOM's carets."""
-    ideographic = "".join(patient.name_ideographic.split("^"))
-    alphabetic = " ".join(part for part in patient.name_alphabetic.split("^") if part)
-    phonetic = " ".join(part for part in patient.name_phonetic.split("^") if part)
-    first = ideographic or alphabetic or phonetic
-    second = alphabetic if ideographic else ""
-    return f"{first} ({second})" if second else first
 
 
 def _search_page(request, form_class, search):
