@@ -43,7 +43,7 @@ def test_a_doctor_clicks_a_study_and_sees_its_header_and_thumbnails(live_server,
     page.goto(f"{live_server.url}/studies/")
     page.click("a.study-link")
     page.wait_for_url(f"**/studies/{first[0].StudyInstanceUID}/")
-    expect(page.locator("h1")).to_have_text("张伟 (Zhang Wei)")
+    expect(page.locator("h1")).to_have_text("ZHANG Wei (张伟)")  # records/names.py, in English
     head = page.locator(".study-head")
     for text in ("BR0001", "1980-02-15", "CT chest", "Zhang^Wei", "张^伟"):
         expect(head).to_contain_text(text)
@@ -66,6 +66,7 @@ def test_a_doctor_clicks_a_study_and_sees_its_header_and_thumbnails(live_server,
     chinese.add_cookies([{"name": django_settings.SESSION_COOKIE_NAME, "value": cookie, "url": live_server.url}])
     page = chinese.new_page()
     page.goto(f"{live_server.url}/studies/{first[0].StudyInstanceUID}/")
+    expect(page.locator("h1")).to_have_text("张伟 (ZHANG Wei)")  # Chinese: the characters first
     expect(page.locator(".actions")).to_contain_text("下载 ZIP")
     expect(page.locator(".study-head")).to_contain_text("检查时年龄")
     expect(page.locator(".series-card").nth(0)).to_contain_text("5 幅图像")
