@@ -4,10 +4,11 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 # Debian packages: what the running system needs, and what the test suite needs on top.
+# gettext: xgettext and msgfmt, with which tests/test_translations.py finds untranslated strings.
 # npm fetches the OHIF Viewer (imaging/ohif/package.json); a package counts as present when
 # dpkg has it or a command of its name is on PATH (NodeSource's nodejs brings its own npm).
 RUN_PACKAGES := redis-server dcmtk npm
-TEST_PACKAGES := $(RUN_PACKAGES) postgresql chromium fonts-noto-cjk
+TEST_PACKAGES := $(RUN_PACKAGES) postgresql chromium fonts-noto-cjk gettext
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test lint system-packages system-packages-test venv migrate ohif bench bench-dicomweb clean

@@ -31,6 +31,11 @@ def _schedule_periodic(sender, **kwargs):
     sender.add_periodic_task(
         24 * 3600, sender.signature("network.tasks.prune_association_log"), name="prune the association log"
     )
+    sender.add_periodic_task(
+        24 * 3600,
+        sender.signature("imaging.tasks.prune_access_records"),
+        name="prune access records past ACCESS_RECORD_RETENTION_DAYS",
+    )
     if settings.INDEX_SPOOL_INTERVAL_SECONDS > 0:
         sender.add_periodic_task(
             settings.INDEX_SPOOL_INTERVAL_SECONDS,

@@ -13,6 +13,7 @@ import os
 import re
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from django.conf import settings
@@ -148,8 +149,49 @@ class PartialFile:
             pass
 
 
-def write_atomic(relpath: str, chunks, fsync: bool | None = None) -> Path:
-    """Write ``chunks`` (bytes-like) to ``relpath`` so that the file is either whole or absent (``PartialFile``)."""
+class GroupCommit:
+    """Files committed together, their fsyncs overlapping; each counts as stored only after ``wait``.
+
+    One fsync after another costs a journal commit each; fsyncs issued at once are
+    folded into a few (see STORAGE_FSYNC_THREADS). The durability is the same as
+    ``PartialFile.commit``: a caller reports a file stored only once ``wait`` says so.
+    Used where one answer covers several files (a STOW-RS request).
+    """
+
+    _executor: ThreadPoolExecutor | None = None
+    _executor_lock = threading.Lock()
+
+    def __init__(self):
+        self._pending: dict[Path, Future] = {}
+
+    @classmethod
+    def _pool(cls) -> ThreadPoolExecutor:
+        with cls._executor_lock:
+            if cls._executor is None:
+                cls._executor = ThreadPoolExecutor(settings.STORAGE_FSYNC_THREADS, thread_name_prefix="fsync")
+            return cls._executor
+
+    def commit(self, partial: "PartialFile") -> None:
+        """Start ``partial.commit()``; the file is the group's from now on (``wait`` gives its fate)."""
+        self.settle(partial.dest)
+        self._pending[partial.dest] = self._pool().submit(partial.commit)
+
+    def settle(self, dest: Path) -> None:
+        """Wait for a pending commit to ``dest``: what is already there is looked at before a new write."""
+        pending = self._pending.get(dest)
+        if pending is not None:
+            pending.exception()
+
+    def wait(self) -> dict[Path, BaseException | None]:
+        """Each file's outcome: None when it is durably in place, else why not (it was discarded)."""
+        return {dest: future.exception() for dest, future in self._pending.items()}
+
+
+def write_atomic(relpath: str, chunks, fsync: bool | None = None, group: GroupCommit | None = None) -> Path:
+    """Write ``chunks`` (bytes-like) to ``relpath`` so that the file is either whole or absent (``PartialFile``).
+
+    With ``group``, the commit is only started: the group's ``wait`` says when it is done.
+    """
     partial = PartialFile(relpath, fsync)
     try:
         for chunk in chunks:
@@ -157,6 +199,9 @@ def write_atomic(relpath: str, chunks, fsync: bool | None = None) -> Path:
     except BaseException:
         partial.discard()
         raise
+    if group is not None:
+        group.commit(partial)
+        return partial.dest
     return partial.commit()
 
 

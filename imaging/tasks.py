@@ -1,4 +1,4 @@
-"""Thin Celery tasks over the plain functions in ingest, thumbnails and reindex."""
+"""Thin Celery tasks over the plain functions in ingest, thumbnails, reindex and the access record."""
 
 import functools
 import logging
@@ -9,6 +9,7 @@ from django.conf import settings
 from django.db import OperationalError
 
 from imaging import ingest, spool, thumbnails
+from records import access
 
 log = logging.getLogger(__name__)
 
@@ -80,3 +81,8 @@ def reindex_missing() -> dict:
     except reindex.Busy as exc:
         log.info("periodic reindex skipped: %s", exc)
         return {"skipped": str(exc)}
+
+
+@shared_task(name="imaging.tasks.prune_access_records")
+def prune_access_records() -> int:
+    return access.prune(older_than_days=settings.ACCESS_RECORD_RETENTION_DAYS)

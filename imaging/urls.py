@@ -1,6 +1,7 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path, re_path
+from django.utils.translation import gettext_lazy as _
 
 from imaging import views
 from imaging.ohif import views as ohif_views
@@ -14,6 +15,8 @@ from records import views as records_views
 # ours (anonymous) or answers 403 (signed in, not an Administrator).
 admin.site.has_permission = roles.can_use_admin
 admin.site.login = records_views.admin_login
+admin.site.site_header = _("Imaging administration")
+admin.site.site_title = _("Imaging administration")
 
 urlpatterns = [
     path("", records_views.home, name="home"),

@@ -12,6 +12,8 @@ from django.db import transaction
 from django.template.response import TemplateResponse
 from django.urls import path
 from django.utils.html import format_html, format_html_join
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy, ngettext
 
 from network import scu, tasks
 from network.addresses import local_addresses
@@ -38,22 +40,27 @@ class ModalityNodeAdmin(admin.ModelAdmin):
     actions = ["test_connection"]
     fieldsets = (
         (None, {"fields": ("ae_title", "host", "port", "description", "location", "active")}),
-        ("What it may do", {"fields": ("may_store", "may_query", "may_retrieve")}),
-        ("Character set", {"fields": ("fallback_charset",)}),
+        (gettext_lazy("What it may do"), {"fields": ("may_store", "may_query", "may_retrieve")}),
+        (gettext_lazy("Character set"), {"fields": ("fallback_charset",)}),
     )
 
-    @admin.action(description="Test connection (C-ECHO)")
+    @admin.action(description=gettext_lazy("Test connection (C-ECHO)"))
     def test_connection(self, request, queryset):
         for node in queryset:
             result = scu.echo_node(node)
             if result.ok:
                 self.message_user(
                     request,
-                    f"{node}: C-ECHO succeeded, round trip {result.round_trip_ms:.1f} ms.",
+                    _("%(node)s: C-ECHO succeeded, round trip %(ms).1f ms.")
+                    % {"node": node, "ms": result.round_trip_ms},
                     messages.SUCCESS,
                 )
             else:
-                self.message_user(request, f"{node}: C-ECHO failed: {result.error}.", messages.ERROR)
+                self.message_user(
+                    request,
+                    _("%(node)s: C-ECHO failed: %(error)s.") % {"node": node, "error": result.error},
+                    messages.ERROR,
+                )
 
     def get_urls(self):
         own = [
@@ -72,7 +79,7 @@ class ModalityNodeAdmin(admin.ModelAdmin):
         context = {
             **self.admin_site.each_context(request),
             "opts": self.model._meta,
-            "title": "This server",
+            "title": _("This server"),
             "ae_title": settings.DICOM_AE_TITLE,
             "port": settings.DICOM_PORT,
             "listen_host": settings.DICOM_HOST,
@@ -139,7 +146,7 @@ class SendJobAdmin(ReadOnlyAdmin):
     exclude = ("failures",)
     readonly_fields = ("failures_table",)
 
-    @admin.display(description="images not stored")
+    @admin.display(description=gettext_lazy("images not stored"))
     def failures_table(self, obj):
         if not obj.failures:
             return "-"
@@ -149,8 +156,10 @@ class SendJobAdmin(ReadOnlyAdmin):
             ((f.get("sop_instance_uid", ""), f.get("status", ""), f.get("error", "")) for f in obj.failures),
         )
         return format_html(
-            "<table><thead><tr><th>SOP Instance UID</th><th>status</th><th>error</th></tr></thead>"
-            "<tbody>{}</tbody></table>",
+            "<table><thead><tr><th>{}</th><th>{}</th><th>{}</th></tr></thead><tbody>{}</tbody></table>",
+            _("SOP Instance UID"),
+            _("status"),
+            _("error"),
             rows,
         )
 
@@ -158,17 +167,17 @@ class SendJobAdmin(ReadOnlyAdmin):
 # The study action, attached to records' StudyAdmin (records/admin.py).
 
 
-@admin.action(description="Send to node…", permissions=["send"])
+@admin.action(description=gettext_lazy("Send to node…"), permissions=["send"])
 def send_to_node(modeladmin, request, queryset):
     """Step 1 shows the nodes that may receive studies; step 2 (``apply``) queues one job per study."""
     nodes = tasks.send_destinations()
     node = nodes.filter(pk=request.POST.get("node") or None).first() if "apply" in request.POST else None
     if node is None:
         if "apply" in request.POST:
-            modeladmin.message_user(request, "Choose a node to send to.", messages.WARNING)
+            modeladmin.message_user(request, _("Choose a node to send to."), messages.WARNING)
         context = {
             **modeladmin.admin_site.each_context(request),
-            "title": "Send studies to a node",
+            "title": _("Send studies to a node"),
             "opts": modeladmin.model._meta,
             "studies": queryset.select_related("patient"),
             "nodes": nodes,
@@ -179,7 +188,11 @@ def send_to_node(modeladmin, request, queryset):
 
     def reported(job: SendJob, error: str) -> None:
         if error:
-            messages.error(request, f"Sending {job.study_instance_uid} could not be queued: {error}")
+            messages.error(
+                request,
+                _("Sending %(study)s could not be queued: %(error)s")
+                % {"study": job.study_instance_uid, "error": error},
+            )
         else:
             queued.append(job)
 
@@ -188,7 +201,10 @@ def send_to_node(modeladmin, request, queryset):
             tasks.send_job_create(study=study, node=node, requested_by=request.user, on_queued=reported)
     # The jobs were queued when the block committed (the admin's changelist is not atomic).
     if queued:
-        modeladmin.message_user(
-            request, f"{len(queued)} study(ies) queued for sending to {node}; see Send jobs.", messages.SUCCESS
-        )
+        message = ngettext(
+            "%(count)d study queued for sending to %(node)s; see Send jobs.",
+            "%(count)d studies queued for sending to %(node)s; see Send jobs.",
+            len(queued),
+        ) % {"count": len(queued), "node": node}
+        modeladmin.message_user(request, message, messages.SUCCESS)
     return None

@@ -103,6 +103,7 @@ _ATTRS: dict[str, Attr] = {
 }
 
 # From the query level's model to each level at or above it.
+_ATTR_TAGS = {keyword: Tag(keyword) for keyword in _ATTRS}
 _PATHS = {
     "PATIENT": {"PATIENT": ""},
     "STUDY": {"PATIENT": "patient__", "STUDY": ""},
@@ -387,8 +388,9 @@ def parse(identifier: Dataset, *, model: str, fallback_charset: str | None = Non
     level = _level(identifier, model)
     depth = LEVELS.index(level)
     values = {}
+    present = set(identifier.keys())  # tags: "keyword in identifier" looks each keyword up again
     for keyword, attr in _ATTRS.items():
-        if keyword in identifier and LEVELS.index(attr.level) <= depth:
+        if _ATTR_TAGS[keyword] in present and LEVELS.index(attr.level) <= depth:
             try:
                 values[keyword] = charsets.text(identifier, keyword)
             except Exception as exc:

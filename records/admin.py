@@ -3,11 +3,14 @@ from django.contrib.auth.admin import GroupAdmin, UserAdmin
 from django.contrib.auth.models import Group, User
 from django.urls import reverse
 from django.utils.html import format_html
+from django.utils.translation import gettext_lazy as _
+from django.utils.translation import pgettext_lazy
 from rest_framework.authtoken.admin import TokenAdmin
 from rest_framework.authtoken.models import TokenProxy
 
 from network.admin import send_to_node
-from records.models import IndexingFailure, Instance, InstanceConflict, Patient, Series, Study
+from records.models import AccessRecord, IndexingFailure, Instance, InstanceConflict, Patient, Series, Study
+from records.names import display_name
 
 
 class ReadOnlyIndexAdmin(admin.ModelAdmin):
@@ -22,9 +25,17 @@ class ReadOnlyIndexAdmin(admin.ModelAdmin):
 
 @admin.register(Patient)
 class PatientAdmin(ReadOnlyIndexAdmin):
-    list_display = ("patient_id", "issuer", "name", "birth_date", "sex", "updated_at")
+    list_display = ("patient_id", "issuer", "shown_name", "birth_date", "shown_sex", "updated_at")
     search_fields = ("patient_id", "name_alphabetic", "name_ideographic", "name_phonetic")
     list_filter = ("sex",)
+
+    @admin.display(description=pgettext_lazy("person", "name"), ordering="name_alphabetic")
+    def shown_name(self, obj):
+        return display_name(obj)
+
+    @admin.display(description=_("sex"), ordering="sex")
+    def shown_sex(self, obj):
+        return obj.sex_display()
 
 
 @admin.register(Study)
@@ -72,7 +83,7 @@ class SeriesAdmin(ReadOnlyIndexAdmin):
     list_select_related = ("study",)
     search_fields = ("series_instance_uid", "description")
 
-    @admin.display(description="thumbnail")
+    @admin.display(description=_("thumbnail"))
     def preview(self, obj):
         if not obj.thumbnail:
             return "-"
@@ -180,6 +191,23 @@ class InstanceConflictAdmin(RecordAdmin):
         "incoming_patient_id",
     )
     date_hierarchy = "detected_at"
+
+
+@admin.register(AccessRecord)
+class AccessRecordAdmin(RecordAdmin):
+    """Who opened which patient's study: filtered by user, date, action; searched by patient and study.
+
+    No one adds, changes or deletes a record here, superusers included; old ones
+    are pruned by the worker (ACCESS_RECORD_RETENTION_DAYS).
+    """
+
+    list_display = ("at", "username", "action", "patient_id", "patient_name", "accession_number", "address")
+    list_filter = ("action", "user", "at")
+    search_fields = ("=patient_id", "patient_name", "=study_instance_uid", "=accession_number", "username")
+    search_help_text = _("Patient ID, patient name, Study Instance UID, accession number or user name.")
+    date_hierarchy = "at"
+    list_select_related = ("user",)
+    show_full_result_count = False  # a COUNT(*) over years of records on every page is not needed
 
 
 # --- API tokens (rest_framework.authtoken) ----------------------------------------------------

@@ -11,10 +11,13 @@ and instance conflicts.
 import django_filters
 from django.db.models import Count, F
 from django.urls import reverse
+from django.utils.translation import gettext as _
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers, viewsets
+from rest_framework.response import Response
 
+from records import access
 from records.api_permissions import AdministratorsOnly, AnyRole, DoctorsAndAdministrators
 from records.models import IndexingFailure, Instance, InstanceConflict, Patient, Series, Study
 
@@ -56,7 +59,7 @@ class DateRange(django_filters.DateFromToRangeFilter):
 
     def filter(self, qs, value):
         if value and value.start and value.stop and value.start > value.stop:
-            raise serializers.ValidationError({self.field_name: ["The start date is after the end date."]})
+            raise serializers.ValidationError({self.field_name: [_("The start date is after the end date.")]})
         return super().filter(qs, value)
 
 
@@ -309,6 +312,12 @@ class InstanceViewSet(viewsets.ReadOnlyModelViewSet):
     serializer_class = InstanceSerializer
     filterset_class = InstanceFilter
     queryset = Instance.objects.select_related("series__study").order_by("series_id", "instance_number", "id")
+
+    def retrieve(self, request, *args, **kwargs):
+        """One instance, and the access record of reading it (lists are index searches, not reads)."""
+        instance = self.get_object()
+        access.record_access(request, study=instance.series.study, action=access.Action.API_INSTANCE)
+        return Response(self.get_serializer(instance).data)
 
 
 class IndexingFailureViewSet(viewsets.ReadOnlyModelViewSet):

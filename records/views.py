@@ -1,4 +1,4 @@
-"""The doctors' study list and the front desk's patient search; "/" and the admin's login gate.
+"""The doctors' study list, a study's page and ZIP, the front desk's patient search; "/" and the admin's login gate.
 
 Each view checks the role itself (records/roles.py), menus only mirror it.
 """
@@ -9,12 +9,14 @@ from django.contrib.auth.views import redirect_to_login
 from django.core.paginator import Paginator
 from django.db.models import Count, F, Prefetch, Q, Value
 from django.db.models.functions import Replace
+from django.http import Http404, StreamingHttpResponse
 from django.shortcuts import redirect, render
-from django.utils.http import url_has_allowed_host_and_scheme
+from django.utils.http import content_disposition_header, url_has_allowed_host_and_scheme
 from django.utils.translation import gettext_lazy as _
 
-from records import roles
+from records import access, download, roles, studies
 from records.models import Patient, Series, Study
+from records.names import display_name
 
 PAGE_SIZE = 50
 
@@ -153,16 +155,6 @@ def patient_search(*, name="", patient_id="", birth_date=None):
     return patients.order_by("name_alphabetic", "patient_id", "id")
 
 
-def display_name(patient: Patient) -> str:
-    """张伟 (Zhang Wei): the ideographic group, then the alphabetic one, without DICOM's carets."""
-    ideographic = "".join(patient.name_ideographic.split("^"))
-    alphabetic = " ".join(part for part in patient.name_alphabetic.split("^") if part)
-    phonetic = " ".join(part for part in patient.name_phonetic.split("^") if part)
-    first = ideographic or alphabetic or phonetic
-    second = alphabetic if ideographic else ""
-    return f"{first} ({second})" if second else first
-
-
 def _search_page(request, form_class, search):
     form = form_class(request.GET or None)
     if form.is_bound and not form.is_valid():
@@ -190,3 +182,54 @@ def patient_list(request):
     for patient in page:
         patient.display_name = display_name(patient)
     return _page(request, "records/patient_list.html", {"page": page, "form": form, "query": query})
+
+
+# --- A study ------------------------------------------------------------------------------------
+
+# The built-in viewer (/viewer/?study=<uid>&series=<uid>), as a RIS or HIS launches it.
+VIEWER_URL = "/viewer/"
+
+
+def _study_or_404(study_uid: str) -> studies.StudyDetail:
+    detail = studies.study_detail(study_uid=study_uid)
+    if detail is None:  # unknown, or not a UID at all: the same answer
+        raise Http404("no such study")
+    return detail
+
+
+@roles.role_required(*roles.STUDY_ROLES)
+def study_page(request, study_uid: str):
+    """Header, series (thumbnails for those who see images), the patient's priors; recorded."""
+    detail = _study_or_404(study_uid)
+    access.record_access(request, study=detail.study, action=access.Action.STUDY_PAGE)
+    context = {
+        "study": detail.study,
+        "patient": detail.patient,
+        "patient_name": display_name(detail.patient),
+        "name_groups": [
+            (_("Alphabetic"), detail.patient.name_alphabetic),
+            (_("Ideographic"), detail.patient.name_ideographic),
+            (_("Phonetic"), detail.patient.name_phonetic),
+        ],
+        "age": studies.age_at(detail.patient.birth_date, detail.study.study_date),
+        "series_list": detail.series,
+        "priors": detail.priors,
+        "images": roles.can_see_images(request.user),
+        "viewer_url": VIEWER_URL,
+        "ohif_enabled": settings.OHIF_ENABLED,
+    }
+    return _page(request, "records/study_page.html", context)
+
+
+@roles.role_required(*roles.IMAGE_ROLES)
+def study_download(request, study_uid: str):
+    """The study as a ZIP of its stored DICOM files, streamed (records/download.py); recorded."""
+    study = _study_or_404(study_uid).study
+    entries = download.study_entries(study)
+    if not entries:
+        raise Http404("the study has no images")
+    access.record_access(request, study=study, action=access.Action.DOWNLOAD)
+    response = StreamingHttpResponse(download.zip_chunks(entries), content_type="application/zip")
+    response["Content-Disposition"] = content_disposition_header(True, download.archive_name(study))
+    response["Cache-Control"] = "no-store"  # a patient's images stay out of shared caches
+    return response

@@ -59,3 +59,15 @@ def client_for(*roles: str, username: str | None = None) -> Client:
 
 
 ROLES = {"doctor": (DOCTOR,), "admin": (ADMINISTRATOR,), "frontdesk": (FRONT_DESK,), "norole": ()}
+
+
+def store_generated(paths, **changes) -> list:
+    """Store files written by tests.dicomgen, with attributes changed, indexed; returns their data sets."""
+    stored = []
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        for keyword, value in changes.items():
+            setattr(ds, keyword, value)
+        store(ds)
+        stored.append(ds)
+    return stored

@@ -119,6 +119,67 @@ def test_a_user_locked_out_on_the_login_page_cannot_get_in_with_basic(settings):
     assert response.status_code == 429
 
 
+# --- A Basic password is checked once, then remembered (API_BASIC_AUTH_CACHE_SECONDS) -------------
+
+
+@pytest.fixture
+def hasher_calls(monkeypatch):
+    """How many times the password hasher verifies a password (the 0.6 s Basic used to pay per request)."""
+    from django.contrib.auth.hashers import MD5PasswordHasher
+
+    calls = []
+    verify = MD5PasswordHasher.verify
+    monkeypatch.setattr(MD5PasswordHasher, "verify", lambda self, *a: calls.append(1) or verify(self, *a))
+    return calls
+
+
+def test_a_basic_password_is_hashed_once_then_remembered(hasher_calls):
+    make_user("doctor")
+    client = APIClient(HTTP_AUTHORIZATION=basic("doctor"))
+    for _ in range(5):
+        assert client.get("/api/studies/").status_code == 200
+    assert len(hasher_calls) == 1
+
+
+def test_a_remembered_password_is_forgotten_when_the_password_changes(hasher_calls):
+    user = make_user("doctor")
+    client = APIClient(HTTP_AUTHORIZATION=basic("doctor"))
+    assert client.get("/api/studies/").status_code == 200
+    user.set_password("another-long-password")
+    user.save()
+    assert client.get("/api/studies/").status_code == 401
+    changed = basic("doctor", "another-long-password")
+    assert APIClient().get("/api/studies/", HTTP_AUTHORIZATION=changed).status_code == 200
+
+
+def test_a_remembered_password_stops_working_when_the_user_is_deactivated():
+    user = make_user("doctor")
+    client = APIClient(HTTP_AUTHORIZATION=basic("doctor"))
+    assert client.get("/api/studies/").status_code == 200
+    user.is_active = False
+    user.save()
+    assert client.get("/api/studies/").status_code == 401
+
+
+def test_a_remembered_password_is_refused_once_the_user_name_is_locked_out(settings):
+    make_user("doctor")
+    client = APIClient()
+    assert client.get("/api/studies/", HTTP_AUTHORIZATION=basic("doctor")).status_code == 200
+    for _ in range(settings.LOGIN_FAILURE_LIMIT):
+        client.get("/api/studies/", HTTP_AUTHORIZATION=basic("doctor", "wrong"))
+    right = client.get("/api/studies/", HTTP_AUTHORIZATION=basic("doctor"))
+    assert right.status_code == 429 and "right password included" in right.json()["detail"]
+
+
+def test_remembering_can_be_switched_off(settings, hasher_calls):
+    settings.API_BASIC_AUTH_CACHE_SECONDS = 0
+    make_user("doctor")
+    client = APIClient(HTTP_AUTHORIZATION=basic("doctor"))
+    for _ in range(3):
+        assert client.get("/api/studies/").status_code == 200
+    assert len(hasher_calls) == 3
+
+
 # --- Administrators issue tokens in the admin --------------------------------------------------------
 
 

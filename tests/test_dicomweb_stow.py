@@ -220,6 +220,44 @@ def test_a_uid_held_under_another_study_is_a_failure_with_the_reason(doctor, set
     assert stored_path(held.SOPInstanceUID).read_bytes() == before
 
 
+def test_the_same_uid_twice_in_one_body_under_two_studies_keeps_the_first(doctor, settings, handed):
+    """The parts' files are committed together (storage.GroupCommit): the second still sees the first."""
+    settings.DICOM_UID_CONFLICT_POLICY = "reject"
+    first = ct()
+    second = pydicom_file("CT_small.dcm", SOPInstanceUID=first.SOPInstanceUID)
+    second.StudyInstanceUID = generate_uid(dicomgen.PYNETDICOM_ROOT)
+    response = post(doctor, body(file_bytes(first), file_bytes(second)))
+    assert response.status_code == 202, response.content
+    assert [r[SOP_INSTANCE]["Value"][0] for r in items(response, REFERENCED)] == [first.SOPInstanceUID]
+    assert reasons(response) == [0x0111]
+    stored = stored_path(first.SOPInstanceUID).read_bytes()
+    assert data_set_part(stored) == data_set_part(file_bytes(first))
+    assert len(handed) == 1
+
+
+def test_a_file_that_cannot_be_put_in_place_is_a_failure_and_not_indexed(doctor, handed):
+    blocked, fine = ct(), ct()
+    stored_path(blocked.SOPInstanceUID).mkdir(parents=True)  # the rename over a folder fails
+    response = post(doctor, body(file_bytes(blocked), file_bytes(fine)))
+    assert response.status_code == 202, response.content
+    assert [r[SOP_INSTANCE]["Value"][0] for r in items(response, REFERENCED)] == [fine.SOPInstanceUID]
+    assert reasons(response) == [0xA700]
+    assert handed == [storage.instance_relpath(fine.SOPInstanceUID)]
+    assert not list(stored_path(blocked.SOPInstanceUID).parent.glob("*.part"))  # its temporary file is gone
+    stored_path(blocked.SOPInstanceUID).rmdir()
+
+
+def test_many_parts_in_one_body_are_all_stored_whole(doctor, handed):
+    many = [ct() for _ in range(12)]
+    response = post(doctor, body(*(file_bytes(ds) for ds in many)))
+    assert response.status_code == 200, response.content
+    assert [r[SOP_INSTANCE]["Value"][0] for r in items(response, REFERENCED)] == [ds.SOPInstanceUID for ds in many]
+    assert all(
+        data_set_part(stored_path(ds.SOPInstanceUID).read_bytes()) == data_set_part(file_bytes(ds)) for ds in many
+    )
+    assert sorted(handed) == sorted(storage.instance_relpath(ds.SOPInstanceUID) for ds in many)
+
+
 def test_a_resend_of_the_same_instance_is_stored(doctor):
     ds = ct()
     assert post(doctor, body(file_bytes(ds))).status_code == 200

@@ -182,6 +182,66 @@ def test_metadata_of_a_series_and_a_study_in_one_query(doctor, archive):
     assert [m["00020010"]["Value"] for m in series] == [["1.2.840.10008.1.2.4.80"]]
 
 
+def metadata_of(client, ds, **headers) -> dict:
+    [meta] = json.loads(b"".join(client.get(url(ds, "/metadata"), **headers).streaming_content))
+    return meta
+
+
+@pytest.fixture
+def header_reads(monkeypatch):
+    """How many DICOM headers the metadata views parse (the cost the metadata cache saves)."""
+    from imaging import dicomfile
+
+    reads = []
+    read_header = dicomfile.read_header
+    monkeypatch.setattr(dicomfile, "read_header", lambda path: reads.append(path) or read_header(path))
+    return reads
+
+
+def test_metadata_is_built_once_then_served_from_the_cache_with_each_clients_host(doctor, settings, header_reads):
+    settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, "pacs.example"]
+    ct = fresh_uids(pydicom_file("CT_small.dcm"))
+    store(ct)
+    header_reads.clear()  # indexing read it too
+    first = metadata_of(doctor, ct)
+    again = metadata_of(doctor, ct)
+    elsewhere = metadata_of(doctor, ct, HTTP_HOST="pacs.example:8443")
+    assert len(header_reads) == 1
+    assert again == first
+    assert first["7FE00010"]["BulkDataURI"].startswith("http://testserver/dicomweb/studies/")
+    assert elsewhere["7FE00010"]["BulkDataURI"] == first["7FE00010"]["BulkDataURI"].replace(
+        "http://testserver", "http://pacs.example:8443"
+    )
+
+
+def test_a_rewritten_file_gets_fresh_metadata(doctor, header_reads):
+    ct = fresh_uids(pydicom_file("CT_small.dcm"))
+    relpath = store(ct)
+    header_reads.clear()
+    assert metadata_of(doctor, ct)["00100010"]["Value"] == [{"Alphabetic": "CompressedSamples^CT1"}]
+    ct.PatientName = "ZHANG^WEI"
+    buffer = io.BytesIO()
+    ct.save_as(buffer, enforce_file_format=True)
+    storage.write_atomic(relpath, [buffer.getvalue()])  # as a correction rewrites it: a new file in place
+    assert metadata_of(doctor, ct)["00100010"]["Value"] == [{"Alphabetic": "ZHANG^WEI"}]
+    assert len(header_reads) == 2
+
+
+def test_a_broken_or_switched_off_cache_only_costs_time(doctor, settings, header_reads, tmp_path):
+    settings.DICOMWEB_METADATA_CACHE_DIR = str(tmp_path / "cache")
+    ct = fresh_uids(pydicom_file("CT_small.dcm"))
+    store(ct)
+    header_reads.clear()
+    expected = metadata_of(doctor, ct)
+    [entry] = (tmp_path / "cache").glob("*/*.json")
+    entry.write_bytes(b'{"version": 1, "stamp": ')  # half-written, as after a crash
+    assert metadata_of(doctor, ct) == expected
+    assert len(header_reads) == 2
+    settings.DICOMWEB_METADATA_CACHE_DIR = ""
+    assert metadata_of(doctor, ct) == metadata_of(doctor, ct) == expected
+    assert len(header_reads) == 4
+
+
 def test_bulk_data_serves_the_values_the_metadata_points_to(doctor, archive):
     ct = archive["ct"]
     [(headers, icc)] = parts(doctor.get(url(ct, "/bulkdata/00282000")))

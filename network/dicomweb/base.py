@@ -17,7 +17,8 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.views import APIView
 
 from imaging import storage
-from records import roles
+from records import access, roles
+from records.access import Action  # noqa: F401 - the views name their action as base.Action
 from records.api_permissions import DoctorsAndAdministrators, allow_roles
 from records.models import Instance
 
@@ -128,3 +129,9 @@ def stored_file(instance: Instance):
 
 def not_acceptable(accept: str | None, offered: str) -> NotAcceptable:
     return NotAcceptable(f"cannot serve Accept: {accept or '(none)'}; this resource is offered as {offered}")
+
+
+def record(request, study: str, action: str) -> None:
+    """The access record of a read of a patient's images (records/access.py): once per session and study,
+    no query on the frames that follow. Called once the lookup found what the request names."""
+    access.record_access(request, study=study, action=action)

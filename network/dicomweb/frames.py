@@ -158,5 +158,6 @@ def _chain(first, rest):
 class Frames(base.DicomWebView):
     def get(self, request, study, series, sop, frames):
         [instance] = base.instances(study, series, sop)
+        base.record(request, study, base.Action.WADO_FRAMES)
         numbers = parse_frames(frames, instance.number_of_frames or 1)
         return frames_response(request, instance, numbers)

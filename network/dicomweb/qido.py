@@ -7,6 +7,7 @@ names in any group, case-insensitive). ``/series`` and ``/instances`` across
 studies are relational queries. One SQL query answers a search, counts included.
 """
 
+import functools
 import json
 
 from django.conf import settings
@@ -93,6 +94,12 @@ def _int_param(params, name: str, default: int | None) -> int | None:
     return int(values[-1])
 
 
+@functools.lru_cache(maxsize=4096)
+def _tag_vr(keyword: str) -> tuple[int, str]:
+    """(tag, VR) of a keyword (the first VR of "US or SS"), asked once per keyword and process."""
+    return tag_for_keyword(keyword), dictionary_VR(keyword).split(" or ")[0]
+
+
 def identifier(params, level: str, **uids: str) -> Dataset:
     """The C-FIND identifier of a QIDO-RS request at ``level`` with the path's ``uids`` (keyword -> UID).
 
@@ -120,7 +127,7 @@ def identifier(params, level: str, **uids: str) -> Dataset:
             continue
         keyword = _keyword(name)
         values = params.getlist(name)
-        vr = dictionary_VR(keyword).split(" or ")[0]
+        vr = _tag_vr(keyword)[1]
         if vr == "UI":
             # UID list matching: "1.2.3,1.2.4" or repeated parameters (PS3.18 8.3.4.1).
             value = "\\".join(u.strip() for v in values for u in v.split(",") if u.strip())
@@ -138,7 +145,7 @@ def identifier(params, level: str, **uids: str) -> Dataset:
     for keyword in dict.fromkeys([*requested, *matching]):
         if keyword in ("RetrieveURL", "SpecificCharacterSet", "QueryRetrieveLevel"):
             continue
-        vr = dictionary_VR(keyword).split(" or ")[0]
+        tag, vr = _tag_vr(keyword)
         value = matching.get(keyword, "")
         if vr in _BINARY_NUMBERS:
             try:
@@ -146,7 +153,7 @@ def identifier(params, level: str, **uids: str) -> Dataset:
             except ValueError as exc:
                 raise base.BadRequest(f"{keyword}={value!r} is not a number") from exc
         # Matching values ("20240101-", "WANG*") are no valid values of their VR: not validated.
-        ds.add(DataElement(tag_for_keyword(keyword), vr, value, validation_mode=config.IGNORE))
+        ds.add(DataElement(tag, vr, value, validation_mode=config.IGNORE))
     return ds
 
 

@@ -107,9 +107,11 @@ class Rendered(base.DicomWebView):
     """rendered and thumbnail of a study, a series, an instance or one frame."""
 
     thumbnail = False
+    action = base.Action.WADO_RENDERED
 
     def get(self, request, study, series=None, sop=None, frames=None):
         found = base.instances(study, series, sop)
+        base.record(request, study, self.action)
         instance = found[0] if sop else representative(found)
         frame = None if self.thumbnail else 0
         if frames is not None:
@@ -122,3 +124,4 @@ class Rendered(base.DicomWebView):
 
 class Thumbnail(Rendered):
     thumbnail = True
+    action = base.Action.WADO_THUMBNAIL

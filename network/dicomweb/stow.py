@@ -236,8 +236,11 @@ class Part:
     def sop_instance(self) -> str:
         return str(self.meta.MediaStorageSOPInstanceUID) if self.meta is not None else ""
 
-    def commit(self, study: str | None) -> tuple[str, dict[str, str]]:
-        """Check and write through the C-STORE store path; returns (relpath, identifiers). Raises Rejected."""
+    def commit(self, study: str | None, group: storage.GroupCommit) -> tuple[str, dict[str, str]]:
+        """Check and write through the C-STORE store path; returns (relpath, identifiers). Raises Rejected.
+
+        Stored once ``group.wait()`` says so.
+        """
         if self.meta is None and self.refusal is None:
             self._read_meta()
         if self.refusal is not None:
@@ -247,7 +250,7 @@ class Part:
             stream = bytes(memoryview(self.buffer)[self.data_offset :])
             ids = dimse_store.header_identifiers(stream, ts)
             _check_study(ids, study)
-            return dimse_store.store(self.meta, stream, ""), ids
+            return dimse_store.store(self.meta, stream, "", group), ids
         if self.spool.refusal is None:
             with open(self.spool.partial.path, "rb") as fp:
                 fp.seek(self.spool.data_offset)
@@ -255,7 +258,7 @@ class Part:
             _check_study(ids, study)
         else:
             ids = {}
-        return dimse_store.store_spooled(self.spool, ""), ids
+        return dimse_store.store_spooled(self.spool, "", group), ids
 
 
 def _check_study(ids: dict[str, str], study: str | None) -> None:
@@ -375,13 +378,16 @@ def stow(request, study: str | None = None) -> HttpResponse:
     boundary = boundary_of(request.META.get("CONTENT_TYPE"))
     read = body_reader(request)
     user = request.user.get_username()
-    stored, failed, study_uids = [], [], []
+    written, stored, failed, study_uids = [], [], [], []
     hand = handoff()
+    # The parts' fsyncs overlap (storage.GroupCommit); a part is stored, reported and
+    # handed to the indexer only once its file is durable.
+    group = storage.GroupCommit()
 
     class _Tracked(Part):
         def finished(self) -> None:
             try:
-                relpath, ids = self.commit(study)
+                relpath, ids = self.commit(study, group)
             except dimse_store.Rejected as exc:
                 failed.append((self, exc.status, exc.reason))
                 log.warning(
@@ -399,11 +405,23 @@ def stow(request, study: str | None = None) -> HttpResponse:
                 return
             finally:
                 self.discard()
+            written.append((self, ids, relpath))
+
+    def settle() -> None:
+        """Wait for the files written; the durable ones are stored, the others failed."""
+        outcomes = group.wait()
+        for part, ids, relpath in written:
+            problem = outcomes.get(storage.absolute(relpath))
+            if problem is not None:
+                failed.append((part, dimse_store.OUT_OF_RESOURCES, f"cannot write {relpath}: {problem}"))
+                log.warning("STOW-RS from %s: part %d not stored: %s", user, part.number, problem)
+                continue
             hand.submit(relpath, "")
-            stored.append((self, ids))
+            stored.append((part, ids))
             if ids.get("StudyInstanceUID") and ids["StudyInstanceUID"] not in study_uids:
                 study_uids.append(ids["StudyInstanceUID"])
-            log.info("STOW-RS from %s: stored %s as %s", user, self.sop_instance, relpath)
+            log.info("STOW-RS from %s: stored %s as %s", user, part.sop_instance, relpath)
+        written.clear()
 
     current: list[Part] = []
 
@@ -412,7 +430,10 @@ def stow(request, study: str | None = None) -> HttpResponse:
         return current[0]
 
     try:
-        parts = parse(read, boundary, on_part)
+        try:
+            parts = parse(read, boundary, on_part)
+        finally:
+            settle()  # what was written before a refusal is stored all the same, and said so
     except (PayloadTooLarge, base.BadRequest) as exc:
         log.warning(
             "STOW-RS from %s refused after %d stored: %s",

@@ -11,7 +11,6 @@ reading) with BulkDataURIs back to this server as the client sees it.
 """
 
 import io
-import json
 import logging
 
 import pydicom
@@ -20,7 +19,7 @@ from pydicom.pixels import get_decoder
 from pydicom.uid import UID
 
 from imaging import dicomfile
-from network.dicomweb import base, formatter, frames, multipart
+from network.dicomweb import base, formatter, frames, metacache, multipart
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +109,7 @@ def retrieve(request, study, series=None, sop=None):
     if not accepted:
         raise base.not_acceptable(accept, 'multipart/related; type="application/dicom"')
     found = base.instances(study, series, sop, fields=_INDEX_FIELDS)
+    base.record(request, study, base.Action.WADO_RETRIEVE)
     # A file removed behind the index's back is left out (and logged), not a broken stream.
     present = [i for i in found if base.path_of(i).is_file()]
     for missing in set(found) - set(present):
@@ -147,16 +147,25 @@ def _tag_path(path: list[int]) -> str:
     return "/".join(f"{p:08X}" if i % 2 == 0 else str(p) for i, p in enumerate(path))
 
 
-def instance_metadata(request, instance) -> dict:
-    """The dicom+json of one instance's header; BulkDataURIs to its bulkdata; NumberOfFrames always."""
+def instance_metadata_json(request, instance) -> bytes:
+    """The dicom+json of one instance's header, as UTF-8 text; BulkDataURIs to its bulkdata; NumberOfFrames always.
+
+    From the metadata cache (metacache) while the stored file has not changed.
+    """
     url = base.instance_url(
         request,
         instance.series.study.study_instance_uid,
         instance.series.series_instance_uid,
         instance.sop_instance_uid,
     )
-    header = dicomfile.read_header(base.path_of(instance))
-    out = formatter.dataset(header.ds, lambda path: f"{url}/bulkdata/{_tag_path(path)}")
+    path = base.path_of(instance)
+    cut = metacache.fragments(instance.file_path, str(path), lambda slot: _build_metadata(instance, path, slot))
+    return url.encode().join(cut)
+
+
+def _build_metadata(instance, path, url: str) -> dict:
+    header = dicomfile.read_header(path)
+    out = formatter.dataset(header.ds, lambda tags: f"{url}/bulkdata/{_tag_path(tags)}")
     if header.pixel_tag is not None:  # the reader stopped before it: referenced, never read
         tag = formatter.tag_key(header.pixel_tag)
         out[tag] = {"vr": _pixel_vr(header), "BulkDataURI": f"{url}/bulkdata/{tag}"}
@@ -181,11 +190,11 @@ def _metadata_chunks(request, found):
     yield b"["
     for i, instance in enumerate(found):
         try:
-            item = instance_metadata(request, instance)
+            item = instance_metadata_json(request, instance)
         except (dicomfile.Unreadable, OSError) as exc:
             log.warning("WADO-RS metadata: %s left out: %s", instance.file_path, exc)
             continue
-        yield (b"," if i else b"") + json.dumps(item, ensure_ascii=False).encode("utf-8")
+        yield (b"," if i else b"") + item
     yield b"]"
 
 
@@ -196,8 +205,13 @@ def metadata(request, study, series=None, sop=None):
         for r in multipart.parse_accept(accept)
     ):
         raise base.not_acceptable(accept, base.DICOM_JSON)
-    found = base.instances(study, series, sop)
+    found = base.instances(study, series, sop, fields=_METADATA_FIELDS)
+    base.record(request, study, base.Action.WADO_METADATA)
     return StreamingHttpResponse(_metadata_chunks(request, found), content_type=base.DICOM_JSON)
+
+
+# What the metadata of an instance needs of its row (the rest of the header comes from its file).
+_METADATA_FIELDS = ("sop_instance_uid", "file_path", "number_of_frames", "transfer_syntax_uid")
 
 
 class Metadata(base.DicomWebView):
@@ -230,6 +244,7 @@ class BulkData(base.DicomWebView):
     def get(self, request, study, series, sop, tagpath):
         path = _parse_tag_path(tagpath)
         [instance] = base.instances(study, series, sop)
+        base.record(request, study, base.Action.WADO_BULKDATA)
         if path in ([0x7FE00010], [0x7FE00008], [0x7FE00009]):
             count = instance.number_of_frames or 1
             # The pixel data of a file is its frames.

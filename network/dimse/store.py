@@ -129,11 +129,12 @@ def check_space() -> None:
         raise Rejected(OUT_OF_RESOURCES, reason)
 
 
-def store(file_meta, stream: bytes, calling_ae: str) -> str:
+def store(file_meta, stream: bytes, calling_ae: str, group: storage.GroupCommit | None = None) -> str:
     """Check and write one received data set; returns its path relative to STORAGE_DIR.
 
     Raises ``Rejected`` with the DICOM status to answer when the data set must not
     be stored. Nothing already stored is touched unless this write fully succeeds.
+    With ``group``, the file is stored only once ``group.wait()`` says so.
     """
     if len(stream) > settings.DICOM_MAX_DATASET_BYTES:
         raise Rejected(OUT_OF_RESOURCES, f"data set of {len(stream)} bytes exceeds DICOM_MAX_DATASET_BYTES")
@@ -141,9 +142,11 @@ def store(file_meta, stream: bytes, calling_ae: str) -> str:
     ids = header_identifiers(stream, str(file_meta.TransferSyntaxUID))
     check_identifiers(ids, str(file_meta.MediaStorageSOPClassUID), str(file_meta.MediaStorageSOPInstanceUID))
     relpath = storage.instance_relpath(ids["SOPInstanceUID"])
+    if group is not None:
+        group.settle(storage.absolute(relpath))  # the same instance twice in one request: the first is there
     check_conflict(relpath, stream, str(file_meta.TransferSyntaxUID), ids["SOPInstanceUID"], calling_ae)
     try:
-        storage.write_atomic(relpath, (file_header(file_meta, calling_ae), stream))
+        storage.write_atomic(relpath, (file_header(file_meta, calling_ae), stream), group=group)
     except OSError as exc:
         raise Rejected(OUT_OF_RESOURCES, f"cannot write {relpath}: {exc}") from exc
     return relpath
@@ -208,10 +211,11 @@ def open_spool(*, sop_class: str, sop_instance: str, transfer_syntax: str, calli
     return spool
 
 
-def store_spooled(spool: Spool, calling_ae: str = "") -> str:
+def store_spooled(spool: Spool, calling_ae: str = "", group: storage.GroupCommit | None = None) -> str:
     """Check and commit a data set received to disk (``open_spool``); returns its path relative to STORAGE_DIR.
 
-    Raises ``Rejected`` like ``store``; the temporary file is then removed.
+    Raises ``Rejected`` like ``store``; the temporary file is then removed. With
+    ``group``, as for ``store``.
     """
     try:
         if spool.refusal:
@@ -227,7 +231,13 @@ def store_spooled(spool: Spool, calling_ae: str = "") -> str:
             start = fp.read(integrity.HEADER_PREFIX)
         check_identifiers(ids, spool.sop_class, spool.sop_instance)
         relpath = storage.instance_relpath(ids["SOPInstanceUID"])
+        if group is not None:
+            group.settle(spool.partial.dest)
         check_conflict(relpath, start, spool.transfer_syntax, ids["SOPInstanceUID"], calling_ae)
+        if group is not None:
+            group.commit(spool.partial)
+            spool.partial = None  # the group's now: nothing for the discard below
+            return relpath
         try:
             spool.partial.commit()
         except OSError as exc:
