@@ -86,38 +86,50 @@ def stats(times: list[float]) -> tuple[float, float]:
     return statistics.median(times), times[min(len(times) - 1, round(0.95 * (len(times) - 1)))]
 
 
+def archive_env(var: Path, **extra: str) -> dict[str, str]:
+    """The environment of one of our archives kept in ``var``: its database, store and settings."""
+    return {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "imaging.settings",
+        "VAR_DIR": str(var),
+        "STORAGE_DIR": str(var / "storage"),
+        "DATABASE_URL": f"sqlite:///{var / 'db.sqlite3'}",
+        "PYTHONPATH": str(ROOT),
+        "LOG_LEVEL": "WARNING",
+        "ALLOWED_HOSTS": "127.0.0.1",
+        "STORAGE_MIN_FREE_MB": "1",
+        "CELERY_BROKER_URL": "redis://127.0.0.1:1/0",  # none: thumbnails are not the benchmarks' (made on request)
+        **extra,
+    }
+
+
+def index_and_sign_in(env: dict, files: Path) -> tuple[str, str, list[str]]:
+    """``files`` stored and indexed in the archive of ``env``, a Doctor signed in:
+    (session id, API token, [patient ID, name prefix, date] of the middle study)."""
+    out = subprocess.run(
+        [sys.executable, "-c", SETUP, str(files), USER, PASSWORD],
+        env=env,
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split("\n")
+    session_id, token = out[-3].split()
+    return session_id, token, out[-2].split()
+
+
 class Ours:
     """One of our archives: a fresh database in ``var`` with ``files`` indexed, gunicorn, a session."""
 
     def __init__(self, var: Path, studies: int, files: Path, auth: str):
         self.var, self.proc = var, None
         var.mkdir(parents=True)
-        self.env = {
-            **os.environ,
-            "DJANGO_SETTINGS_MODULE": "imaging.settings",
-            "VAR_DIR": str(var),
-            "STORAGE_DIR": str(var / "storage"),
-            "DATABASE_URL": f"sqlite:///{var / 'db.sqlite3'}",
-            "PYTHONPATH": str(ROOT),
-            "LOG_LEVEL": "WARNING",
-            "ALLOWED_HOSTS": "127.0.0.1",
-            "STORAGE_MIN_FREE_MB": "1",
-            "CELERY_BROKER_URL": "redis://127.0.0.1:1/0",  # none: thumbnails are not this benchmark's
-        }
+        self.env = archive_env(var)
         subprocess.run(procs.manage("migrate", "-v0"), env=self.env, cwd=ROOT, check=True)
         if studies:
             fill = [sys.executable, str(ROOT / "bench" / "query.py"), "--fill", str(studies)]
             subprocess.run(fill, env=self.env, cwd=ROOT, check=True)
-        out = subprocess.run(
-            [sys.executable, "-c", SETUP, str(files), USER, PASSWORD],
-            env=self.env,
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.split("\n")
-        session_id, token = out[-3].split()
-        self.probe = out[-2].split()  # patient ID, name prefix, date of the middle study
+        session_id, token, self.probe = index_and_sign_in(self.env, files)
         port = procs.free_port()
         command = [sys.executable, "-m", "gunicorn", "-w", "2", "-b", f"127.0.0.1:{port}", "imaging.wsgi:application"]
         self.proc = procs.start(command, self.env, var / "gunicorn.log")

@@ -30,6 +30,8 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("", include("records.urls")),
     path("health", views.health, name="health"),
+    path("viewer/", views.viewer_page, name="viewer"),
+    path("viewer/tag-names.json", views.viewer_tag_names, name="viewer-tag-names"),
     path("series/<int:series_id>/thumbnail.png", views.series_thumbnail, name="series-thumbnail"),
     # The REST API, its schema and docs (imaging/api_urls.py).
     path("api/", include("imaging.api_urls")),
