@@ -8,7 +8,8 @@ Self-contained and self-stopping, 127.0.0.1 only, free ports, temporary folders.
 - ``--orthanc-studies`` one-image studies generated as bench/query_orthanc.py does, sent
   with storescu to Orthanc 1.10.1 (Debian's ``orthanc`` and ``orthanc-dicomweb``,
   installed here when missing; its own config, storage and index) and indexed in our
-  "small" archive (a fresh SQLite database, gunicorn with 2 workers as in docker/).
+  "small" archive (a fresh SQLite database, gunicorn with 2 workers and imaging/gunicorn_conf.py,
+  as `make run` and docker/ serve the web).
   100,000 studies in Orthanc would take about 30 minutes to generate and send (the
   timing is printed): Orthanc is measured at that smaller size, ours at that size too
   and, in a second fresh database filled like bench/query.py, at ``--studies``.
@@ -131,7 +132,8 @@ class Ours:
             subprocess.run(fill, env=self.env, cwd=ROOT, check=True)
         session_id, token, self.probe = index_and_sign_in(self.env, files)
         port = procs.free_port()
-        command = [sys.executable, "-m", "gunicorn", "-w", "2", "-b", f"127.0.0.1:{port}", "imaging.wsgi:application"]
+        command = [sys.executable, "-m", "gunicorn", "-w", "2", "-c", "python:imaging.gunicorn_conf"]
+        command += ["-b", f"127.0.0.1:{port}", "imaging.wsgi:application"]
         self.proc = procs.start(command, self.env, var / "gunicorn.log")
         procs.wait_for(lambda: procs.port_open(port), 60, "gunicorn")
         self.base = f"http://127.0.0.1:{port}/dicomweb"

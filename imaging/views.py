@@ -5,7 +5,7 @@ from django.views.decorators.http import require_safe
 
 from imaging import health as checks
 from imaging import storage, viewer
-from records import roles
+from records import access, roles
 from records.models import Series
 
 
@@ -53,7 +53,7 @@ def viewer_page(request):
     study = viewer.study_to_view(
         study_uid=request.GET.get("study", "").strip(), accession=request.GET.get("accession", "").strip()
     )
-    # TODO(issue 10): records.access.record_access(request, study=study, action="viewer") (wired at merge)
+    access.record_access(request, study=study, action=access.Action.VIEWER)
     series = viewer.series_to_open(study, request.GET.get("series", "").strip())
     config = {
         "dicomweb": reverse("dicomweb:search-studies").removesuffix("studies"),

@@ -11,6 +11,7 @@ from django.db.models import Count, F, Prefetch, Q, Value
 from django.db.models.functions import Replace
 from django.http import Http404, StreamingHttpResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.utils.http import content_disposition_header, url_has_allowed_host_and_scheme
 from django.utils.translation import gettext_lazy as _
 
@@ -186,9 +187,6 @@ def patient_list(request):
 
 # --- A study ------------------------------------------------------------------------------------
 
-# The built-in viewer (/viewer/?study=<uid>&series=<uid>), as a RIS or HIS launches it.
-VIEWER_URL = "/viewer/"
-
 
 def _study_or_404(study_uid: str) -> studies.StudyDetail:
     detail = studies.study_detail(study_uid=study_uid)
@@ -215,7 +213,7 @@ def study_page(request, study_uid: str):
         "series_list": detail.series,
         "priors": detail.priors,
         "images": roles.can_see_images(request.user),
-        "viewer_url": VIEWER_URL,
+        "viewer_url": reverse("viewer"),
         "ohif_enabled": settings.OHIF_ENABLED,
     }
     return _page(request, "records/study_page.html", context)

@@ -39,6 +39,7 @@ def wado(ds, tail="") -> str:
 READS = {
     "study page": (lambda ds: f"/studies/{ds.StudyInstanceUID}/", {}, Action.STUDY_PAGE),
     "download": (lambda ds: f"/studies/{ds.StudyInstanceUID}/download.zip", {}, Action.DOWNLOAD),
+    "viewer": (lambda ds: f"/viewer/?study={ds.StudyInstanceUID}", {}, Action.VIEWER),
     "retrieve": (
         lambda ds: f"/dicomweb/studies/{ds.StudyInstanceUID}",
         {"HTTP_ACCEPT": 'multipart/related; type="application/dicom"'},

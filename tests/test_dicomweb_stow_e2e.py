@@ -36,7 +36,8 @@ def gunicorn(system):
         "DICOMWEB_STOW_MAX_BODY_BYTES": str(MAX_BODY),
     }
     log = system.logs / f"gunicorn-{port}.log"
-    args = [sys.executable, "-m", "gunicorn", "imaging.wsgi:application", "--bind", f"127.0.0.1:{port}"]
+    args = [sys.executable, "-m", "gunicorn", "imaging.wsgi:application", "--config", "python:imaging.gunicorn_conf"]
+    args += ["--bind", f"127.0.0.1:{port}"]
     args += ["--workers", "1", "--access-logfile", str(access)]
     args += ["--access-logformat", "%(m)s %(U)s %(s)s te=%({transfer-encoding}i)s"]
     proc = procs.start(args, env, log)

@@ -119,6 +119,8 @@ class Command(BaseCommand):
             "-m",
             "gunicorn",
             "imaging.wsgi:application",
+            "--config",
+            "python:imaging.gunicorn_conf",
             "--bind",
             web_bind(web_host, web_port),
             "--workers",
