@@ -8,6 +8,18 @@ the modality used.
 from django.db import models
 from django.db.models.functions import Upper
 
+from records import pinyin
+
+NAME_GROUPS = ("name_alphabetic", "name_ideographic", "name_phonetic")
+NAME_KEYS = ("name_search", "name_pinyin", "name_initials")
+_KEY_LENGTHS = {"name_search": 600, "name_pinyin": 400, "name_initials": 200}
+
+
+def name_keys(alphabetic: str, ideographic: str = "", phonetic: str = "") -> dict[str, str]:
+    """The Patient search keys of a name's groups, cut to their columns (for create() and update() alike)."""
+    keys = pinyin.name_keys(alphabetic, ideographic, phonetic)
+    return {field: value[: _KEY_LENGTHS[field]] for field, value in keys.items()}
+
 
 class Patient(models.Model):
     # (PatientID, IssuerOfPatientID) identifies a patient; two hospitals may
@@ -21,6 +33,13 @@ class Patient(models.Model):
     name_alphabetic = models.CharField(max_length=200, blank=True, default="", db_index=True)
     name_ideographic = models.CharField(max_length=200, blank=True, default="", db_index=True)
     name_phonetic = models.CharField(max_length=200, blank=True, default="", db_index=True)
+    # Search keys derived from the name groups (records/pinyin.py, records/search.py):
+    # every group normalised ("zhangwei 张伟"), the full pinyin of names in characters
+    # ("zhangwei", first the reading the list sorts by) and initials ("zw"). Kept in
+    # step by save() and by the indexer, which writes them with the name.
+    name_search = models.CharField(max_length=600, blank=True, default="", editable=False)
+    name_pinyin = models.CharField(max_length=400, blank=True, default="", editable=False)
+    name_initials = models.CharField(max_length=200, blank=True, default="", editable=False)
     birth_date = models.DateField(null=True, blank=True)
     sex = models.CharField(max_length=16, blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)
@@ -39,7 +58,17 @@ class Patient(models.Model):
             models.Index(Upper("name_alphabetic"), name="patient_name_alpha_upper"),
             models.Index(Upper("name_ideographic"), name="patient_name_ideo_upper"),
             models.Index(Upper("name_phonetic"), name="patient_name_phon_upper"),
+            # The study list sorted by name (records/search.py: ORDER BY name_pinyin) and the
+            # front desk's patient list, which is always in that order.
+            models.Index(fields=["name_pinyin", "name_alphabetic"], name="patient_name_pinyin"),
         ]
+
+    def save(self, *args, **kwargs):
+        self.__dict__.update(name_keys(self.name_alphabetic, self.name_ideographic, self.name_phonetic))
+        update_fields = kwargs.get("update_fields")
+        if update_fields is not None and set(update_fields) & set(NAME_GROUPS):
+            kwargs["update_fields"] = {*update_fields, *NAME_KEYS}
+        super().save(*args, **kwargs)
 
     def __str__(self) -> str:
         return f"{self.name or '(no name)'} [{self.patient_id}]"
