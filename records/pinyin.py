@@ -36,7 +36,6 @@ SURNAME_READINGS: dict[str, tuple[str, ...]] = {
     "朴": ("piao",),
     "盖": ("ge",),
     "缪": ("miao",),
-    "乐": ("yue",),
     "员": ("yun",),
     "贲": ("ben",),
     "秘": ("bi",),
