@@ -6,17 +6,14 @@ Names are indexed from files, as a modality sends them: only in characters
 
 import datetime as dt
 
-import pydicom
 import pytest
 from django.utils import timezone
-from pydicom.uid import generate_uid
 
 from imaging import reindex
 from records import pinyin
 from records.models import Patient, Study
 from records.roles import DOCTOR, FRONT_DESK
-from tests import dicomgen
-from tests.dicomweb_data import client_for, store
+from tests.dicomweb_data import client_for, index_study
 
 pytestmark = pytest.mark.django_db
 
@@ -53,18 +50,6 @@ NAMES = [
 
 # Common readings of surnames that read otherwise: they must not find the patient.
 WRONG_READINGS = [("曾国藩", "cengguofan"), ("单田芳", "dantianfang"), ("解缙", "jiejin"), ("翟天临", "ditianlin")]
-
-
-def index_study(tmp_path, name: str, accession: str, *, date: dt.date | None = None, modality: str = "MR") -> str:
-    """One image of a new study for a patient named ``name``, stored and indexed; returns the Study UID."""
-    study_uid = generate_uid(dicomgen.PYNETDICOM_ROOT)
-    series_uid = generate_uid(dicomgen.PYNETDICOM_ROOT)
-    path = dicomgen.small_image(tmp_path, f"{accession}.dcm", study_uid, series_uid, 1)
-    ds = pydicom.dcmread(path)
-    ds.PatientName, ds.PatientID, ds.AccessionNumber, ds.Modality = name, f"ID-{accession}", accession, modality
-    ds.StudyDate = (date or timezone.localdate()).strftime("%Y%m%d")
-    store(ds)
-    return study_uid
 
 
 @pytest.fixture
