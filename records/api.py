@@ -36,7 +36,9 @@ class NameFilter(django_filters.CharFilter):
 
     def __init__(self, prefix: str = "", **kwargs):
         self.prefix = prefix
-        kwargs.setdefault("help_text", "The patient's name, in any group, full pinyin or initials (Zhang Wei, zhangwei, zw, 张伟).")
+        kwargs.setdefault(
+            "help_text", "The patient's name, in any group, full pinyin or initials (Zhang Wei, zhangwei, zw, 张伟)."
+        )
         super().__init__(**kwargs)
 
     def filter(self, qs, value):

@@ -152,10 +152,7 @@ def is_han(char: str) -> bool:
     """A CJK ideograph (the Unified block and its extensions, and the compatibility block)."""
     code = ord(char)
     return (
-        0x4E00 <= code <= 0x9FFF
-        or 0x3400 <= code <= 0x4DBF
-        or 0x20000 <= code <= 0x2FA1F
-        or 0xF900 <= code <= 0xFAFF
+        0x4E00 <= code <= 0x9FFF or 0x3400 <= code <= 0x4DBF or 0x20000 <= code <= 0x2FA1F or 0xF900 <= code <= 0xFAFF
     )
 
 
@@ -205,7 +202,7 @@ def _family_syllables(family: str) -> list[str]:
 def split_surname(characters: str) -> tuple[str, str]:
     """(surname, given name) of a name written in characters without a separator: 欧阳娜娜 -> 欧阳, 娜娜."""
     characters = characters.strip()
-    if characters[:2] in COMPOUND_SURNAMES and len(characters) > 2:
+    if characters[:2] in COMPOUND_SURNAMES:
         return characters[:2], characters[2:]
     return characters[:1], characters[1:]
 

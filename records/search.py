@@ -9,7 +9,8 @@ when the name is written (records/pinyin.py, stored on Patient by
 
 import datetime as dt
 
-from django.db.models import Count, F, OuterRef, Prefetch, Q, Subquery
+from django.core.paginator import Paginator
+from django.db.models import Count, F, Lookup, OuterRef, Prefetch, Q, Subquery, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -20,16 +21,40 @@ KEY_FIELDS = ("name_search", "name_pinyin", "name_initials")
 
 PERIODS = ("today", "yesterday", "week")
 
-# Sort keys of the study list (?sort=) and the columns they order by; every order
-# ends with the primary key so that pages never overlap.
+# Sort keys of the study list (?sort=) and the columns they order by. Every order ends
+# with primary keys so that pages never overlap. Name and patient ID end with the
+# patient's unique key, then the study's: a unique index on the patient's columns then
+# gives the first page of 100,000 studies without sorting them (patient_name_pinyin_order,
+# patient_id_issuer_unique); a study's date after them would need the sort.
 STUDY_SORTS = {
-    "date": ("study_date", "study_time"),
-    "name": ("patient__name_pinyin", "patient__name_search"),
-    "patient_id": ("patient__patient_id",),
-    "modality": ("modalities_in_study",),
+    "date": ("study_date", "study_time", "pk"),
+    "name": ("patient__name_pinyin", "patient__patient_id", "patient__issuer", "pk"),
+    "patient_id": ("patient__patient_id", "patient__issuer", "patient__pk", "pk"),
+    "modality": ("modalities_in_study", "study_date", "pk"),
 }
-# The natural direction of each sort when ?order= is not given: newest first, A to Z.
+NULLABLE = {"study_date", "study_time"}
 DEFAULT_ORDER = {"date": "desc", "name": "asc", "patient_id": "asc", "modality": "asc"}
+
+
+class _Has(Lookup):
+    """``needle`` is a substring of ``lhs``, case-sensitive: the keys and the typed text are normalised alike.
+
+    instr()/strpos() rather than LIKE: nothing to escape, and on SQLite about
+    twice as fast as a LIKE over 40,000 patients (LIKE folds case on every row).
+    """
+
+    lookup_name = "has_text"
+    prepare_rhs = False
+
+    def as_sql(self, compiler, connection):
+        lhs, lhs_params = self.process_lhs(compiler, connection)
+        rhs, rhs_params = self.process_rhs(compiler, connection)
+        function = "strpos" if connection.vendor == "postgresql" else "instr"
+        return f"{function}({lhs}, {rhs}) > 0", [*lhs_params, *rhs_params]
+
+
+def _has(field: str, text: str) -> Q:
+    return Q(_Has(F(field), Value(text)))
 
 
 def name_q(text: str, prefix: str = "") -> Q:
@@ -44,19 +69,19 @@ def name_q(text: str, prefix: str = "") -> Q:
         return Q()
     q = Q()
     for field in KEY_FIELDS:
-        q |= Q(**{f"{prefix}{field}__contains": compact})
+        q |= _has(f"{prefix}{field}", compact)
     words = [w for w in (pinyin.normalise(w) for w in text.replace("^", " ").split()) if w]
     if len(words) > 1:
         every = Q()
         for word in words:
-            every &= Q(**{f"{prefix}name_search__contains": word}) | Q(**{f"{prefix}name_pinyin__contains": word})
+            every &= _has(f"{prefix}name_search", word) | _has(f"{prefix}name_pinyin", word)
         q |= every
     return q
 
 
 def patients_named(text: str):
     """The primary keys of patients whose name matches, as a subquery (one scan of the patient table)."""
-    return Patient.objects.filter(name_q(text)).values("pk")
+    return Patient.objects.filter(name_q(text)).order_by().values("pk")
 
 
 def modality_q(modality: str) -> Q:
@@ -87,10 +112,13 @@ def study_order(sort: str = "date", order: str = "") -> list:
     if sort not in STUDY_SORTS:
         sort = "date"
     descending = (order or DEFAULT_ORDER[sort]) == "desc"
-    columns = [F(c).desc(nulls_last=True) if descending else F(c).asc(nulls_last=True) for c in STUDY_SORTS[sort]]
-    if sort != "date":
-        columns += [F("study_date").desc(nulls_last=True), F("study_time").desc(nulls_last=True)]
-    return [*columns, "-pk" if descending else "pk"]
+    columns = []
+    for column in STUDY_SORTS[sort]:
+        if column in NULLABLE:  # studies without a date last, both ways
+            columns.append(F(column).desc(nulls_last=True) if descending else F(column).asc(nulls_last=True))
+        else:
+            columns.append(F(column).desc() if descending else F(column).asc())
+    return columns
 
 
 def study_search(
@@ -105,18 +133,10 @@ def study_search(
     sort: str = "date",
     order: str = "",
 ):
-    """Studies matching the criteria, sorted, with patient and thumbnailed series (3 queries a page)."""
-    studies = Study.objects.select_related("patient").prefetch_related(
-        Prefetch(
-            "series",
-            queryset=Series.objects.exclude(thumbnail="").only(
-                "id", "study_id", "modality", "series_number", "description"
-            ),
-            to_attr="thumbnailed_series",
-        )
-    )
+    """Studies matching the criteria, sorted (a queryset of Study; ``with_list_details`` for a page)."""
+    studies = Study.objects.all()
     if name.strip():
-        # A subquery, not a join condition: the database scans the patients once,
+        # A subquery, not a join condition: the database scans the patients' keys once,
         # then reaches their studies by the foreign key's index.
         studies = studies.filter(patient__in=Subquery(patients_named(name)))
     if patient_id.strip():
@@ -134,6 +154,44 @@ def study_search(
     return studies.order_by(*study_order(sort, order))
 
 
+def with_list_details(studies):
+    """What the study list shows of each study: its patient and its series with a thumbnail (2 queries)."""
+    return studies.select_related("patient").prefetch_related(
+        Prefetch(
+            "series",
+            queryset=Series.objects.exclude(thumbnail="").only(
+                "id", "study_id", "modality", "series_number", "description"
+            ),
+            to_attr="thumbnailed_series",
+        )
+    )
+
+
+class NarrowPaginator(Paginator):
+    """Pages of a large sorted queryset: the page's keys by a narrow query, then its rows by key.
+
+    Asked for every column of a study and its patient, SQLite's planner sorts all
+    100,000 studies for ``ORDER BY patient.name_pinyin LIMIT 50``; asked for the
+    studies' keys only, it reads them in order from an index (patient_name_pinyin_order)
+    and stops at 50. So the page is ``WHERE id IN (SELECT id ... ORDER BY ... LIMIT 50)``,
+    one query still, and ``details`` (``with_list_details``) adds what the page shows.
+    """
+
+    def __init__(self, object_list, per_page, *, details=lambda queryset: queryset, **kwargs):
+        super().__init__(object_list, per_page, **kwargs)
+        self.details = details
+
+    def page(self, number):
+        number = self.validate_number(number)
+        bottom = (number - 1) * self.per_page
+        top = bottom + self.per_page
+        if top + self.orphans >= self.count:
+            top = self.count
+        keys = self.object_list.values("pk")[bottom:top]
+        rows = self.object_list.model.objects.filter(pk__in=Subquery(keys))
+        return self._get_page(self.details(rows.order_by(*self.object_list.query.order_by)), number, self)
+
+
 def patient_search(*, name: str = "", patient_id: str = "", birth_date: dt.date | None = None):
     """Patients matching the criteria, by name (pinyin order), with their number of studies."""
     study_count = Study.objects.filter(patient=OuterRef("pk")).order_by().values("patient").annotate(n=Count("pk"))
@@ -145,4 +203,4 @@ def patient_search(*, name: str = "", patient_id: str = "", birth_date: dt.date 
         patients = patients.filter(patient_id__icontains=patient_id.strip())
     if birth_date:
         patients = patients.filter(birth_date=birth_date)
-    return patients.order_by("name_pinyin", "name_alphabetic", "patient_id", "pk")
+    return patients.order_by("name_pinyin", "patient_id", "issuer")

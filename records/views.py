@@ -3,6 +3,8 @@
 Each view checks the role itself (records/roles.py), menus only mirror it.
 """
 
+import functools
+
 from django.conf import settings
 from django.contrib.auth.views import redirect_to_login
 from django.core.paginator import Paginator
@@ -69,13 +71,13 @@ def display_name(patient: Patient) -> str:
     return f"{first} ({second})" if second else first
 
 
-def _search_page(request, form_class, search_function):
+def _search_page(request, form_class, search_function, paginator=Paginator):
     form = form_class(request.GET or None)
     if form.is_bound and not form.is_valid():
         results = search_function().none()
     else:
         results = search_function(**(form.cleaned_data if form.is_bound else {}))
-    page = Paginator(results, PAGE_SIZE).get_page(request.GET.get("page"))
+    page = paginator(results, PAGE_SIZE).get_page(request.GET.get("page"))
     query = request.GET.copy()
     query.pop("page", None)
     return page, form, query
@@ -100,7 +102,8 @@ def _sort_links(query, form) -> dict[str, dict]:
 
 @roles.role_required(roles.DOCTOR)
 def study_list(request):
-    page, form, query = _search_page(request, StudySearchForm, search.study_search)
+    paginator = functools.partial(search.NarrowPaginator, details=search.with_list_details)
+    page, form, query = _search_page(request, StudySearchForm, search.study_search, paginator)
     for study in page:
         study.patient_name = display_name(study.patient)
     context = {

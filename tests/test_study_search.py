@@ -211,7 +211,10 @@ def test_the_list_shows_the_total_and_pages_on_the_server(doctor, django_assert_
     patient = Patient.objects.create(patient_id="P1", name_ideographic="张^伟")
     for n in range(120):
         Study.objects.create(
-            patient=patient, study_instance_uid=f"1.2.3.{n}", accession_number=f"N{n:03d}", study_date=dt.date(2024, 1, 1)
+            patient=patient,
+            study_instance_uid=f"1.2.3.{n}",
+            accession_number=f"N{n:03d}",
+            study_date=dt.date(2024, 1, 1),
         )
     with django_assert_max_num_queries(6):
         response = doctor.get("/studies/", {"name": "zw", "page": "3", "sort": "name"})

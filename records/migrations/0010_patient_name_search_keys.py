@@ -12,19 +12,34 @@ def fill_name_keys(apps, schema_editor):
     from records.models import name_keys
 
     Patient = apps.get_model("records", "Patient")
-    batch = []
-    fields = ("name_search", "name_pinyin", "name_initials")
-    for patient in Patient.objects.only("pk", "name_alphabetic", "name_ideographic", "name_phonetic").iterator(
-        chunk_size=2000
-    ):
-        for field, value in name_keys(patient.name_alphabetic, patient.name_ideographic, patient.name_phonetic).items():
-            setattr(patient, field, value)
-        batch.append(patient)
-        if len(batch) >= 2000:
-            Patient.objects.bulk_update(batch, fields)
-            batch = []
-    if batch:
-        Patient.objects.bulk_update(batch, fields)
+    # One UPDATE per patient (the migration's transaction holds them): bulk_update's CASE
+    # over thousands of rows is far slower on SQLite.
+    names = Patient.objects.values_list("pk", "name_alphabetic", "name_ideographic", "name_phonetic")
+    for pk, alphabetic, ideographic, phonetic in names.iterator(chunk_size=2000):
+        Patient.objects.filter(pk=pk).update(**name_keys(alphabetic, ideographic, phonetic))
+
+
+# The name search (records/search.py, name_q: instr(name_search, ?) > 0 OR ... on the three
+# keys) reads every patient. On SQLite an index holding the three keys lets it scan that
+# narrow index instead of the wide table: 16 ms instead of 60 ms for 40,000 patients.
+# SQLite only: PostgreSQL refuses btree entries over 2,704 bytes, which a long name in
+# characters could reach, and its sequential scan is fast enough.
+SEARCH_INDEX = "patient_name_keys_sqlite"
+
+
+def create_search_index(apps, schema_editor):
+    if schema_editor.connection.vendor != "sqlite":
+        return
+    table = schema_editor.quote_name(apps.get_model("records", "Patient")._meta.db_table)
+    schema_editor.execute(
+        f"CREATE INDEX {schema_editor.quote_name(SEARCH_INDEX)} ON {table} (name_initials, name_pinyin, name_search)"
+    )
+
+
+def drop_search_index(apps, schema_editor):
+    if schema_editor.connection.vendor != "sqlite":
+        return
+    schema_editor.execute(f"DROP INDEX IF EXISTS {schema_editor.quote_name(SEARCH_INDEX)}")
 
 
 class Migration(migrations.Migration):
@@ -34,7 +49,7 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
-        # Expand (the key columns), fill (from the names), then the sort index.
+        # Expand (the key columns), fill (from the names), then the indexes.
         migrations.AddField(
             model_name='patient',
             name='name_initials',
@@ -51,8 +66,10 @@ class Migration(migrations.Migration):
             field=models.CharField(blank=True, default='', editable=False, max_length=600),
         ),
         migrations.RunPython(fill_name_keys, migrations.RunPython.noop),
-        migrations.AddIndex(
+        migrations.AddConstraint(
             model_name='patient',
-            index=models.Index(fields=['name_pinyin', 'name_alphabetic'], name='patient_name_pinyin'),
+            constraint=models.UniqueConstraint(fields=('name_pinyin', 'patient_id', 'issuer'), name='patient_name_pinyin_order'),
         ),
+        # After AddConstraint: on SQLite it rebuilds the table, dropping indexes it does not know.
+        migrations.RunPython(create_search_index, drop_search_index),
     ]
