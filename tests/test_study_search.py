@@ -10,7 +10,7 @@ import pytest
 from django.utils import timezone
 
 from imaging import reindex
-from records import pinyin
+from records import pinyin, search
 from records.models import Patient, Study
 from records.roles import DOCTOR, FRONT_DESK
 from tests.dicomweb_data import client_for, index_study
@@ -169,6 +169,14 @@ def test_a_name_search_finds_only_the_patients_it_names(doctor, archive):
     assert found_on_page(doctor, name="zhang smith") == []
 
 
+def test_a_name_matching_many_patients_is_searched_by_a_subquery(doctor, tmp_path, monkeypatch):
+    monkeypatch.setattr(search, "MAX_PATIENT_KEYS", 1)
+    index_study(tmp_path, "张伟", "M1")
+    index_study(tmp_path, "=赵^文", "M2")
+    index_study(tmp_path, "LI^NA", "M3")
+    assert found_on_page(doctor, name="zw") == ["M2", "M1"]
+
+
 def test_the_front_desk_finds_patients_by_pinyin_too(archive):
     front_desk = client_for(FRONT_DESK)
     response = front_desk.get("/patients/", {"name": "oynn"})
@@ -216,7 +224,8 @@ def test_the_list_shows_the_total_and_pages_on_the_server(doctor, django_assert_
             accession_number=f"N{n:03d}",
             study_date=dt.date(2024, 1, 1),
         )
-    with django_assert_max_num_queries(6):
+    # Session, user, roles; the matching patients; the count; the page's studies; their series.
+    with django_assert_max_num_queries(7):
         response = doctor.get("/studies/", {"name": "zw", "page": "3", "sort": "name"})
     body = response.content.decode()
     assert len(response.context["page"]) == 20
@@ -240,3 +249,8 @@ def test_qido_without_fuzzymatching_keeps_c_finds_matching(doctor, archive):
     assert found_by_qido(doctor, PatientName="zw", fuzzymatching="false") == []
     assert found_by_qido(doctor, PatientName="li^xiao*") == [archive["LI^XIAOLONG"]]
     assert found_by_qido(doctor, PatientName="zw*", fuzzymatching="true") == [archive["张伟"]]
+
+
+def test_the_presets_and_sorting_speak_simplified_chinese(doctor):
+    body = doctor.get("/studies/", headers={"accept-language": "zh-hans"}).content.decode()
+    assert all(text in body for text in ("不限日期", "今天", "昨天", "最近 7 天", 'title="排序"'))
