@@ -1,8 +1,10 @@
 """The doctors' web pages, measured as a signed-in browser session meets them.
 
     .venv/bin/python bench/web.py [--lines search] [--studies 100000] [--runs 40]
+    tests/with_postgres.sh sh -c '.venv/bin/python bench/web.py --database-url "$DATABASE_URL"'
 
-One archive for every line: a fresh SQLite database in a temporary VAR_DIR,
+One archive for every line: a fresh SQLite database in a temporary VAR_DIR (or
+the empty database of ``--database-url``),
 filled with ``--studies`` studies of patients with Chinese names (sent in
 characters only, in characters and pinyin, or in pinyin only; single,
 compound and polyphonic surnames), gunicorn with 2 workers on a free port of
@@ -13,8 +15,9 @@ of runs and returning table rows:
 
 - ``search``: the study list ``/studies/`` (the whole page: search, count,
   50 rows, thumbnails' series) for a name substring in characters, pinyin
-  initials, full pinyin, a date range, and the first page unfiltered and by
-  name; median and 95th percentile of ``--runs`` requests each.
+  initials, full pinyin (with and without a space), a patient ID, a date range,
+  and the first page unfiltered and by name; median and 95th percentile of
+  ``--runs`` requests each, the queries taking turns.
 """
 
 import argparse
@@ -126,7 +129,7 @@ studies = Study.objects.exclude(patient__name_ideographic="").select_related("pa
 s = studies[studies.count() // 2]
 p = s.patient
 family = "".join(pinyin.han_syllables(p.name_ideographic.split("^")[0] + "^"))
-print(p.name_ideographic.replace("^", ""), p.name_initials.split()[0], p.name_pinyin.split()[0], family)
+print(p.name_ideographic.replace("^", ""), p.name_initials.split()[0], p.name_pinyin.split()[0], family, p.patient_id)
 print(s.study_date.isoformat())
 """
 
@@ -143,13 +146,13 @@ class Site:
     proc: object = None
 
     @classmethod
-    def start(cls, var: Path, studies: int) -> "Site":
+    def start(cls, var: Path, studies: int, database_url: str = "") -> "Site":
         env = {
             **os.environ,
             "DJANGO_SETTINGS_MODULE": "imaging.settings",
             "VAR_DIR": str(var),
             "STORAGE_DIR": str(var / "storage"),
-            "DATABASE_URL": f"sqlite:///{var / 'db.sqlite3'}",
+            "DATABASE_URL": database_url or f"sqlite:///{var / 'db.sqlite3'}",
             "PYTHONPATH": str(ROOT),
             "LOG_LEVEL": "WARNING",
             "ALLOWED_HOSTS": "127.0.0.1",
@@ -166,9 +169,10 @@ class Site:
             [sys.executable, "-c", SETUP, USER, PASSWORD], env=env, cwd=ROOT, check=True, capture_output=True, text=True
         ).stdout.split("\n")
         session_id = out[-4].strip()
-        characters, initials, full, family = out[-3].split()
+        characters, initials, full, family, patient_id = out[-3].split()
         site.probe = {"characters": characters, "initials": initials, "pinyin": full, "date": out[-2].strip()}
         site.probe["spaced"] = f"{family} {full.removeprefix(family)}"  # "zhang wei"
+        site.probe["patient_id"] = patient_id
         port = procs.free_port()
         command = [sys.executable, "-m", "gunicorn", "-w", "2", "-b", f"127.0.0.1:{port}", "imaging.wsgi:application"]
         site.proc = procs.start(command, env, var / "gunicorn.log")
@@ -208,6 +212,7 @@ def line_search(site: Site, runs: int) -> list[tuple[str, str, float, float, str
         "pinyin initials": {"name": site.probe["initials"]},
         "full pinyin": {"name": site.probe["pinyin"]},
         "full pinyin with a space": {"name": site.probe["spaced"]},
+        "patient ID": {"patient_id": site.probe["patient_id"]},
         "date range (7 days)": {"date_from": str(day - dt.timedelta(days=6)), "date_to": str(day)},
         "first page, newest first": {},
         "first page by name": {"sort": "name"},
@@ -242,6 +247,11 @@ def main() -> None:
     parser.add_argument("--lines", default=",".join(LINES), help=f"comma-separated, of: {', '.join(LINES)}")
     parser.add_argument("--studies", type=int, default=100_000)
     parser.add_argument("--runs", type=int, default=40)
+    parser.add_argument(
+        "--database-url",
+        default="",
+        help="an empty database to fill instead of a fresh SQLite file (tests/with_postgres.sh sets DATABASE_URL)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (and print it)")
     parser.add_argument("--fill", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -255,7 +265,7 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="bench-web-"))
     site = None
     try:
-        site = Site.start(root / "site", args.studies)
+        site = Site.start(root / "site", args.studies, args.database_url)
         rows = []
         for name in lines:
             rows += LINES[name](site, args.runs)
@@ -267,7 +277,8 @@ def main() -> None:
         else:
             shutil.rmtree(root, ignore_errors=True)
     print()
-    print(f"{args.studies:,} studies, {args.runs} runs each, SQLite, gunicorn -w 2")
+    database = args.database_url.partition(":")[0] if args.database_url else "sqlite"
+    print(f"{args.studies:,} studies, {args.runs} runs each, {database}, gunicorn -w 2")
     print()
     print("| line | query | median ms | p95 ms | matches |")
     print("|---|---|---|---|---|")
