@@ -4,7 +4,7 @@ A name matches as a substring, case-insensitive, of any name group, of the
 full pinyin of a name written in characters, or of its initials: "张", "zhang
 wei", "zhangwei", "Zhang Wei" and "zw" all find 张^伟. The keys are computed
 when the name is written (records/pinyin.py, stored on Patient by
-``Patient.save`` and the indexer), so a search is a few LIKEs on one table.
+``Patient.save`` and the indexer), so a search is a few substring tests on one table.
 """
 
 import datetime as dt
@@ -21,7 +21,7 @@ KEY_FIELDS = ("name_search", "name_pinyin", "name_initials")
 
 PERIODS = ("today", "yesterday", "week")
 
-# Most patients a name search hands to the study query as a list of keys (SQLite takes
+# Most patients a name or patient ID search hands to the study query as a list of keys (SQLite takes
 # 32,766 parameters; a list this long is still quicker than a second scan).
 MAX_PATIENT_KEYS = 2000
 
@@ -33,7 +33,7 @@ MAX_PATIENT_KEYS = 2000
 STUDY_SORTS = {
     "date": ("study_date", "study_time", "pk"),
     "name": ("patient__name_pinyin", "patient__patient_id", "patient__issuer", "pk"),
-    "patient_id": ("patient__patient_id", "patient__issuer", "patient__pk", "pk"),
+    "patient_id": ("patient__patient_id", "patient__issuer", "pk"),
     "modality": ("modalities_in_study", "study_date", "pk"),
 }
 NULLABLE = {"study_date", "study_time"}

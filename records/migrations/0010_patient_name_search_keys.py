@@ -42,6 +42,30 @@ def drop_search_index(apps, schema_editor):
     schema_editor.execute(f"DROP INDEX IF EXISTS {schema_editor.quote_name(SEARCH_INDEX)}")
 
 
+# PostgreSQL: the study list's default order (records/search.py, study_order: newest first,
+# undated last: study_date DESC NULLS LAST, study_time DESC NULLS LAST, id DESC). The
+# study_date index read backwards gives NULLS FIRST, so PostgreSQL sorted all 100,000
+# studies for the first page (46 ms); with this index it reads 50 rows (0.5 ms). SQLite
+# takes no NULLS LAST in an index and already reads its study_date index in order.
+NEWEST_FIRST_INDEX = "study_newest_first_pg"
+
+
+def create_newest_first_index(apps, schema_editor):
+    if schema_editor.connection.vendor != "postgresql":
+        return
+    table = schema_editor.quote_name(apps.get_model("records", "Study")._meta.db_table)
+    schema_editor.execute(
+        f"CREATE INDEX {schema_editor.quote_name(NEWEST_FIRST_INDEX)} ON {table} "
+        "(study_date DESC NULLS LAST, study_time DESC NULLS LAST, id DESC)"
+    )
+
+
+def drop_newest_first_index(apps, schema_editor):
+    if schema_editor.connection.vendor != "postgresql":
+        return
+    schema_editor.execute(f"DROP INDEX IF EXISTS {schema_editor.quote_name(NEWEST_FIRST_INDEX)}")
+
+
 class Migration(migrations.Migration):
 
     dependencies = [
@@ -72,4 +96,5 @@ class Migration(migrations.Migration):
         ),
         # After AddConstraint: on SQLite it rebuilds the table, dropping indexes it does not know.
         migrations.RunPython(create_search_index, drop_search_index),
+        migrations.RunPython(create_newest_first_index, drop_newest_first_index),
     ]
