@@ -106,17 +106,25 @@ def period_dates(period: str, today: dt.date | None = None) -> tuple[dt.date | N
     return None, None
 
 
-def study_order(sort: str = "date", order: str = "") -> list:
-    """ORDER BY of the study list for ``?sort=`` and ``?order=`` (asc, desc); unknown values sort by date."""
+def study_order(sort: str = "date", order: str = "", *, by_index: bool = True) -> list:
+    """ORDER BY of the study list for ``?sort=`` and ``?order=`` (asc, desc); unknown values sort by date.
+
+    ``by_index=False`` for the studies of a few patients (a name or patient ID search):
+    the sort columns are wrapped (COALESCE(x, x), the same order) so that no index
+    serves the order. PostgreSQL would otherwise walk 65,000 studies of the newest-first
+    index looking for the 50 of 31 patients (200 ms) instead of reading their 71
+    studies by the foreign key and sorting them (under 1 ms).
+    """
     if sort not in STUDY_SORTS:
         sort = "date"
     descending = (order or DEFAULT_ORDER[sort]) == "desc"
     columns = []
     for column in STUDY_SORTS[sort]:
+        expression = F(column) if by_index or column == "pk" else Coalesce(F(column), F(column))
         if column in NULLABLE:  # studies without a date last, both ways
-            columns.append(F(column).desc(nulls_last=True) if descending else F(column).asc(nulls_last=True))
+            columns.append(expression.desc(nulls_last=True) if descending else expression.asc(nulls_last=True))
         else:
-            columns.append(F(column).desc() if descending else F(column).asc())
+            columns.append(expression.desc() if descending else expression.asc())
     return columns
 
 
@@ -151,7 +159,8 @@ def study_search(
         studies = studies.filter(study_date__gte=date_from)
     if date_to:
         studies = studies.filter(study_date__lte=date_to)
-    return studies.order_by(*study_order(sort, order))
+    by_index = not (name.strip() or patient_id.strip())
+    return studies.order_by(*study_order(sort, order, by_index=by_index))
 
 
 def _of_patients(studies, q: Q):
