@@ -18,7 +18,7 @@ from django.utils import timezone
 from pydicom.dataset import Dataset
 
 from imaging import charsets, dicomfile, integrity, storage
-from records.models import IndexingFailure, Instance, InstanceConflict, Patient, Series, Study
+from records.models import IndexingFailure, Instance, InstanceConflict, Patient, Series, Study, name_keys
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +185,8 @@ def index_file(
         "name_alphabetic": _clip(alphabetic, 200),
         "name_ideographic": _clip(ideographic, 200),
         "name_phonetic": _clip(phonetic, 200),
+        # Search keys (pinyin, initials) computed here, so a re-index keeps them right too.
+        **name_keys(_clip(alphabetic, 200), _clip(ideographic, 200), _clip(phonetic, 200)),
         "birth_date": parse_date(charsets.text(ds, "PatientBirthDate")),
         "sex": _clip(charsets.text(ds, "PatientSex"), 16),
     }

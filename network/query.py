@@ -36,6 +36,7 @@ from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
 from imaging import charsets, storage
+from records import search
 from records.models import Instance, Patient, Series, Study
 
 log = logging.getLogger(__name__)
@@ -339,8 +340,20 @@ def uid_list(value: str) -> list[str]:
     return [u.strip() for u in value.split("\\") if u.strip()]
 
 
-def _match_q(prefix: str, keyword: str, attr: Attr, value: str) -> Q:
+def fuzzy_person_name_q(prefix: str, value: str) -> Q:
+    """QIDO-RS ``fuzzymatching=true`` on a Person Name: the study list's search (records/search.py).
+
+    "zw", "zhangwei", "Zhang Wei" and "张" find 张^伟; wildcards and group
+    separators are ignored, as the words of a name typed into the study list.
+    """
+    text = " ".join(g for g in (value.replace("*", " ").replace("?", " ").split("=")) if g.strip())
+    return search.name_q(text, prefix=prefix)
+
+
+def _match_q(prefix: str, keyword: str, attr: Attr, value: str, *, fuzzy: bool = False) -> Q:
     column = prefix + (attr.column or "")
+    if attr.kind == "pn" and fuzzy:
+        return fuzzy_person_name_q(prefix, value)
     if attr.kind == "uid":
         uids = uid_list(value)
         return Q(**{column: uids[0]}) if len(uids) == 1 else Q(**{f"{column}__in": uids})
@@ -376,12 +389,21 @@ def _requested(identifier: Dataset) -> list[tuple[int, str, str]]:
     return requested
 
 
-def parse(identifier: Dataset, *, model: str, fallback_charset: str | None = None, relational: bool = False) -> Query:
+def parse(
+    identifier: Dataset,
+    *,
+    model: str,
+    fallback_charset: str | None = None,
+    relational: bool = False,
+    fuzzy: bool = False,
+) -> Query:
     """Turn a C-FIND identifier into a Query; raises QueryError with the status to answer.
 
     ``relational``: the unique keys of the levels above are not required (PS3.4
     C.4.1.2.2 relational queries; QIDO-RS ``/series`` and ``/instances`` search
     across studies). C-FIND stays hierarchical.
+    ``fuzzy``: PatientName matches as on the study list (pinyin, initials,
+    substrings: QIDO-RS ``fuzzymatching=true``) instead of C-FIND's matching.
     """
     if fallback_charset:
         charsets.apply_fallback(identifier, fallback_charset)
@@ -410,7 +432,7 @@ def parse(identifier: Dataset, *, model: str, fallback_charset: str | None = Non
             continue  # universal matching
         attr = _ATTRS[keyword]
         try:
-            q &= _match_q(paths[attr.level], keyword, attr, value)
+            q &= _match_q(paths[attr.level], keyword, attr, value, fuzzy=fuzzy)
         except ValueError as exc:
             raise QueryError(UNABLE_TO_PROCESS, f"{keyword} {value!r} cannot be matched: {exc}") from exc
 

@@ -21,9 +21,9 @@ from records import access
 from records.api_permissions import AdministratorsOnly, AnyRole, DoctorsAndAdministrators
 from records.models import IndexingFailure, Instance, InstanceConflict, Patient, Series, Study
 
-# The study list's matching, so that the API finds what the pages find ("zhang wei" finds
-# 张^伟=Zhang^Wei; "CT" finds CT\SR but not RTCT). They move with it to records/search.py.
-from records.views import _modality_matches, _name_matches
+# The study list's matching, so that the API finds what the pages find ("zhang wei" and "zw"
+# find 张^伟=Zhang^Wei; "CT" finds CT\SR but not RTCT).
+from records.search import modality_q, name_q
 
 
 def _list_url(request, name: str, **query) -> str:
@@ -35,15 +35,17 @@ def _list_url(request, name: str, **query) -> str:
 
 
 class NameFilter(django_filters.CharFilter):
-    """Each word in some name group of the patient, as on the study list."""
+    """The patient's name as on the study list: any group, full pinyin, initials (records/search.py)."""
 
     def __init__(self, prefix: str = "", **kwargs):
         self.prefix = prefix
-        kwargs.setdefault("help_text", "Words of the patient's name, in any group (Zhang Wei, Zhang^Wei, 张伟).")
+        kwargs.setdefault(
+            "help_text", "The patient's name, in any group, full pinyin or initials (Zhang Wei, zhangwei, zw, 张伟)."
+        )
         super().__init__(**kwargs)
 
     def filter(self, qs, value):
-        return _name_matches(qs, value, prefix=self.prefix) if value and value.strip() else qs
+        return qs.filter(name_q(value, prefix=self.prefix)) if value and value.strip() else qs
 
 
 class PatientFilter(django_filters.FilterSet):
@@ -75,7 +77,7 @@ class StudyFilter(django_filters.FilterSet):
         fields = ["patient", "patient_id", "name", "study_instance_uid", "accession_number", "study_id", "study_date"]
 
     def filter_modality(self, queryset, name, value):
-        return queryset.filter(_modality_matches(value.strip().upper())) if value.strip() else queryset
+        return queryset.filter(modality_q(value.strip().upper())) if value.strip() else queryset
 
 
 class SeriesFilter(django_filters.FilterSet):

@@ -11,7 +11,18 @@ from django.db.models.functions import Upper
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import pgettext_lazy
 
+from records import pinyin
 from records.names import display_name
+
+NAME_GROUPS = ("name_alphabetic", "name_ideographic", "name_phonetic")
+NAME_KEYS = ("name_search", "name_pinyin", "name_initials")
+_KEY_LENGTHS = {"name_search": 600, "name_pinyin": 400, "name_initials": 200}
+
+
+def name_keys(alphabetic: str, ideographic: str = "", phonetic: str = "") -> dict[str, str]:
+    """The Patient search keys of a name's groups, cut to their columns (for create() and update() alike)."""
+    keys = pinyin.name_keys(alphabetic, ideographic, phonetic)
+    return {field: value[: _KEY_LENGTHS[field]] for field, value in keys.items()}
 
 
 class Patient(models.Model):
@@ -29,6 +40,13 @@ class Patient(models.Model):
     name_alphabetic = models.CharField(_("name (alphabetic)"), max_length=200, blank=True, default="", db_index=True)
     name_ideographic = models.CharField(_("name (ideographic)"), max_length=200, blank=True, default="", db_index=True)
     name_phonetic = models.CharField(_("name (phonetic)"), max_length=200, blank=True, default="", db_index=True)
+    # Search keys derived from the name groups (records/pinyin.py, records/search.py):
+    # every group normalised ("zhangwei 张伟"), the full pinyin of names in characters
+    # ("zhangwei", first the reading the list sorts by) and initials ("zw"). Kept in
+    # step by save() and by the indexer, which writes them with the name.
+    name_search = models.CharField(max_length=600, blank=True, default="", editable=False)
+    name_pinyin = models.CharField(max_length=400, blank=True, default="", editable=False)
+    name_initials = models.CharField(max_length=200, blank=True, default="", editable=False)
     birth_date = models.DateField(_("birth date"), null=True, blank=True)
     sex = models.CharField(_("sex"), max_length=16, blank=True, default="")
     created_at = models.DateTimeField(_("created"), auto_now_add=True)
@@ -40,6 +58,11 @@ class Patient(models.Model):
         verbose_name_plural = _("patients")
         constraints = [
             models.UniqueConstraint(fields=["patient_id", "issuer"], name="patient_id_issuer_unique"),
+            # The study list sorted by name (records/search.py: ORDER BY name_pinyin, patient_id,
+            # issuer) and the front desk's list, in that order too. Implied by the constraint
+            # above; declared unique so that SQLite knows the order is total and reads the
+            # first page of 100,000 studies from this index instead of sorting them all.
+            models.UniqueConstraint(fields=["name_pinyin", "patient_id", "issuer"], name="patient_name_pinyin_order"),
         ]
         # C-FIND/QIDO PatientName matching, case-insensitive on any name group
         # (network/query.py: UPPER(name_*) = ? or, on SQLite, a prefix range for "WANG^XI*").
@@ -49,6 +72,7 @@ class Patient(models.Model):
             models.Index(Upper("name_alphabetic"), name="patient_name_alpha_upper"),
             models.Index(Upper("name_ideographic"), name="patient_name_ideo_upper"),
             models.Index(Upper("name_phonetic"), name="patient_name_phon_upper"),
+            # The name search's index (the keys) is SQLite's only: migration 0013.
         ]
 
     # Patient's Sex (0010,0040) is M, F or O (PS3.3 C.7.1.1): a word in the reader's language on pages.
@@ -56,6 +80,15 @@ class Patient(models.Model):
 
     def __str__(self) -> str:
         return f"{display_name(self) or _('(no name)')} [{self.patient_id}]"
+
+    def save(self, *args, **kwargs):
+        # The search keys follow the name wherever a patient is saved (admin, API, code);
+        # queryset.update() writers pass name_keys() themselves, as the indexer does.
+        self.__dict__.update(name_keys(self.name_alphabetic, self.name_ideographic, self.name_phonetic))
+        update_fields = kwargs.get("update_fields")
+        if update_fields is not None and set(update_fields) & set(NAME_GROUPS):
+            kwargs["update_fields"] = {*update_fields, *NAME_KEYS}
+        super().save(*args, **kwargs)
 
     def sex_display(self) -> str:
         """男 / male for M; a value DICOM does not define is shown as sent."""

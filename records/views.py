@@ -3,25 +3,22 @@
 Each view checks the role itself (records/roles.py), menus only mirror it.
 """
 
-from django import forms
+import functools
+
 from django.conf import settings
 from django.contrib.auth.views import redirect_to_login
 from django.core.paginator import Paginator
-from django.db.models import Count, F, Prefetch, Q, Value
-from django.db.models.functions import Replace
 from django.http import Http404, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.http import content_disposition_header, url_has_allowed_host_and_scheme
 from django.utils.translation import gettext_lazy as _
 
-from records import access, download, roles, studies
-from records.models import Patient, Series, Study
+from records import access, download, roles, search, studies
+from records.forms import PatientSearchForm, StudySearchForm
 from records.names import display_name
 
 PAGE_SIZE = 50
-
-NAME_FIELDS = ("name_alphabetic", "name_ideographic", "name_phonetic")
 
 
 def _page(request, template: str, context: dict, status: int = 200):
@@ -64,122 +61,58 @@ def admin_login(request):
     return redirect(next_url or "admin:index")
 
 
-# --- Search --------------------------------------------------------------------------------------
+# --- Search (records/search.py does it; these pages present it) ---------------------------------
 
 
-def _name_matches(queryset, text: str, prefix: str = ""):
-    """Each word of ``text`` is in some name group (case-insensitive, "^" ignored).
-
-    So "zhang wei", "Zhang^Wei" and "张伟" all find 张^伟=Zhang^Wei.
-    """
-    annotations = {f"_search_{field}": Replace(F(f"{prefix}{field}"), Value("^"), Value("")) for field in NAME_FIELDS}
-    queryset = queryset.annotate(**annotations)
-    for word in text.replace("^", " ").split():
-        queryset = queryset.filter(Q(*[Q(**{f"{name}__icontains": word}) for name in annotations], _connector=Q.OR))
-    return queryset
-
-
-def _modality_matches(modality: str) -> Q:
-    """One modality among the backslash-separated ModalitiesInStudy ("CT" finds "CT\\SR", not "RTCT")."""
-    return (
-        Q(modalities_in_study=modality)
-        | Q(modalities_in_study__startswith=f"{modality}\\")
-        | Q(modalities_in_study__endswith=f"\\{modality}")
-        | Q(modalities_in_study__contains=f"\\{modality}\\")
-    )
-
-
-class DateInput(forms.DateInput):
-    input_type = "date"
-
-
-class StudySearchForm(forms.Form):
-    name = forms.CharField(label=_("Patient name"), required=False, max_length=200)
-    patient_id = forms.CharField(label=_("Patient ID"), required=False, max_length=64)
-    accession_number = forms.CharField(label=_("Accession number"), required=False, max_length=64)
-    modality = forms.CharField(label=_("Modality"), required=False, max_length=16)
-    date_from = forms.DateField(label=_("From"), required=False, widget=DateInput)
-    date_to = forms.DateField(label=_("To"), required=False, widget=DateInput)
-
-    def clean_modality(self):
-        return self.cleaned_data["modality"].strip().upper()
-
-    def clean(self):
-        cleaned = super().clean()
-        start, end = cleaned.get("date_from"), cleaned.get("date_to")
-        if start and end and start > end:
-            raise forms.ValidationError(_("The start date is after the end date."))
-        return cleaned
-
-
-class PatientSearchForm(forms.Form):
-    name = forms.CharField(label=_("Patient name"), required=False, max_length=200)
-    patient_id = forms.CharField(label=_("Patient ID"), required=False, max_length=64)
-    birth_date = forms.DateField(label=_("Birth date"), required=False, widget=DateInput)
-
-
-def study_search(*, name="", patient_id="", accession_number="", modality="", date_from=None, date_to=None):
-    """Studies matching the criteria, newest first, with patient and thumbnailed series in 3 queries."""
-    studies = Study.objects.select_related("patient").prefetch_related(
-        Prefetch(
-            "series",
-            queryset=Series.objects.exclude(thumbnail="").only(
-                "id", "study_id", "modality", "series_number", "description"
-            ),
-            to_attr="thumbnailed_series",
-        )
-    )
-    if name.strip():
-        studies = _name_matches(studies, name, prefix="patient__")
-    if patient_id.strip():
-        studies = studies.filter(patient__patient_id__icontains=patient_id.strip())
-    if accession_number.strip():
-        studies = studies.filter(accession_number__icontains=accession_number.strip())
-    if modality:
-        studies = studies.filter(_modality_matches(modality))
-    if date_from:
-        studies = studies.filter(study_date__gte=date_from)
-    if date_to:
-        studies = studies.filter(study_date__lte=date_to)
-    return studies.order_by(F("study_date").desc(nulls_last=True), F("study_time").desc(nulls_last=True), "-id")
-
-
-def patient_search(*, name="", patient_id="", birth_date=None):
-    """Patients matching the criteria, with their number of studies."""
-    patients = Patient.objects.annotate(study_count=Count("studies"))
-    if name.strip():
-        patients = _name_matches(patients, name)
-    if patient_id.strip():
-        patients = patients.filter(patient_id__icontains=patient_id.strip())
-    if birth_date:
-        patients = patients.filter(birth_date=birth_date)
-    return patients.order_by("name_alphabetic", "patient_id", "id")
-
-
-def _search_page(request, form_class, search):
+def _search_page(request, form_class, search_function, paginator=Paginator):
     form = form_class(request.GET or None)
     if form.is_bound and not form.is_valid():
-        results = search().none()
+        results = search_function().none()
     else:
-        results = search(**(form.cleaned_data if form.is_bound else {}))
-    page = Paginator(results, PAGE_SIZE).get_page(request.GET.get("page"))
+        results = search_function(**(form.cleaned_data if form.is_bound else {}))
+    page = paginator(results, PAGE_SIZE).get_page(request.GET.get("page"))
     query = request.GET.copy()
     query.pop("page", None)
-    return page, form, query.urlencode()
+    return page, form, query
+
+
+def _sort_links(query, form) -> dict[str, dict]:
+    """Each sortable column's link (the search kept, page 1) and its direction now, for the headers."""
+    data = form.cleaned_data if form.is_bound and form.is_valid() else {}
+    current = data.get("sort") or "date"
+    current_order = data.get("order") or search.DEFAULT_ORDER[current]
+    links = {}
+    for sort in search.STUDY_SORTS:
+        params = query.copy()
+        params["sort"] = sort
+        if sort == current:
+            params["order"] = "asc" if current_order == "desc" else "desc"
+        else:
+            params["order"] = search.DEFAULT_ORDER[sort]
+        links[sort] = {"url": "?" + params.urlencode(), "order": current_order if sort == current else ""}
+    return links
 
 
 @roles.role_required(roles.DOCTOR)
 def study_list(request):
-    page, form, query = _search_page(request, StudySearchForm, study_search)
+    paginator = functools.partial(search.NarrowPaginator, details=search.with_list_details)
+    page, form, query = _search_page(request, StudySearchForm, search.study_search, paginator)
     for study in page:
         study.patient_name = display_name(study.patient)
-    context = {"page": page, "form": form, "query": query, "ohif_enabled": settings.OHIF_ENABLED}
+    context = {
+        "page": page,
+        "form": form,
+        "query": query.urlencode(),
+        "sorts": _sort_links(query, form),
+        "ohif_enabled": settings.OHIF_ENABLED,
+    }
     return _page(request, "records/study_list.html", context)
 
 
 @roles.role_required(roles.FRONT_DESK)
 def patient_list(request):
-    page, form, query = _search_page(request, PatientSearchForm, patient_search)
+    page, form, query = _search_page(request, PatientSearchForm, search.patient_search)
+    query = query.urlencode()
     for patient in page:
         patient.display_name = display_name(patient)
     return _page(request, "records/patient_list.html", {"page": page, "form": form, "query": query})

@@ -1,8 +1,11 @@
 """Test data for the DICOMweb tests: files put in the store and indexed, users of each role."""
 
+import datetime as dt
+
 import pydicom
 from django.contrib.auth.models import Group, User
 from django.test import Client
+from django.utils import timezone
 from pydicom.data import get_charset_files, get_testdata_file
 from pydicom.uid import generate_uid
 
@@ -22,6 +25,18 @@ def store(ds) -> str:
     done, failed = ingest.index_files([relpath])
     assert not failed, failed
     return relpath
+
+
+def index_study(tmp_path, name: str, accession: str, *, date: dt.date | None = None, modality: str = "MR") -> str:
+    """One image of a new study for a patient named ``name``, stored and indexed; returns the Study UID."""
+    study_uid = generate_uid(dicomgen.PYNETDICOM_ROOT)
+    series_uid = generate_uid(dicomgen.PYNETDICOM_ROOT)
+    path = dicomgen.small_image(tmp_path, f"{accession}.dcm", study_uid, series_uid, 1)
+    ds = pydicom.dcmread(path)
+    ds.PatientName, ds.PatientID, ds.AccessionNumber, ds.Modality = name, f"ID-{accession}", accession, modality
+    ds.StudyDate = (date or timezone.localdate()).strftime("%Y%m%d")
+    store(ds)
+    return study_uid
 
 
 def pydicom_file(name: str, **changes):

@@ -157,6 +157,12 @@ def identifier(params, level: str, **uids: str) -> Dataset:
     return ds
 
 
+def _fuzzy(params) -> bool:
+    """``fuzzymatching=true`` (the last one given; ``identifier`` refused other values)."""
+    values = params.getlist("fuzzymatching")
+    return bool(values) and values[-1].lower() == "true"
+
+
 def search(request, level: str, **uids: str) -> HttpResponse:
     """Answer a QIDO-RS search at ``level`` ("STUDY", "SERIES", "IMAGE") within the path's UIDs."""
     accept = request.headers.get("Accept")
@@ -171,7 +177,7 @@ def search(request, level: str, **uids: str) -> HttpResponse:
     try:
         # Relational (PS3.4 C.4.1.2.2): /series and /instances search across studies; the
         # path's UIDs, when given, are matching keys like any other.
-        parsed = query.parse(ds, model=query.STUDY_ROOT, relational=True)
+        parsed = query.parse(ds, model=query.STUDY_ROOT, relational=True, fuzzy=_fuzzy(params))
     except query.QueryError as exc:
         raise base.BadRequest(exc.reason) from exc
     cap = min(limit, limit_max)
