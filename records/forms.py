@@ -2,6 +2,7 @@
 
 from django import forms
 from django.utils.translation import gettext_lazy as _
+from django.utils.translation import pgettext_lazy
 
 from records import search
 
@@ -19,7 +20,7 @@ class StudySearchForm(forms.Form):
         label=_("Date"),
         required=False,
         choices=[
-            ("", _("Any date")),
+            ("", pgettext_lazy("study date", "Any date")),
             ("today", _("Today")),
             ("yesterday", _("Yesterday")),
             ("week", _("Last 7 days")),
