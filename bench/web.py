@@ -7,8 +7,9 @@ One archive for every line: a fresh SQLite database in a temporary VAR_DIR (or
 the empty database of ``--database-url``),
 filled with ``--studies`` studies of patients with Chinese names (sent in
 characters only, in characters and pinyin, or in pinyin only; single,
-compound and polyphonic surnames), gunicorn with 2 workers on a free port of
-127.0.0.1 (as in docker/), and a requests session signed in as a doctor.
+compound and polyphonic surnames), gunicorn with 2 workers and imaging/gunicorn_conf.py
+on a free port of 127.0.0.1 (as `make run` and docker/ serve), and a requests session
+signed in as a doctor.
 
 Lines (``--lines a,b``), one function each taking the ``Site`` and the number
 of runs and returning table rows:
@@ -18,6 +19,9 @@ of runs and returning table rows:
   initials, full pinyin (with and without a space), a patient ID, a date range,
   and the first page unfiltered and by name; median and 95th percentile of
   ``--runs`` requests each, the queries taking turns.
+
+The viewer's lines (first image on screen, all slices in the browser, beside OHIF on
+the same study) need a CT and chromium rather than 100,000 studies: bench/web_viewer.py.
 """
 
 import argparse
@@ -174,7 +178,8 @@ class Site:
         site.probe["spaced"] = f"{family} {full.removeprefix(family)}"  # "zhang wei"
         site.probe["patient_id"] = patient_id
         port = procs.free_port()
-        command = [sys.executable, "-m", "gunicorn", "-w", "2", "-b", f"127.0.0.1:{port}", "imaging.wsgi:application"]
+        command = [sys.executable, "-m", "gunicorn", "-w", "2", "-c", "python:imaging.gunicorn_conf"]
+        command += ["-b", f"127.0.0.1:{port}", "imaging.wsgi:application"]
         site.proc = procs.start(command, env, var / "gunicorn.log")
         procs.wait_for(lambda: procs.port_open(port), 60, "gunicorn")
         site.url = f"http://127.0.0.1:{port}"
@@ -278,7 +283,7 @@ def main() -> None:
             shutil.rmtree(root, ignore_errors=True)
     print()
     database = args.database_url.partition(":")[0] if args.database_url else "sqlite"
-    print(f"{args.studies:,} studies, {args.runs} runs each, {database}, gunicorn -w 2")
+    print(f"{args.studies:,} studies, {args.runs} runs each, {database}, gunicorn -w 2 (gthread)")
     print()
     print("| line | query | median ms | p95 ms | matches |")
     print("|---|---|---|---|---|")
