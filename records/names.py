@@ -29,12 +29,22 @@ def alphabetic_name(group: str) -> str:
     return f"{text}, {suffix}" if suffix else text
 
 
+def _group_name(group: str) -> str:
+    """A group as written: characters as ``ideographic_name``, letters as ``alphabetic_name``.
+
+    Many modalities send a Chinese name in characters in the Alphabetic group (with
+    GB18030 or GBK): 张^伟 there is still 张伟, not "张 伟". (From U+2E80 on: CJK radicals,
+    kana, ideographs, Hangul, full-width forms; accented Latin stays alphabetic.)
+    """
+    return ideographic_name(group) if any(ord(c) >= 0x2E80 for c in group) else alphabetic_name(group)
+
+
 def person_name(alphabetic: str = "", ideographic: str = "", phonetic: str = "", language: str | None = None) -> str:
     """The name as a page shows it in ``language`` (the active language by default)."""
     language = (language or translation.get_language() or "en").lower()
     ideo = ideographic_name(ideographic)
-    alpha = alphabetic_name(alphabetic)
-    phon = ideographic_name(phonetic) if phonetic and not phonetic.isascii() else alphabetic_name(phonetic)
+    alpha = _group_name(alphabetic)
+    phon = _group_name(phonetic)
     if language.startswith("zh"):
         first, second = ideo or alpha or phon, alpha if ideo else ""
     else:

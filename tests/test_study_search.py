@@ -125,11 +125,12 @@ def test_saving_a_patient_keeps_its_keys_in_step_with_its_name():
 
 
 def test_a_full_reindex_puts_lost_keys_back(tmp_path):
-    index_study(tmp_path, "欧阳娜娜", "A1")
+    study_uid = index_study(tmp_path, "欧阳娜娜", "A1")
     Patient.objects.update(name_search="", name_pinyin="", name_initials="")
     result = reindex.reindex(missing_only=False)
     assert result.failed == 0
-    patient = Patient.objects.get()
+    # The store is the session's: other tests' files are reindexed too.
+    patient = Study.objects.get(study_instance_uid=study_uid).patient
     assert (patient.name_search, patient.name_pinyin, patient.name_initials) == ("欧阳娜娜", "ouyangnana", "oynn")
 
 
