@@ -426,8 +426,8 @@ def many_patients():
         cursor.execute(
             """
             INSERT INTO records_patient (patient_id, issuer, name, name_alphabetic, name_ideographic, name_phonetic,
-                                         sex, created_at, updated_at)
-            SELECT 'P' || i, '', name, name, '', '', 'O', now(), now()
+                                         name_search, name_pinyin, name_initials, sex, created_at, updated_at)
+            SELECT 'P' || i, '', name, name, '', '', lower(replace(name, '^', '')), '', '', 'O', now(), now()
             FROM (SELECT i, CASE WHEN i % 1000 = 0 THEN 'Wang^Xiao' || i
                                  ELSE initcap(substr(md5(i::text), 1, 7)) || '^' || substr(md5((7 * i)::text), 1, 5)
                             END AS name
