@@ -61,7 +61,7 @@ def fill(studies: int, seed: int = 4) -> None:
 
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "imaging.settings")
     django.setup()
-    from records.models import Patient, Study
+    from records.models import Patient
 
     rng = random.Random(seed)
     n_patients = max(studies * 2 // 5, 1)  # 2.5 studies per patient on average
@@ -78,11 +78,22 @@ def fill(studies: int, seed: int = 4) -> None:
             )
         )
     Patient.objects.bulk_create(patients, batch_size=2000)
+    add_studies(rng, studies, dt.date(2015, 1, 1), MODALITIES)
+
+
+def add_studies(rng, studies: int, start, modalities: list[str]) -> None:
+    """``studies`` studies over ten years from ``start``, each of a random patient already in the database.
+
+    For the fill of this benchmark and of bench/web.py (inside their child process, Django set up).
+    """
+    import datetime as dt
+
+    from records.models import Patient, Study
+
     pks = list(Patient.objects.values_list("pk", flat=True))
-    start = dt.date(2015, 1, 1)
     rows = []
     for i in range(studies):
-        modality = rng.choice(MODALITIES)
+        modality = rng.choice(modalities)
         rows.append(
             Study(
                 patient_id=rng.choice(pks),

@@ -38,6 +38,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import query as query_bench  # noqa: E402 - bench/query.py
 
 from tests import procs  # noqa: E402
 
@@ -68,7 +71,7 @@ def fill(studies: int, seed: int = 10) -> None:
 
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "imaging.settings")
     django.setup()
-    from records.models import Patient, Study, name_keys
+    from records.models import Patient, name_keys
 
     rng = random.Random(seed)
     patients = []
@@ -91,28 +94,7 @@ def fill(studies: int, seed: int = 10) -> None:
             )
         )
     Patient.objects.bulk_create(patients, batch_size=2000)
-    pks = list(Patient.objects.values_list("pk", flat=True))
-    start = dt.date(2016, 1, 1)
-    rows = []
-    for i in range(studies):
-        modality = rng.choice(MODALITIES)
-        rows.append(
-            Study(
-                patient_id=rng.choice(pks),
-                study_instance_uid=f"1.2.826.0.1.3680043.8.498.{i + 1}",
-                accession_number=f"A{i + 1:08d}",
-                study_date=start + dt.timedelta(days=rng.randrange(3650)),
-                study_time=dt.time(rng.randrange(7, 20), rng.randrange(60), rng.randrange(60)),
-                description=f"{modality} examination",
-                modalities_in_study=modality,
-                number_of_series=rng.randint(1, 6),
-                number_of_instances=rng.randint(1, 600),
-            )
-        )
-        if len(rows) == 5000:
-            Study.objects.bulk_create(rows)
-            rows = []
-    Study.objects.bulk_create(rows)
+    query_bench.add_studies(rng, studies, dt.date(2016, 1, 1), MODALITIES)
 
 
 SETUP = """
