@@ -127,6 +127,8 @@ def test_images_stored_during_a_broker_outage_are_indexed_from_the_spool(transac
         procs.wait_for(lambda: spooled_lines(spool_dir) == 0, 30, "the drained spool files to be removed")
 
         # What was read is exactly what was spooled: no walk of the archive.
+        # The worker logs what it drained once the batch is done: wait for the line, not for luck.
+        procs.wait_for(lambda: sum(drained(worker_log)) >= IMAGES, 30, "the worker's line about the drained spool")
         assert sum(drained(worker_log)) == IMAGES, drained(worker_log)
         assert "reindex:" not in worker_log.read_text(errors="replace")
         assert Instance.objects.filter(sop_instance_uid__in=uids, source_ae="MODALITY").count() == IMAGES
