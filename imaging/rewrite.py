@@ -197,7 +197,8 @@ def rewrite_dataset(ds: Dataset, changes: dict[str, str], *, at: dt.datetime, so
         ds.OriginalAttributesSequence = Sequence()
     ds.OriginalAttributesSequence.append(item)
     declared = [t for t in charsets.declared(ds) if t not in ("", "ISO_IR 6")]
-    if declared != [UTF8] and (declared or not _all_ascii(ds)):
+    nested = any(elem.VR == "SQ" and any("SpecificCharacterSet" in i for i in elem.value) for elem in ds.iterall())
+    if nested or (declared != [UTF8] and (declared or not _all_ascii(ds))):
         _to_utf8(ds)
 
 
