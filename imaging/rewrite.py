@@ -202,22 +202,23 @@ def rewrite_dataset(ds: Dataset, changes: dict[str, str], *, at: dt.datetime, so
         _to_utf8(ds)
 
 
-def rewrite_instance(instance_id: int, *, at: dt.datetime) -> bool:
-    """Make the instance's file carry the index's values; True when the file was rewritten.
+def _load(instance_id: int) -> Instance:
+    return Instance.objects.select_related("series__study__patient").get(pk=instance_id)
 
-    ``at`` is the correction's time, written as the Attribute Modification DateTime.
-    A file already carrying them is left as it is (its size and checksum are checked
-    into the index all the same: a crash may have come between the write and them).
+
+def corrected_bytes(instance: Instance, *, at: dt.datetime) -> memoryview | None:
+    """The instance's file as the index says it should be (a whole Part 10 file), or None when it already is.
+
+    ``instance`` with its series, study and patient loaded (``select_related``). What the
+    rewrite writes, and what a sender can send in its place until the file is rewritten.
     """
-    instance = Instance.objects.select_related("series__study__patient").get(pk=instance_id)
     path = storage.absolute(instance.file_path)
     fallbacks = _fallbacks(instance)
     header = ingest.read_header(path, fallback_charset=next((f for f in fallbacks if f), None))
     changes = _differences(header, target_values(instance))
     del header
     if not changes:
-        _update_index(instance, path)
-        return False
+        return None
     ds = _read_full(path, fallbacks)
     for uid in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
         if str(ds.get(uid, "")) != str(header_uid(instance, uid)):
@@ -225,8 +226,22 @@ def rewrite_instance(instance_id: int, *, at: dt.datetime) -> bool:
     rewrite_dataset(ds, changes, at=at, source=instance.source_ae)
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
-    del ds
-    data = buffer.getbuffer()
+    return buffer.getbuffer()
+
+
+def rewrite_instance(instance_id: int, *, at: dt.datetime) -> bool:
+    """Make the instance's file carry the index's values; True when the file was rewritten.
+
+    ``at`` is the correction's time, written as the Attribute Modification DateTime.
+    A file already carrying them is left as it is (its size and checksum are checked
+    into the index all the same: a crash may have come between the write and them).
+    """
+    instance = _load(instance_id)
+    path = storage.absolute(instance.file_path)
+    data = corrected_bytes(instance, at=at)
+    if data is None:
+        _update_index(instance, path)
+        return False
     storage.write_atomic(instance.file_path, [data])
     Instance.objects.filter(pk=instance.pk).update(
         file_size=len(data),
@@ -234,6 +249,21 @@ def rewrite_instance(instance_id: int, *, at: dt.datetime) -> bool:
         specific_character_set=_declared_after(path),
     )
     return True
+
+
+def pending(instance_ids) -> dict[int, dt.datetime]:
+    """{instance pk: correction time} of the given instances whose file a job has not rewritten yet.
+
+    What a sender asks before sending files as stored: those listed go out as
+    ``corrected_bytes(instance, at=...)`` (until a file is rewritten, what we send out
+    carries the corrected values). One query; the todo index serves it.
+    """
+    rows = (
+        RewriteItem.objects.filter(instance_id__in=list(instance_ids), done_at__isnull=True)
+        .values_list("instance_id", "job__correction__at")
+        .order_by("job_id")
+    )
+    return dict(rows)  # the latest job's correction last, so it wins
 
 
 def header_uid(instance: Instance, keyword: str) -> str:

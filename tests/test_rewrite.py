@@ -4,6 +4,7 @@ atomically, once, and resumable after the rewriting process is killed."""
 
 import datetime as dt
 import hashlib
+import io
 import os
 import signal
 import subprocess
@@ -208,3 +209,26 @@ def test_ingest_reads_a_rewritten_file_with_its_corrected_values(tmp_path):
     header = ingest.read_header(path)
     assert charsets.person_name(header, "PatientName")[0] == NEW_NAME
     assert header.SpecificCharacterSet == "ISO_IR 192"
+
+
+@pytest.mark.django_db
+def test_until_a_file_is_rewritten_a_sender_gets_the_corrected_bytes(tmp_path):
+    slices = store_generated(dicomgen.ct_series(tmp_path, 2, 32, patient_id="RW-SEND"), PatientName="ZHANG^WEI")
+    record = correct_name("RW-SEND")
+    ids = list(Instance.objects.filter(series__study__patient__patient_id="RW-SEND").values_list("pk", flat=True))
+    waiting = rewrite.pending(ids)
+    assert waiting == {pk: record.at for pk in ids}
+
+    instance = Instance.objects.select_related("series__study__patient").get(pk=ids[0])
+    on_disk = storage.absolute(instance.file_path).read_bytes()
+    data = rewrite.corrected_bytes(instance, at=waiting[instance.pk])
+    sent = pydicom.dcmread(io.BytesIO(bytes(data)))
+    assert str(sent.PatientName) == NEW_NAME
+    assert sent.SOPInstanceUID == instance.sop_instance_uid
+    assert len(sent.OriginalAttributesSequence) == 1
+    assert storage.absolute(instance.file_path).read_bytes() == on_disk  # the file itself is the job's
+
+    rewrite.run_job(RewriteJob.objects.get(correction=record).pk)
+    assert rewrite.pending(ids) == {}
+    assert rewrite.corrected_bytes(instance, at=record.at) is None
+    assert {str(read(ds).PatientName) for ds in slices} == {NEW_NAME}
