@@ -207,7 +207,12 @@ def _load(instance_id: int) -> Instance:
 
 
 def corrected_bytes(instance: Instance, *, at: dt.datetime) -> memoryview | None:
-    """The instance's file as the index says it should be (a whole Part 10 file), or None when it already is.
+    return corrected(instance, at=at)[0]
+
+
+def corrected(instance: Instance, *, at: dt.datetime) -> tuple[memoryview | None, str]:
+    """The instance's file as the index says it should be (a whole Part 10 file, or None when it already is)
+    and the Specific Character Set it declares.
 
     ``instance`` with its series, study and patient loaded (``select_related``). What the
     rewrite writes, and what a sender can send in its place until the file is rewritten.
@@ -218,15 +223,16 @@ def corrected_bytes(instance: Instance, *, at: dt.datetime) -> memoryview | None
     changes = _differences(header, target_values(instance))
     del header
     if not changes:
-        return None
+        return None, ""
     ds = _read_full(path, fallbacks)
     for uid in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
         if str(ds.get(uid, "")) != str(header_uid(instance, uid)):
             raise ValueError(f"{instance.file_path}: {uid} is not the indexed one; not rewritten")
     rewrite_dataset(ds, changes, at=at, source=instance.source_ae)
+    declared = "\\".join(charsets.declared(ds))[:128]
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getbuffer()
+    return buffer.getbuffer(), declared
 
 
 def rewrite_instance(instance_id: int, *, at: dt.datetime) -> bool:
@@ -238,7 +244,7 @@ def rewrite_instance(instance_id: int, *, at: dt.datetime) -> bool:
     """
     instance = _load(instance_id)
     path = storage.absolute(instance.file_path)
-    data = corrected_bytes(instance, at=at)
+    data, declared = corrected(instance, at=at)
     if data is None:
         _update_index(instance, path)
         return False
@@ -246,7 +252,7 @@ def rewrite_instance(instance_id: int, *, at: dt.datetime) -> bool:
     Instance.objects.filter(pk=instance.pk).update(
         file_size=len(data),
         checksum=hashlib.sha256(data).hexdigest(),
-        specific_character_set=_declared_after(path),
+        specific_character_set=declared,
     )
     return True
 
