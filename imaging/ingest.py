@@ -389,10 +389,29 @@ def _upsert_row(model, cache: RowCache, key: dict, fields: dict) -> int:
     else:
         pk = row.pop("pk")
         changed = {name: value for name, value in fields.items() if row[name] != value}
+        if changed and model in (Patient, Study):
+            changed = _unprotected(model, pk, changed)
         if changed:
             model.objects.filter(pk=pk).update(**changed, updated_at=timezone.now())
     cache.put(cache_key, pk, fields)
     return pk
+
+
+def _unprotected(model, pk: int, changed: dict) -> dict:
+    """``changed`` without the fields the front desk corrected since this batch looked (records/demographics.py).
+
+    The batch's RowCache read the corrections once; a correction committed since must
+    not be overwritten by a file with the old values. Only asked when a patient's or a
+    study's values would change (rare: a re-send normally changes nothing); the row is
+    locked first, so a correction cannot commit between the check and the update.
+    """
+    from records.models import CorrectedStudy, PatientAlias
+
+    list(model.objects.select_for_update().filter(pk=pk).values_list("pk"))
+    if model is Patient:
+        return {} if PatientAlias.objects.filter(patient_id=pk).exists() else changed
+    pinned = CorrectedStudy.objects.filter(study_id=pk).values_list("fields", flat=True).first() or []
+    return {name: value for name, value in changed.items() if name not in pinned}
 
 
 def _conflict(record: IndexRecord, source_ae: str, stored, resolution: str, detail: str) -> None:

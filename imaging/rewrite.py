@@ -324,9 +324,13 @@ def run_job(job_id: int, *, on_file=None) -> RewriteJob:
             if on_file is not None:
                 on_file(item_pk)
             with transaction.atomic():
-                RewriteItem.objects.filter(pk=item_pk).update(done_at=timezone.now(), changed=changed, error=error)
+                # Counted once even if two workers ran the job at once (a redelivered task).
+                marked = RewriteItem.objects.filter(pk=item_pk, done_at__isnull=True).update(
+                    done_at=timezone.now(), changed=changed, error=error
+                )
                 counts = {"failed": F("failed") + 1, "error": error} if error else {"done": F("done") + 1}
-                RewriteJob.objects.filter(pk=job.pk).update(**counts)
+                if marked:
+                    RewriteJob.objects.filter(pk=job.pk).update(**counts)
     RewriteJob.objects.filter(pk=job.pk).update(
         state=State.FAILED if RewriteItem.objects.filter(job=job).exclude(error="").exists() else State.DONE,
         finished_at=timezone.now(),

@@ -244,3 +244,21 @@ def test_a_late_arrival_keeps_a_corrected_study_description(zhang, clerk):
 def test_an_uncorrected_resend_is_not_coerced(zhang):
     assert not _resend(zhang[0]).coerced
     assert store(zhang[1])  # indexed as before
+
+
+def test_a_batch_that_began_before_the_correction_does_not_overwrite_it(zhang, clerk):
+    # A worker's batch read the corrections (none) before the front desk saved.
+    cache = ingest.RowCache()
+    relpath = storage.instance_relpath(zhang[0].SOPInstanceUID)
+    ingest.index_file(relpath, cache=cache)
+    study = Study.objects.get()
+    correct({"name": "Zhang^Wei=张^伟"}, who=clerk)
+    demographics.correct_study(study=study, changes={"description": "CT 胸部"}, reason="r", user=clerk, address=None)
+    # The next slice of the same batch carries other old values (the cache has not seen them).
+    late = pydicom.dcmread(storage.absolute(storage.instance_relpath(zhang[1].SOPInstanceUID)))
+    late.PatientName, late.StudyDescription = "ZHANG^W", "CT"
+    late.save_as(storage.absolute(storage.instance_relpath(late.SOPInstanceUID)), enforce_file_format=True)
+    ingest.index_file(storage.instance_relpath(late.SOPInstanceUID), cache=cache)
+    assert patient().name == "Zhang^Wei=张^伟"
+    study.refresh_from_db()
+    assert study.description == "CT 胸部"
