@@ -14,7 +14,7 @@ from django.views.decorators.http import require_POST
 
 from imaging.charsets import _join_groups, _person_name_groups
 from records import access, demographics, roles
-from records.models import Correction, Patient, RewriteJob
+from records.models import Correction, Patient, RewriteJob, Study
 from records.names import display_name
 from records.views import _page
 
@@ -77,6 +77,26 @@ class PatientCorrectionForm(forms.Form):
         if name != patient.name:
             changes["name"] = name
         return changes
+
+
+class StudyCorrectionForm(forms.Form):
+    accession_number = forms.CharField(label=gettext_lazy("Accession number"), required=False)
+    description = forms.CharField(label=gettext_lazy("Description"), required=False)
+    referring_physician = forms.CharField(
+        label=gettext_lazy("Referring physician"),
+        required=False,
+        help_text=gettext_lazy("As DICOM writes it, e.g. Li^Na=李^娜"),
+    )
+    reason = forms.CharField(label=gettext_lazy("Reason"), max_length=500, required=False)
+
+    FIELDS = ("accession_number", "description", "referring_physician")
+
+    @classmethod
+    def initial_for(cls, study: Study) -> dict:
+        return {field: getattr(study, field) for field in cls.FIELDS}
+
+    def changes(self, study: Study) -> dict:
+        return {f: self.cleaned_data[f] for f in self.FIELDS if self.cleaned_data[f].strip() != getattr(study, f)}
 
 
 def _join_components(components: list[str]) -> str:
@@ -165,6 +185,48 @@ def patient_correct(request, pk: int):
     context = {
         "patient": patient,
         "patient_name": display_name(patient),
+        "form": form,
+        "preview": preview,
+        "rows": rows,
+    }
+    return _page(request, "records/frontdesk/correct.html", context)
+
+
+@roles.role_required(*CORRECTORS)
+def study_correct(request, pk: int):
+    """The same steps for a study's accession number, description and referring physician."""
+    study = get_object_or_404(Study.objects.select_related("patient"), pk=pk)
+    preview = None
+    if request.method == "POST":
+        form = StudyCorrectionForm(request.POST)
+        if form.is_valid():
+            changes = form.changes(study)
+            try:
+                if request.POST.get("action") == "save":
+                    demographics.correct_study(
+                        study=study,
+                        changes=changes,
+                        reason=form.cleaned_data["reason"],
+                        user=request.user,
+                        address=access.client_address(request),
+                    )
+                    messages.success(request, _("The correction is saved; the files are being rewritten."))
+                    return redirect("records:frontdesk-patient", pk=study.patient_id)
+                preview = demographics.preview_study(study=study, changes=changes)
+                if not preview["after"]:
+                    raise demographics.InvalidCorrection("changes", _("nothing would change"))
+                demographics.check_reason(form.cleaned_data["reason"])
+            except demographics.CorrectionError as exc:
+                _field_errors(form, exc)
+                preview = None
+    else:
+        form = StudyCorrectionForm(initial=StudyCorrectionForm.initial_for(study))
+    rows = []
+    if preview:
+        rows = [(FIELD_LABELS[f], preview["before"][f], preview["after"][f]) for f in preview["after"]]
+    context = {
+        "patient": study.patient,
+        "patient_name": f"{display_name(study.patient)}, {study.study_date or ''} {study.description}".strip(),
         "form": form,
         "preview": preview,
         "rows": rows,

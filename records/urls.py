@@ -14,5 +14,6 @@ urlpatterns = [
     path("patients/<int:pk>/", frontdesk.patient_page, name="frontdesk-patient"),
     path("patients/<int:pk>/correct/", frontdesk.patient_correct, name="frontdesk-correct"),
     path("patients/<int:pk>/merge/", frontdesk.patient_merge, name="frontdesk-merge"),
+    path("patients/studies/<int:pk>/correct/", frontdesk.study_correct, name="frontdesk-study-correct"),
     path("corrections/<int:pk>/undo/", frontdesk.correction_undo, name="frontdesk-undo"),
 ]

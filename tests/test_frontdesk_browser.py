@@ -107,3 +107,21 @@ def test_the_front_desk_corrects_previews_saves_and_undoes_in_a_browser(zhang, l
     expect(page.locator("tr.record").first).to_contain_text("录入错误")
     page.screenshot(path=tmp_path / "patient-zh.png", full_page=True)
     page.screenshot(path=django_settings.VAR_DIR / "frontdesk-patient-zh.png", full_page=True)
+
+
+def test_the_front_desk_corrects_a_study_after_the_preview(zhang):
+    clerk = client_for("Administrator", username="admin-wu")
+    study = zhang.studies.get()
+    url = f"/patients/studies/{study.pk}/correct/"
+    form = {"accession_number": "A2026-77", "description": study.description, "referring_physician": "Li^Na=李^娜"}
+    preview = clerk.post(url, {**form, "reason": "wrong order", "action": "preview"})
+    html = preview.content.decode()
+    assert "A2026-77" in html and "1 studies and 3 images are affected." in html
+    assert not Correction.objects.exists()
+    bad = clerk.post(url, {**form, "referring_physician": "A=B=C=D", "reason": "r", "action": "save"})
+    assert "has more than three groups" in bad.content.decode()
+    saved = clerk.post(url, {**form, "reason": "wrong order", "action": "save"})
+    assert saved.status_code == 302
+    study.refresh_from_db()
+    assert (study.accession_number, study.referring_physician) == ("A2026-77", "Li^Na=李^娜")
+    assert Correction.objects.get().kind == "study"
