@@ -262,3 +262,16 @@ def test_a_batch_that_began_before_the_correction_does_not_overwrite_it(zhang, c
     assert patient().name == "Zhang^Wei=张^伟"
     study.refresh_from_db()
     assert study.description == "CT 胸部"
+
+
+def test_the_audit_record_is_read_in_the_admin_and_never_edited(zhang, clerk, admin_client):
+    record = correct({"name": "Zhang^Wei=张^伟"}, who=clerk)
+    listing = admin_client.get("/admin/records/correction/")
+    assert listing.status_code == 200 and "CT7001" in listing.content.decode()
+    assert admin_client.get(f"/admin/records/correction/{record.pk}/change/").status_code == 200  # a superuser reads
+    response = admin_client.post(f"/admin/records/correction/{record.pk}/change/", {"reason": "edited"})
+    assert response.status_code == 403
+    assert admin_client.post(f"/admin/records/correction/{record.pk}/delete/", {"post": "yes"}).status_code == 403
+    assert admin_client.get("/admin/records/correction/add/").status_code == 403
+    record.refresh_from_db()
+    assert record.reason == "typed wrongly at the CT"
