@@ -13,7 +13,7 @@ pytestmark = [pytest.mark.django_db(transaction=True)]
 
 
 @pytest.fixture
-def zhang(tmp_path):
+def zhang(tmp_path, rewrites_run_here):
     store_generated(
         dicomgen.ct_series(tmp_path, 3, 32, patient_id="FD0001"),
         PatientName="ZHANG^WEI",

@@ -119,10 +119,11 @@ def test_a_late_arrival_file_is_rewritten_with_the_corrected_values(tmp_path):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_rewrite_killed_halfway_resumes_and_corrects_every_file_exactly_once(tmp_path):
+def test_a_rewrite_killed_halfway_resumes_and_corrects_every_file_exactly_once(tmp_path, rewrites_run_here):
     slices = store_generated(dicomgen.ct_series(tmp_path, 12, 32, patient_id="RW-KILL"), PatientName="ZHANG^WEI")
     record = correct_name("RW-KILL")
     job = RewriteJob.objects.get(correction=record)
+    assert rewrites_run_here == [job.pk]
     # The child rewrites, and stops for good after the 5th file is in place but before
     # it is marked done: the worst moment for "exactly once".
     script = textwrap.dedent(
