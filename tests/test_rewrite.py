@@ -233,3 +233,20 @@ def test_until_a_file_is_rewritten_a_sender_gets_the_corrected_bytes(tmp_path):
     assert rewrite.pending(ids) == {}
     assert rewrite.corrected_bytes(instance, at=record.at) is None
     assert {str(read(ds).PatientName) for ds in slices} == {NEW_NAME}
+
+
+@pytest.mark.django_db
+def test_a_zip_downloaded_before_the_rewrite_already_carries_the_correction(tmp_path):
+    import zipfile
+
+    from tests.dicomweb_data import client_for
+
+    slices = store_generated(dicomgen.ct_series(tmp_path, 2, 32, patient_id="RW-ZIP"), PatientName="ZHANG^WEI")
+    correct_name("RW-ZIP")
+    response = client_for("Doctor").get(f"/studies/{slices[0].StudyInstanceUID}/download.zip")
+    archive = zipfile.ZipFile(io.BytesIO(b"".join(response.streaming_content)))
+    assert archive.testzip() is None
+    sent = [pydicom.dcmread(io.BytesIO(archive.read(name))) for name in archive.namelist()]
+    assert [str(ds.PatientName) for ds in sent] == [NEW_NAME, NEW_NAME]
+    assert sorted(ds.SOPInstanceUID for ds in sent) == sorted(ds.SOPInstanceUID for ds in slices)
+    assert {str(read(ds).PatientName) for ds in slices} == {"ZHANG^WEI"}  # the files wait for the job
