@@ -124,8 +124,11 @@ def _file_value(ds: Dataset, keyword: str) -> str:
     return charsets.person_name(ds, keyword)[0] if keyword in PERSON_NAMES else charsets.text(ds, keyword)
 
 
-def _fallbacks(instance: Instance) -> list[str | None]:
-    return [ingest.RowCache().node_fallback(instance.source_ae)] if instance.source_ae else []
+def _fallbacks(instance: Instance, cache: "ingest.RowCache | None" = None) -> list[str | None]:
+    """The sending node's fallback character set, as ingest applies it (``cache``: a job's, one query a node)."""
+    if not instance.source_ae:
+        return []
+    return [(cache or ingest.RowCache()).node_fallback(instance.source_ae)]
 
 
 def _differences(ds: Dataset, target: dict[str, str]) -> dict[str, str]:
@@ -210,7 +213,9 @@ def corrected_bytes(instance: Instance, *, at: dt.datetime) -> memoryview | None
     return corrected(instance, at=at)[0]
 
 
-def corrected(instance: Instance, *, at: dt.datetime) -> tuple[memoryview | None, str]:
+def corrected(
+    instance: Instance, *, at: dt.datetime, cache: "ingest.RowCache | None" = None
+) -> tuple[memoryview | None, str]:
     """The instance's file as the index says it should be (a whole Part 10 file, or None when it already is)
     and the Specific Character Set it declares.
 
@@ -218,7 +223,7 @@ def corrected(instance: Instance, *, at: dt.datetime) -> tuple[memoryview | None
     rewrite writes, and what a sender can send in its place until the file is rewritten.
     """
     path = storage.absolute(instance.file_path)
-    fallbacks = _fallbacks(instance)
+    fallbacks = _fallbacks(instance, cache)
     header = ingest.read_header(path, fallback_charset=next((f for f in fallbacks if f), None))
     changes = _differences(header, target_values(instance))
     del header
@@ -235,7 +240,7 @@ def corrected(instance: Instance, *, at: dt.datetime) -> tuple[memoryview | None
     return buffer.getbuffer(), declared
 
 
-def rewrite_instance(instance_id: int, *, at: dt.datetime) -> bool:
+def rewrite_instance(instance_id: int, *, at: dt.datetime, cache: "ingest.RowCache | None" = None) -> bool:
     """Make the instance's file carry the index's values; True when the file was rewritten.
 
     ``at`` is the correction's time, written as the Attribute Modification DateTime.
@@ -244,7 +249,7 @@ def rewrite_instance(instance_id: int, *, at: dt.datetime) -> bool:
     """
     instance = _load(instance_id)
     path = storage.absolute(instance.file_path)
-    data, declared = corrected(instance, at=at)
+    data, declared = corrected(instance, at=at, cache=cache)
     if data is None:
         _update_index(instance, path)
         return False
@@ -303,6 +308,7 @@ def run_job(job_id: int, *, on_file=None) -> RewriteJob:
         return job
     RewriteJob.objects.filter(pk=job.pk).update(state=State.RUNNING, started_at=job.started_at or timezone.now())
     at = job.correction.at
+    cache = ingest.RowCache()  # the nodes' fallback character sets, read once a job
     while True:
         todo = list(
             RewriteItem.objects.filter(job=job, done_at__isnull=True)
@@ -315,7 +321,7 @@ def run_job(job_id: int, *, on_file=None) -> RewriteJob:
             error = ""
             changed = False
             try:
-                changed = rewrite_instance(instance_id, at=at)
+                changed = rewrite_instance(instance_id, at=at, cache=cache)
             except Instance.DoesNotExist:
                 error = "the instance was deleted"
             except Exception as exc:  # one bad file never stops the others

@@ -250,3 +250,23 @@ def test_a_zip_downloaded_before_the_rewrite_already_carries_the_correction(tmp_
     assert [str(ds.PatientName) for ds in sent] == [NEW_NAME, NEW_NAME]
     assert sorted(ds.SOPInstanceUID for ds in sent) == sorted(ds.SOPInstanceUID for ds in slices)
     assert {str(read(ds).PatientName) for ds in slices} == {"ZHANG^WEI"}  # the files wait for the job
+
+
+@pytest.mark.django_db
+def test_a_file_that_declares_no_character_set_is_read_with_its_nodes_fallback(tmp_path):
+    from network.models import ModalityNode
+
+    ModalityNode.objects.create(ae_title="CTGB", host="127.0.0.1", port=11112, fallback_charset="GB18030")
+    ds = pydicom.dcmread(dicomgen.ct_series(tmp_path, 1, 32, patient_id="RW-GB")[0])
+    del ds.SpecificCharacterSet
+    ds["PatientName"].value = "Wang^Fang=王^芳".encode("gb18030")
+    ds.StudyDescription = "胸部".encode("gb18030")  # noqa: RUF001 - bytes as the modality wrote them
+    ds.file_meta.SourceApplicationEntityTitle = "CTGB"
+    store(ds)
+    assert Patient.objects.get(patient_id="RW-GB").name == "Wang^Fang=王^芳"
+    record = correct_name("RW-GB")
+    rewrite.run_job(RewriteJob.objects.get(correction=record).pk)
+    back = read(ds)
+    assert back.SpecificCharacterSet == "ISO_IR 192"
+    assert (str(back.PatientName), back.StudyDescription) == (NEW_NAME, "胸部")
+    assert str(back.OriginalAttributesSequence[0].ModifiedAttributesSequence[0].PatientName) == "Wang^Fang=王^芳"
