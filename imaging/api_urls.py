@@ -7,7 +7,7 @@ from rest_framework import exceptions, routers
 
 from network import api as network_api
 from records import api as records_api
-from records import roles
+from records import api_corrections, roles
 from records.api_permissions import AnyRole
 
 app_name = "api"
@@ -32,6 +32,8 @@ router.register("instances", records_api.InstanceViewSet, basename="instance")
 router.register("nodes", network_api.ModalityNodeViewSet, basename="modalitynode")
 router.register("associations", network_api.AssociationLogViewSet, basename="associationlog")
 router.register("send-jobs", network_api.SendJobViewSet, basename="sendjob")
+router.register("corrections", api_corrections.CorrectionViewSet, basename="correction")
+router.register("rewrite-jobs", api_corrections.RewriteJobViewSet, basename="rewritejob")
 router.register("indexing-failures", records_api.IndexingFailureViewSet, basename="indexingfailure")
 router.register("instance-conflicts", records_api.InstanceConflictViewSet, basename="instanceconflict")
 

@@ -48,6 +48,8 @@ class Indexed:
     problem: tuple[str, str] | None = None
     sop_instance_uid: str = ""
     source_ae: str = ""
+    # Indexed with corrected values the file does not carry yet (a late arrival): to rewrite.
+    coerced: bool = False
 
 
 def read_header(path, *, fallback_charset: str | None = None) -> Dataset:
@@ -223,14 +225,39 @@ def index_file(
         "issuer": _clip(charsets.text(ds, "IssuerOfPatientID"), 64),
     }
 
-    indexed = upsert(
-        IndexRecord(
-            patient_key, patient_fields, study_uid, study_fields, series_uid, series_fields, sop_uid, instance_fields
-        ),
-        cache,
-        source_ae=source_ae,
+    record = IndexRecord(
+        patient_key, patient_fields, study_uid, study_fields, series_uid, series_fields, sop_uid, instance_fields
     )
-    return dataclasses.replace(indexed, problem=problem, sop_instance_uid=sop_uid, source_ae=source_ae)
+    coerced = apply_corrections(record, cache)
+    indexed = upsert(record, cache, source_ae=source_ae)
+    return dataclasses.replace(indexed, problem=problem, sop_instance_uid=sop_uid, source_ae=source_ae, coerced=coerced)
+
+
+def apply_corrections(record: "IndexRecord", cache: "RowCache") -> bool:
+    """Index a late arrival under what the front desk corrected (records/demographics.py); True if it did.
+
+    A file whose (PatientID, issuer) the front desk ruled on (a PatientAlias: an old
+    ID, a merged duplicate's, or the corrected patient's own) goes to that patient and
+    leaves the patient's values as they are; a study's corrected fields are kept too.
+    A re-send never undoes a correction. One query per key and per study in a batch.
+    """
+    coerced = False
+    target = cache.alias(record.patient_key["patient_id"], record.patient_key["issuer"])
+    if target is not None:
+        _pk, key, values = target
+        if {"patient_id": key[0], "issuer": key[1]} != record.patient_key or any(
+            record.patient_fields[f] != v for f, v in values.items()
+        ):
+            coerced = True
+        record.patient_key = {"patient_id": key[0], "issuer": key[1]}
+        record.patient_fields = {}
+    pinned = cache.corrected_study(record.study_uid)
+    if pinned:
+        if any(record.study_fields[f] != v for f, v in pinned.items()):
+            coerced = True
+        for field in pinned:
+            record.study_fields.pop(field, None)
+    return coerced
 
 
 def _meta_ae(path) -> str:
@@ -264,6 +291,7 @@ class RowCache:
         self._rows: dict[tuple, tuple[int, dict]] = {}
         self._studies: dict[str, tuple[int, int, tuple[str, str]] | None] = {}
         self._fallbacks: dict[str, str | None] = {}
+        self._corrections: dict[tuple, object] = {}
 
     def get(self, key: tuple, fields: dict) -> int | None:
         hit = self._rows.get(key)
@@ -286,6 +314,49 @@ class RowCache:
     def put_study(self, study_uid: str, study_pk: int, patient_pk: int, patient_key: tuple[str, str]) -> None:
         self._studies[study_uid] = (study_pk, patient_pk, patient_key)
 
+    def alias(self, patient_id: str, issuer: str) -> tuple[int, tuple[str, str], dict] | None:
+        """(pk, (patient ID, issuer), corrected values) of the patient a corrected key leads to, or None."""
+        key = ("alias", patient_id, issuer)
+        if key not in self._corrections:
+            from records.models import PatientAlias
+
+            row = (
+                PatientAlias.objects.filter(dicom_patient_id=patient_id, dicom_issuer=issuer)
+                .values_list(
+                    "patient_id",
+                    "patient__patient_id",
+                    "patient__issuer",
+                    "patient__name",
+                    "patient__name_alphabetic",
+                    "patient__name_ideographic",
+                    "patient__name_phonetic",
+                    "patient__birth_date",
+                    "patient__sex",
+                )
+                .first()
+            )
+            names = ("name", "name_alphabetic", "name_ideographic", "name_phonetic", "birth_date", "sex")
+            self._corrections[key] = (row[0], (row[1], row[2]), dict(zip(names, row[3:], strict=True))) if row else None
+        return self._corrections[key]
+
+    def corrected_study(self, study_uid: str) -> dict:
+        """{field: value} of a study's corrected fields, as the index holds them ({} for most studies)."""
+        key = ("study", study_uid)
+        if key not in self._corrections:
+            from records.models import CorrectedStudy
+
+            row = (
+                CorrectedStudy.objects.filter(study_instance_uid=study_uid)
+                .values_list("fields", "study__accession_number", "study__description", "study__referring_physician")
+                .first()
+            )
+            values = {}
+            if row:
+                current = dict(zip(("accession_number", "description", "referring_physician"), row[1:], strict=True))
+                values = {field: current[field] for field in row[0] if field in current}
+            self._corrections[key] = values
+        return self._corrections[key]
+
     def node_fallback(self, ae_title: str) -> str | None:
         """The fallback character set of the node with this AE title ('' or None: none)."""
         if ae_title not in self._fallbacks:
@@ -299,6 +370,7 @@ class RowCache:
     def clear(self) -> None:
         self._rows.clear()
         self._studies.clear()
+        self._corrections.clear()
 
 
 def _upsert_row(model, cache: RowCache, key: dict, fields: dict) -> int:
@@ -319,10 +391,29 @@ def _upsert_row(model, cache: RowCache, key: dict, fields: dict) -> int:
     else:
         pk = row.pop("pk")
         changed = {name: value for name, value in fields.items() if row[name] != value}
+        if changed and model in (Patient, Study):
+            changed = _unprotected(model, pk, changed)
         if changed:
             model.objects.filter(pk=pk).update(**changed, updated_at=timezone.now())
     cache.put(cache_key, pk, fields)
     return pk
+
+
+def _unprotected(model, pk: int, changed: dict) -> dict:
+    """``changed`` without the fields the front desk corrected since this batch looked (records/demographics.py).
+
+    The batch's RowCache read the corrections once; a correction committed since must
+    not be overwritten by a file with the old values. Only asked when a patient's or a
+    study's values would change (rare: a re-send normally changes nothing); the row is
+    locked first, so a correction cannot commit between the check and the update.
+    """
+    from records.models import CorrectedStudy, PatientAlias
+
+    list(model.objects.select_for_update().filter(pk=pk).values_list("pk"))
+    if model is Patient:
+        return {} if PatientAlias.objects.filter(patient_id=pk).exists() else changed
+    pinned = CorrectedStudy.objects.filter(study_id=pk).values_list("fields", flat=True).first() or []
+    return {name: value for name, value in changed.items() if name not in pinned}
 
 
 def _conflict(record: IndexRecord, source_ae: str, stored, resolution: str, detail: str) -> None:

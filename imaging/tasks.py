@@ -1,4 +1,4 @@
-"""Thin Celery tasks over the plain functions in ingest, thumbnails, reindex and the access record."""
+"""Thin Celery tasks over the plain functions in ingest, thumbnails, reindex, rewrite and the access record."""
 
 import functools
 import logging
@@ -8,7 +8,7 @@ from celery import shared_task
 from django.conf import settings
 from django.db import OperationalError
 
-from imaging import ingest, spool, thumbnails
+from imaging import ingest, rewrite, spool, thumbnails
 from records import access
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,9 @@ def _index(relpaths: list[str], source_ae: str) -> tuple[int, int]:
     done, failed = ingest.index_files(relpaths, source_ae=source_ae)
     for series_id in sorted({i.series_id for i in done}):
         schedule_thumbnail(series_id)
+    late = [i.instance_id for i in done if i.coerced]
+    if late:  # indexed with a correction the files do not carry yet
+        rewrite.plan_late(late)
     return len(done), len(failed)
 
 
@@ -86,3 +89,14 @@ def reindex_missing() -> dict:
 @shared_task(name="imaging.tasks.prune_access_records")
 def prune_access_records() -> int:
     return access.prune(older_than_days=settings.ACCESS_RECORD_RETENTION_DAYS)
+
+
+@shared_task(name="imaging.tasks.rewrite_files", acks_late=True, **_RETRY)
+def rewrite_files(job_id: int) -> dict:
+    """Rewrite the files of a correction's job (resumable: run again after a crash)."""
+    return rewrite.progress(rewrite.run_job(job_id))
+
+
+@shared_task(name="imaging.tasks.resume_rewrite_jobs")
+def resume_rewrite_jobs() -> list[int]:
+    return rewrite.resume_pending()

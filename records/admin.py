@@ -9,7 +9,17 @@ from rest_framework.authtoken.admin import TokenAdmin
 from rest_framework.authtoken.models import TokenProxy
 
 from network.admin import send_to_node
-from records.models import AccessRecord, IndexingFailure, Instance, InstanceConflict, Patient, Series, Study
+from records.models import (
+    AccessRecord,
+    Correction,
+    IndexingFailure,
+    Instance,
+    InstanceConflict,
+    Patient,
+    RewriteJob,
+    Series,
+    Study,
+)
 from records.names import display_name
 
 
@@ -208,6 +218,26 @@ class AccessRecordAdmin(RecordAdmin):
     date_hierarchy = "at"
     list_select_related = ("user",)
     show_full_result_count = False  # a COUNT(*) over years of records on every page is not needed
+
+
+@admin.register(Correction)
+class CorrectionAdmin(RecordAdmin):
+    """Corrections, merges and undos of demographics: written by records.demographics only, never edited."""
+
+    list_display = ("at", "username", "kind", "dicom_patient_id", "reason", "studies_affected", "images_affected")
+    list_filter = ("kind", "at")
+    search_fields = ("=dicom_patient_id", "username", "reason")
+    date_hierarchy = "at"
+    show_full_result_count = False
+
+
+@admin.register(RewriteJob)
+class RewriteJobAdmin(RecordAdmin):
+    """The rewrites of stored files after a correction, with their progress."""
+
+    list_display = ("created_at", "correction", "state", "done", "failed", "total", "finished_at")
+    list_filter = ("state",)
+    list_select_related = ("correction",)
 
 
 # --- API tokens (rest_framework.authtoken) ----------------------------------------------------

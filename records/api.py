@@ -18,6 +18,7 @@ from rest_framework import serializers, viewsets
 from rest_framework.response import Response
 
 from records import access
+from records.api_corrections import PatientCorrections, StudyCorrections
 from records.api_permissions import AdministratorsOnly, AnyRole, DoctorsAndAdministrators
 from records.models import IndexingFailure, Instance, InstanceConflict, Patient, Series, Study
 
@@ -276,7 +277,7 @@ class InstanceConflictSerializer(serializers.ModelSerializer):
 # --- Viewsets -----------------------------------------------------------------------------------
 
 
-class PatientViewSet(viewsets.ReadOnlyModelViewSet):
+class PatientViewSet(PatientCorrections, viewsets.ReadOnlyModelViewSet):
     """Patients, with their number of studies."""
 
     permission_classes = [AnyRole]
@@ -287,7 +288,7 @@ class PatientViewSet(viewsets.ReadOnlyModelViewSet):
     )
 
 
-class StudyViewSet(viewsets.ReadOnlyModelViewSet):
+class StudyViewSet(StudyCorrections, viewsets.ReadOnlyModelViewSet):
     """Studies, newest first, each with its patient."""
 
     permission_classes = [AnyRole]

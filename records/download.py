@@ -12,6 +12,8 @@ Every name is made here from index values through ``safe_name`` (letters, digits
 ``-``, ``_`` and ``.``), never a UID or a name taken as a path.
 """
 
+import datetime as dt
+import io
 import logging
 import os
 import re
@@ -24,7 +26,7 @@ from pathlib import Path
 
 from django.db.models import F
 
-from imaging import storage
+from imaging import rewrite, storage
 from records.models import Instance, Series, Study
 
 log = logging.getLogger(__name__)
@@ -70,6 +72,10 @@ class _Names:
 class Entry:
     name: str  # the path inside the archive
     path: Path  # the stored file
+    # Set while a correction's job has not rewritten the file: the time of that
+    # correction, and the instance, whose corrected bytes go out instead (imaging/rewrite.py).
+    corrected_at: dt.datetime | None = None
+    instance_id: int | None = None
 
 
 def _patient_folder(study: Study) -> str:
@@ -102,11 +108,13 @@ def study_entries(study: Study) -> list[Entry]:
     for series in study.series.order_by(F("series_number").asc(nulls_last=True), "id"):
         folders[series.pk] = (f"{root}/{series_names.add(_series_folder(series))}", _Names(), [])
     instances = Instance.objects.filter(series__study=study).order_by("series_id", "instance_number", "id")
-    rows = instances.values_list("series_id", "instance_number", "file_path")
-    for position, (series_id, number, relpath) in enumerate(rows, start=1):
+    rows = list(instances.values_list("series_id", "instance_number", "file_path", "pk"))
+    waiting = rewrite.pending(pk for *_rest, pk in rows)
+    for position, (series_id, number, relpath, pk) in enumerate(rows, start=1):
         folder, names, entries = folders[series_id]
         stem = f"{number:05d}" if number is not None and number >= 0 else f"x{position:05d}"
-        entries.append(Entry(f"{folder}/{names.add(stem, '.dcm')}", storage.absolute(relpath)))
+        name = f"{folder}/{names.add(stem, '.dcm')}"
+        entries.append(Entry(name, storage.absolute(relpath), waiting.get(pk), pk if pk in waiting else None))
     return [entry for _folder, _names, entries in folders.values() for entry in entries]
 
 
@@ -129,21 +137,40 @@ class _Sink:
         return data
 
 
+def _corrected(entry: Entry) -> io.BytesIO | None:
+    """The file with the corrected values while its rewrite is pending, None when the stored file is right."""
+    if entry.corrected_at is None:
+        return None
+    instance = Instance.objects.select_related("series__study__patient").filter(pk=entry.instance_id).first()
+    if instance is None:
+        return None
+    try:
+        data = rewrite.corrected_bytes(instance, at=entry.corrected_at)
+    except Exception:  # a file the rewrite cannot read goes out as stored, as the job will record it
+        log.warning("ZIP download: %s sent as stored, its correction failed", entry.path, exc_info=True)
+        return None
+    return io.BytesIO(data) if data is not None else None
+
+
 def zip_chunks(entries: list[Entry]) -> Iterator[bytes]:
     """The ZIP of ``entries``, piece by piece; a file gone since the listing is left out (and logged)."""
     sink = _Sink()
     with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
         for entry in entries:
             try:
-                f = entry.path.open("rb")
+                f = _corrected(entry) or entry.path.open("rb")
             except OSError as exc:
                 log.warning("ZIP download: %s left out: %s", entry.path, exc)
                 continue
             with f:
-                stat = os.fstat(f.fileno())  # the file being read (a rewrite renames another into place)
+                if isinstance(f, io.BytesIO):
+                    mtime, size = time.time(), len(f.getbuffer())
+                else:
+                    stat = os.fstat(f.fileno())  # the file being read (a rewrite renames another into place)
+                    mtime, size = stat.st_mtime, stat.st_size
                 # ZIP dates start in 1980 (315619200 is 1980-01-02, whatever the time zone).
-                info = zipfile.ZipInfo(entry.name, date_time=time.localtime(max(stat.st_mtime, 315619200))[:6])
-                info.file_size = stat.st_size  # so that zipfile writes ZIP64 headers for a file past 4 GiB
+                info = zipfile.ZipInfo(entry.name, date_time=time.localtime(max(mtime, 315619200))[:6])
+                info.file_size = size  # so that zipfile writes ZIP64 headers for a file past 4 GiB
                 info.external_attr = 0o644 << 16
                 with archive.open(info, "w") as out:
                     while chunk := f.read(CHUNK):

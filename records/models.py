@@ -311,3 +311,157 @@ class AccessRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.at:%Y-%m-%d %H:%M} {self.username} {self.action} {self.study_instance_uid}"
+
+
+class Correction(models.Model):
+    """One correction or merge of demographics by the front desk, or the undo of one: who, when, why, what.
+
+    Written by ``records.demographics`` only, in the transaction that changes the rows,
+    and never edited afterwards (the admin reads it), except ``undone_by``, set once by
+    the undo. ``before`` and ``after`` hold each changed field's value as JSON (dates as
+    ISO text); a merge also names the duplicate and the studies it moved (``detail``),
+    which is what its undo needs. The patient's identifiers are copied, so a record
+    still says whom it was about after a merge deleted the patient row.
+    """
+
+    class Kind(models.TextChoices):
+        PATIENT = "patient", _("patient correction")
+        STUDY = "study", _("study correction")
+        MERGE = "merge", _("patient merge")
+        UNDO = "undo", _("undo")
+
+    at = models.DateTimeField(_("when"), db_index=True)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, verbose_name=_("user"), null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    username = models.CharField(_("user name"), max_length=150)
+    address = models.GenericIPAddressField(_("from address"), null=True, blank=True)
+    reason = models.CharField(_("reason"), max_length=500)
+    kind = models.CharField(_("kind"), max_length=16, choices=Kind.choices)
+    patient = models.ForeignKey(
+        Patient, verbose_name=_("patient"), null=True, on_delete=models.SET_NULL, related_name="corrections"
+    )
+    study = models.ForeignKey(
+        Study, verbose_name=_("study"), null=True, blank=True, on_delete=models.SET_NULL, related_name="corrections"
+    )
+    # The patient's (PatientID, issuer) when the record was written ("patient_id" is the foreign key's).
+    dicom_patient_id = models.CharField(_("patient ID"), max_length=64, blank=True, default="")
+    dicom_issuer = models.CharField(_("issuer of patient ID"), max_length=64, blank=True, default="")
+    before = models.JSONField(_("before"), default=dict)
+    after = models.JSONField(_("after"), default=dict)
+    detail = models.JSONField(_("detail"), default=dict, blank=True)
+    studies_affected = models.PositiveIntegerField(_("studies affected"), default=0)
+    images_affected = models.PositiveIntegerField(_("images affected"), default=0)
+    undoes = models.OneToOneField(
+        "self", verbose_name=_("undoes"), null=True, blank=True, on_delete=models.PROTECT, related_name="undone_by"
+    )
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        verbose_name = _("correction")
+        verbose_name_plural = _("corrections")
+
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M} {self.username} {self.get_kind_display()} {self.dicom_patient_id}"
+
+
+class PatientAlias(models.Model):
+    """A patient ID (with its issuer) the front desk has ruled on: images that arrive with it go to ``patient``.
+
+    Every correction and merge writes one for the patient's key before and after it,
+    so that a late image carrying an old ID, or the current ID with the old name, is
+    indexed under ``patient`` with ``patient``'s values (imaging/ingest.py). An alias
+    whose key differs from the patient's own is one of the patient's other IDs (a
+    merged duplicate's, or an ID that was corrected).
+    """
+
+    dicom_patient_id = models.CharField(_("patient ID"), max_length=64)
+    dicom_issuer = models.CharField(_("issuer of patient ID"), max_length=64, blank=True, default="")
+    patient = models.ForeignKey(Patient, verbose_name=_("patient"), on_delete=models.CASCADE, related_name="aliases")
+    correction = models.ForeignKey(
+        Correction, verbose_name=_("correction"), on_delete=models.PROTECT, related_name="aliases"
+    )
+
+    class Meta:
+        verbose_name = _("patient alias")
+        verbose_name_plural = _("patient aliases")
+        constraints = [
+            # Ingest's lookup of an incoming (PatientID, issuer), once per batch and key.
+            models.UniqueConstraint(fields=["dicom_patient_id", "dicom_issuer"], name="patient_alias_key_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.dicom_patient_id} [{self.dicom_issuer}] -> {self.patient_id}"
+
+
+class CorrectedStudy(models.Model):
+    """A study whose fields the front desk corrected: ingest keeps these fields as they are now.
+
+    One row per study, its Study Instance UID copied (the lookup of ingest, and a study
+    merged away and back keeps it); ``fields`` lists the study fields corrected.
+    """
+
+    study = models.OneToOneField(Study, verbose_name=_("study"), on_delete=models.CASCADE, related_name="+")
+    study_instance_uid = models.CharField(_("Study Instance UID"), max_length=64, unique=True)
+    fields = models.JSONField(_("corrected fields"), default=list)
+
+    class Meta:
+        verbose_name = _("corrected study")
+        verbose_name_plural = _("corrected studies")
+
+    def __str__(self) -> str:
+        return self.study_instance_uid
+
+
+class RewriteJob(models.Model):
+    """The rewrite of the stored files a correction touched (imaging/rewrite.py), with per-file progress.
+
+    One item per instance; a file is marked done after it is in place, so a job killed
+    halfway is resumed by running it again (a file already carrying the index's values
+    is left as it is).
+    """
+
+    class State(models.TextChoices):
+        PENDING = "pending", _("pending")
+        RUNNING = "running", _("running")
+        DONE = "done", _("done")
+        FAILED = "failed", _("failed")
+
+    correction = models.ForeignKey(
+        Correction, verbose_name=_("correction"), on_delete=models.PROTECT, related_name="rewrite_jobs"
+    )
+    state = models.CharField(_("state"), max_length=16, choices=State.choices, default=State.PENDING)
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+    started_at = models.DateTimeField(_("started"), null=True, blank=True)
+    finished_at = models.DateTimeField(_("finished"), null=True, blank=True)
+    total = models.PositiveIntegerField(_("files"), default=0)
+    done = models.PositiveIntegerField(_("files rewritten"), default=0)
+    failed = models.PositiveIntegerField(_("files failed"), default=0)
+    error = models.CharField(_("last error"), max_length=500, blank=True, default="")
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name = _("rewrite job")
+        verbose_name_plural = _("rewrite jobs")
+
+    def __str__(self) -> str:
+        return f"{self.correction_id}: {self.done}/{self.total} {self.state}"
+
+
+class RewriteItem(models.Model):
+    job = models.ForeignKey(RewriteJob, verbose_name=_("rewrite job"), on_delete=models.CASCADE, related_name="items")
+    instance = models.ForeignKey(Instance, verbose_name=_("instance"), on_delete=models.CASCADE, related_name="+")
+    # None until the file is rewritten (or found already right); the job's next files.
+    done_at = models.DateTimeField(_("rewritten"), null=True, blank=True)
+    changed = models.BooleanField(_("file changed"), default=False)
+    error = models.CharField(_("error"), max_length=500, blank=True, default="")
+
+    class Meta:
+        verbose_name = _("rewrite item")
+        verbose_name_plural = _("rewrite items")
+        constraints = [models.UniqueConstraint(fields=["job", "instance"], name="rewrite_item_once_per_job")]
+        # The job's files still to do, in order.
+        indexes = [models.Index(fields=["job", "done_at", "id"], name="rewrite_item_todo")]
+
+    def __str__(self) -> str:
+        return f"{self.job_id}/{self.instance_id}"

@@ -233,3 +233,19 @@ def runserver(logs: Path, name: str, **extra_env: str):
         yield f"http://127.0.0.1:{port}"
     finally:
         procs.stop(proc)
+
+
+@pytest.fixture
+def rewrites_run_here(monkeypatch) -> list[int]:
+    """Rewrite jobs a correction plans are not queued on Celery: the test runs them (``rewrite.run_job``).
+
+    For transactional tests, whose commits would otherwise queue the job: on a broker
+    this process has not configured yet (leaving Celery's connection pool bound to it
+    for the rest of the session), or on the session's worker, which would run it too.
+    Returns the ids that would have been queued.
+    """
+    from imaging import rewrite
+
+    queued: list[int] = []
+    monkeypatch.setattr(rewrite, "queue", lambda job_id: queued.append(job_id) or "")
+    return queued

@@ -1,0 +1,284 @@
+"""The front desk's pages for a patient: demographics, history, correction with a preview, undo, merge.
+
+Thin views over records/demographics.py: a form is checked by the domain function
+itself (the same checks as the API), the preview is ``preview_patient``, the save
+``correct_patient``. For the Front desk and Administrators.
+"""
+
+from django import forms
+from django.contrib import messages
+from django.shortcuts import get_object_or_404, redirect
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
+from django.views.decorators.http import require_POST
+
+from imaging.charsets import _join_groups, _person_name_groups
+from records import access, demographics, roles
+from records.models import Correction, Patient, RewriteJob, Study
+from records.names import display_name
+from records.views import _page
+
+CORRECTORS = (roles.FRONT_DESK, roles.ADMINISTRATOR)
+SEX_CHOICES = [("", "-"), ("M", gettext_lazy("male")), ("F", gettext_lazy("female")), ("O", gettext_lazy("other"))]
+
+
+def _components(group: str) -> list[str]:
+    return ([*group.split("^"), ""])[:2] if group else ["", ""]
+
+
+class PatientCorrectionForm(forms.Form):
+    """The fields of a patient as the front desk types them; ``changes()`` is what correct_patient takes."""
+
+    patient_id = forms.CharField(label=gettext_lazy("Patient ID"), max_length=64)
+    issuer = forms.CharField(label=gettext_lazy("Issuer"), max_length=64, required=False)
+    alphabetic_family = forms.CharField(label=gettext_lazy("Family name (pinyin)"), required=False)
+    alphabetic_given = forms.CharField(label=gettext_lazy("Given name (pinyin)"), required=False)
+    ideographic_family = forms.CharField(label=gettext_lazy("Family name (characters)"), required=False)
+    ideographic_given = forms.CharField(label=gettext_lazy("Given name (characters)"), required=False)
+    birth_date = forms.CharField(
+        label=gettext_lazy("Birth date"), required=False, widget=forms.DateInput(attrs={"type": "date"})
+    )
+    sex = forms.ChoiceField(label=gettext_lazy("Sex"), choices=SEX_CHOICES, required=False)
+    reason = forms.CharField(label=gettext_lazy("Reason"), max_length=500, required=False)
+
+    @classmethod
+    def initial_for(cls, patient: Patient) -> dict:
+        alpha, ideo = _components(patient.name_alphabetic), _components(patient.name_ideographic)
+        return {
+            "patient_id": patient.patient_id,
+            "issuer": patient.issuer,
+            "alphabetic_family": alpha[0],
+            "alphabetic_given": alpha[1],
+            "ideographic_family": ideo[0],
+            "ideographic_given": ideo[1],
+            "birth_date": patient.birth_date.isoformat() if patient.birth_date else "",
+            "sex": patient.sex,
+        }
+
+    def changes(self, patient: Patient) -> dict:
+        """The fields that differ from ``patient``; a name keeps its other components and its phonetic group."""
+        data = self.cleaned_data
+        changes = {}
+        for field in ("patient_id", "issuer", "sex"):
+            if data[field].strip() != getattr(patient, field):
+                changes[field] = data[field]
+        current = patient.birth_date.isoformat() if patient.birth_date else ""
+        if data["birth_date"].strip() != current:
+            changes["birth_date"] = data["birth_date"]
+        alphabetic, ideographic, phonetic = _person_name_groups(patient.name)
+        groups = []
+        for group, family, given in (
+            (alphabetic, data["alphabetic_family"], data["alphabetic_given"]),
+            (ideographic, data["ideographic_family"], data["ideographic_given"]),
+        ):
+            rest = group.split("^")[2:] if group else []
+            groups.append(_join_components([family.strip(), given.strip(), *rest]))
+        name = _join_groups([*groups, phonetic])
+        if name != patient.name:
+            changes["name"] = name
+        return changes
+
+
+class StudyCorrectionForm(forms.Form):
+    accession_number = forms.CharField(label=gettext_lazy("Accession number"), required=False)
+    description = forms.CharField(label=gettext_lazy("Description"), required=False)
+    referring_physician = forms.CharField(
+        label=gettext_lazy("Referring physician"),
+        required=False,
+        help_text=gettext_lazy("As DICOM writes it, e.g. Li^Na=李^娜"),
+    )
+    reason = forms.CharField(label=gettext_lazy("Reason"), max_length=500, required=False)
+
+    FIELDS = ("accession_number", "description", "referring_physician")
+
+    @classmethod
+    def initial_for(cls, study: Study) -> dict:
+        return {field: getattr(study, field) for field in cls.FIELDS}
+
+    def changes(self, study: Study) -> dict:
+        return {f: self.cleaned_data[f] for f in self.FIELDS if self.cleaned_data[f].strip() != getattr(study, f)}
+
+
+def _join_components(components: list[str]) -> str:
+    while components and not components[-1]:
+        components.pop()
+    return "^".join(components)
+
+
+def _patient_or_404(pk: int) -> Patient:
+    return get_object_or_404(Patient, pk=pk)
+
+
+def _field_errors(form: forms.Form, exc: demographics.CorrectionError) -> None:
+    """Show a domain error beside its field (the name's on the name fields)."""
+    field = {"name": "alphabetic_family", "changes": None, "patient": None}.get(exc.field, exc.field)
+    form.add_error(field if field in form.fields else None, exc.message)
+
+
+@roles.role_required(*CORRECTORS)
+def patient_page(request, pk: int):
+    patient = _patient_or_404(pk)
+    history = list(demographics.history(patient).prefetch_related("rewrite_jobs"))
+    for record in history:
+        record.rows = [
+            (FIELD_LABELS.get(field, field), record.before.get(field), after)
+            for field, after in record.after.items()
+            if record.before.get(field) != after
+        ]
+    jobs = RewriteJob.objects.filter(correction__in=history).order_by("-created_at")
+    context = {
+        "patient": patient,
+        "patient_name": display_name(patient),
+        "other_ids": demographics.other_ids(patient),
+        "studies": patient.studies.order_by("-study_date", "-id"),
+        "history": history,
+        "jobs": jobs,
+        "field_labels": FIELD_LABELS,
+    }
+    return _page(request, "records/frontdesk/patient.html", context)
+
+
+FIELD_LABELS = {
+    "patient_id": gettext_lazy("Patient ID"),
+    "issuer": gettext_lazy("Issuer"),
+    "name": gettext_lazy("Name"),
+    "birth_date": gettext_lazy("Birth date"),
+    "sex": gettext_lazy("Sex"),
+    "accession_number": gettext_lazy("Accession number"),
+    "description": gettext_lazy("Description"),
+    "referring_physician": gettext_lazy("Referring physician"),
+}
+
+
+@roles.role_required(*CORRECTORS)
+def patient_correct(request, pk: int):
+    """GET: the form; POST "preview": what would change and how much; POST "save": the correction."""
+    patient = _patient_or_404(pk)
+    preview = None
+    if request.method == "POST":
+        form = PatientCorrectionForm(request.POST)
+        if form.is_valid():
+            changes = form.changes(patient)
+            try:
+                if request.POST.get("action") == "save":
+                    demographics.correct_patient(
+                        patient=patient,
+                        changes=changes,
+                        reason=form.cleaned_data["reason"],
+                        user=request.user,
+                        address=access.client_address(request),
+                    )
+                    messages.success(request, _("The correction is saved; the files are being rewritten."))
+                    return redirect("records:frontdesk-patient", pk=patient.pk)
+                preview = demographics.preview_patient(patient=patient, changes=changes)
+                if not preview["after"]:
+                    raise demographics.InvalidCorrection("changes", _("nothing would change"))
+                demographics.check_reason(form.cleaned_data["reason"])
+            except demographics.CorrectionError as exc:
+                _field_errors(form, exc)
+                preview = None
+    else:
+        form = PatientCorrectionForm(initial=PatientCorrectionForm.initial_for(patient))
+    rows = []
+    if preview:
+        rows = [(FIELD_LABELS[field], preview["before"][field], preview["after"][field]) for field in preview["after"]]
+    context = {
+        "patient": patient,
+        "patient_name": display_name(patient),
+        "form": form,
+        "preview": preview,
+        "rows": rows,
+    }
+    return _page(request, "records/frontdesk/correct.html", context)
+
+
+@roles.role_required(*CORRECTORS)
+def study_correct(request, pk: int):
+    """The same steps for a study's accession number, description and referring physician."""
+    study = get_object_or_404(Study.objects.select_related("patient"), pk=pk)
+    preview = None
+    if request.method == "POST":
+        form = StudyCorrectionForm(request.POST)
+        if form.is_valid():
+            changes = form.changes(study)
+            try:
+                if request.POST.get("action") == "save":
+                    demographics.correct_study(
+                        study=study,
+                        changes=changes,
+                        reason=form.cleaned_data["reason"],
+                        user=request.user,
+                        address=access.client_address(request),
+                    )
+                    messages.success(request, _("The correction is saved; the files are being rewritten."))
+                    return redirect("records:frontdesk-patient", pk=study.patient_id)
+                preview = demographics.preview_study(study=study, changes=changes)
+                if not preview["after"]:
+                    raise demographics.InvalidCorrection("changes", _("nothing would change"))
+                demographics.check_reason(form.cleaned_data["reason"])
+            except demographics.CorrectionError as exc:
+                _field_errors(form, exc)
+                preview = None
+    else:
+        form = StudyCorrectionForm(initial=StudyCorrectionForm.initial_for(study))
+    rows = []
+    if preview:
+        rows = [(FIELD_LABELS[f], preview["before"][f], preview["after"][f]) for f in preview["after"]]
+    context = {
+        "patient": study.patient,
+        "patient_name": f"{display_name(study.patient)}, {study.study_date or ''} {study.description}".strip(),
+        "form": form,
+        "preview": preview,
+        "rows": rows,
+    }
+    return _page(request, "records/frontdesk/correct.html", context)
+
+
+@require_POST
+@roles.role_required(*CORRECTORS)
+def correction_undo(request, pk: int):
+    record = get_object_or_404(Correction, pk=pk)
+    try:
+        undo = demographics.undo(
+            record=record, user=request.user, address=access.client_address(request), reason=request.POST.get("reason")
+        )
+    except demographics.CorrectionError as exc:
+        messages.error(request, f"{FIELD_LABELS.get(exc.field, exc.field)}: {exc.message}")
+        undo = None
+    if undo is not None:
+        messages.success(request, _("Undone; the files are being rewritten."))
+        return redirect("records:frontdesk-patient", pk=undo.patient_id)
+    return (
+        redirect("records:frontdesk-patient", pk=record.patient_id)
+        if record.patient_id
+        else redirect("records:patient-list")
+    )
+
+
+@require_POST
+@roles.role_required(*CORRECTORS)
+def patient_merge(request, pk: int):
+    """Merge the patient with the ID typed in (the duplicate) into this one, who stays."""
+    keep = _patient_or_404(pk)
+    duplicate = Patient.objects.filter(
+        patient_id=request.POST.get("duplicate_patient_id", "").strip(),
+        issuer=request.POST.get("duplicate_issuer", "").strip(),
+    ).first()
+    if duplicate is None:
+        messages.error(request, _("No patient has this patient ID."))
+        return redirect("records:frontdesk-patient", pk=keep.pk)
+    try:
+        demographics.merge_patients(
+            keep=keep,
+            duplicate=duplicate,
+            reason=request.POST.get("reason"),
+            user=request.user,
+            address=access.client_address(request),
+        )
+        messages.success(request, _("Merged; the files are being rewritten."))
+    except demographics.CorrectionError as exc:
+        messages.error(
+            request,
+            f"{FIELD_LABELS.get(exc.field, _('Reason') if exc.field == 'reason' else exc.field)}: {exc.message}",
+        )
+    return redirect("records:frontdesk-patient", pk=keep.pk)
