@@ -3,7 +3,7 @@
 import os
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_ready
 
 # The one place besides settings that touches the environment: Celery's own
 # bootstrap needs to know which settings module to load.
@@ -22,6 +22,15 @@ def _lower_priority(**kwargs):
 
     if settings.WORKER_NICENESS:
         os.nice(settings.WORKER_NICENESS)
+
+
+@worker_ready.connect
+def _resume_rewrites(sender, **kwargs):
+    """A worker that starts carries on the file rewrites a killed one left (imaging/rewrite.py)."""
+    from django.conf import settings
+
+    if settings.REWRITE_RESUME_ON_START:
+        sender.app.send_task("imaging.tasks.resume_rewrite_jobs")
 
 
 @app.on_after_finalize.connect
@@ -47,4 +56,13 @@ def _schedule_periodic(sender, **kwargs):
             settings.REINDEX_INTERVAL_SECONDS,
             sender.signature("imaging.tasks.reindex_missing"),
             name="index stored files that have no row",
+        )
+    if settings.REWRITE_RESUME_INTERVAL_SECONDS > 0:
+        sender.add_periodic_task(
+            settings.REWRITE_RESUME_INTERVAL_SECONDS,
+            sender.signature(
+                "imaging.tasks.resume_rewrite_jobs",
+                kwargs={"pending_older_than_seconds": settings.REWRITE_RESUME_INTERVAL_SECONDS},
+            ),
+            name="carry on the file rewrites whose worker died",
         )

@@ -21,10 +21,31 @@ def new_holder() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-def acquire(name: str, holder: str, seconds: float) -> bool:
+def holder_gone(holder: str) -> bool:
+    """True when ``holder`` names a process of this host that no longer runs (it was killed).
+
+    What a restarted worker asks of a lease its killed predecessor left: waiting for
+    the lease to expire is needed only when the holder may be alive on another host.
+    """
+    host, _, rest = holder.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # it runs, as another user
+    return False
+
+
+def acquire(name: str, holder: str, seconds: float, *, take_from_dead: bool = False) -> bool:
     """Take (or extend) the lease if it is free, expired, or already ours; True if we hold it now.
 
     One conditional UPDATE decides, so two processes racing for it cannot both win.
+    With ``take_from_dead``, a lease whose holder is a dead process of this host
+    (``holder_gone``) is taken before it expires.
     """
     now = timezone.now()
     expires = now + dt.timedelta(seconds=seconds)
@@ -35,11 +56,12 @@ def acquire(name: str, holder: str, seconds: float) -> bool:
             return True
         except IntegrityError:
             pass  # someone created it first: compete below
-    taken = (
-        Lease.objects.filter(name=name)
-        .filter(Q(expires_at__lt=now) | Q(holder=holder) | Q(holder=""))
-        .update(holder=holder, expires_at=expires)
-    )
+    free = Q(expires_at__lt=now) | Q(holder=holder) | Q(holder="")
+    if take_from_dead:
+        lease = current(name)
+        if lease is not None and lease.holder and holder_gone(lease.holder):
+            free |= Q(holder=lease.holder)  # still conditional: a live process that took it since keeps it
+    taken = Lease.objects.filter(name=name).filter(free).update(holder=holder, expires_at=expires)
     return taken == 1
 
 
@@ -51,11 +73,18 @@ def current(name: str) -> Lease | None:
     return Lease.objects.filter(name=name).first()
 
 
+def taken(names: list[str]) -> set[str]:
+    """Those of ``names`` whose lease a process may still be holding (not expired, holder not gone)."""
+    now = timezone.now()
+    rows = Lease.objects.filter(name__in=names, expires_at__gte=now).exclude(holder="").values_list("name", "holder")
+    return {name for name, holder in rows if not holder_gone(holder)}
+
+
 @contextlib.contextmanager
-def held(name: str, seconds: float):
+def held(name: str, seconds: float, *, take_from_dead: bool = False):
     """Hold the lease for the block; yields a ``renew()`` to call while working. Raises Busy."""
     holder = new_holder()
-    if not acquire(name, holder, seconds):
+    if not acquire(name, holder, seconds, take_from_dead=take_from_dead):
         lease = current(name)
         raise Busy(f"{name} is held by {lease.holder} until {lease.expires_at:%Y-%m-%d %H:%M:%S}" if lease else name)
 

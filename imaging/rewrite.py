@@ -31,6 +31,7 @@ import datetime as dt
 import hashlib
 import io
 import logging
+import time
 
 import pydicom
 from django.conf import settings
@@ -40,7 +41,7 @@ from django.utils import timezone
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from imaging import charsets, ingest, storage
+from imaging import charsets, ingest, leases, storage
 from records.models import Correction, Instance, RewriteItem, RewriteJob
 
 log = logging.getLogger(__name__)
@@ -306,7 +307,23 @@ def run_job(job_id: int, *, on_file=None) -> RewriteJob:
     job = RewriteJob.objects.select_related("correction").get(pk=job_id)
     if job.state == State.DONE:
         return job
+    try:
+        with leases.held(lease_name(job.pk), settings.REWRITE_LEASE_SECONDS, take_from_dead=True) as renew:
+            return _run(job, renew, on_file)
+    except leases.Busy:
+        # Another worker runs it (a redelivered or resumed task): this copy has nothing to do.
+        log.info("rewrite job %s: already running elsewhere", job.pk)
+        job.refresh_from_db()
+        return job
+
+
+def lease_name(job_id: int) -> str:
+    return f"rewrite-job:{job_id}"
+
+
+def _run(job: RewriteJob, renew, on_file) -> RewriteJob:
     RewriteJob.objects.filter(pk=job.pk).update(state=State.RUNNING, started_at=job.started_at or timezone.now())
+    renewed = time.monotonic()
     at = job.correction.at
     cache = ingest.RowCache()  # the nodes' fallback character sets, read once a job
     while True:
@@ -329,6 +346,9 @@ def run_job(job_id: int, *, on_file=None) -> RewriteJob:
                 error = f"{exc.__class__.__name__}: {exc}"[:500]
             if on_file is not None:
                 on_file(item_pk)
+            if time.monotonic() - renewed > settings.REWRITE_LEASE_SECONDS / 4:
+                renew()  # Busy if the lease was lost: another worker carries on from the marks
+                renewed = time.monotonic()
             with transaction.atomic():
                 # Counted once even if two workers ran the job at once (a redelivered task).
                 marked = RewriteItem.objects.filter(pk=item_pk, done_at__isnull=True).update(
@@ -360,9 +380,20 @@ def progress(job: RewriteJob) -> dict:
     }
 
 
-def resume_pending() -> list[int]:
-    """Queue the jobs not finished (never queued, or their worker died); returns their ids."""
-    ids = list(RewriteJob.objects.filter(state__in=[State.PENDING, State.RUNNING]).values_list("pk", flat=True))
+def resume_pending(*, queued_before: dt.datetime | None = None) -> list[int]:
+    """Queue the unfinished jobs that no live worker holds; returns their ids.
+
+    A job whose worker was killed is ``running`` with a lease that expires (or whose
+    holder is gone, on this host); one never queued (the broker was down) is
+    ``pending``. ``queued_before``: leave alone the pending jobs created since (their
+    task is most likely still waiting in the queue).
+    """
+    unfinished = RewriteJob.objects.filter(state__in=[State.PENDING, State.RUNNING])
+    if queued_before is not None:
+        unfinished = unfinished.exclude(state=State.PENDING, created_at__gte=queued_before)
+    ids = list(unfinished.order_by("pk").values_list("pk", flat=True))
+    busy = leases.taken([lease_name(job_id) for job_id in ids])
+    ids = [job_id for job_id in ids if lease_name(job_id) not in busy]
     for job_id in ids:
         queue(job_id)
     return ids

@@ -319,6 +319,14 @@ INDEX_SPOOL_INTERVAL_SECONDS = envint("INDEX_SPOOL_INTERVAL_SECONDS", 30)
 # A reindex run holds a lease in the database, renewed after each batch; a crashed
 # holder's lease expires after this many seconds and another run may start.
 REINDEX_LOCK_SECONDS = envint("REINDEX_LOCK_SECONDS", 300)
+# --- Corrections: the stored files' rewrite (imaging/rewrite.py) ---
+# A running rewrite job holds a lease, renewed as it goes; a killed worker's lease
+# expires after this many seconds (at once for a worker of the same host restarted).
+REWRITE_LEASE_SECONDS = envint("REWRITE_LEASE_SECONDS", 60)
+# Seconds between beat's checks for rewrite jobs whose worker died; 0 disables.
+REWRITE_RESUME_INTERVAL_SECONDS = envint("REWRITE_RESUME_INTERVAL_SECONDS", 60)
+# A worker that starts queues the rewrite jobs left unfinished.
+REWRITE_RESUME_ON_START = envbool("REWRITE_RESUME_ON_START", True)
 
 # --- DICOM network ---------------------------------------------------------------
 DICOM_AE_TITLE = envstr("DICOM_AE_TITLE", "IMAGING")

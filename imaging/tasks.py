@@ -1,5 +1,6 @@
 """Thin Celery tasks over the plain functions in ingest, thumbnails, reindex, rewrite and the access record."""
 
+import datetime as dt
 import functools
 import logging
 
@@ -7,6 +8,7 @@ import redis
 from celery import shared_task
 from django.conf import settings
 from django.db import OperationalError
+from django.utils import timezone
 
 from imaging import ingest, rewrite, spool, thumbnails
 from records import access
@@ -98,5 +100,9 @@ def rewrite_files(job_id: int) -> dict:
 
 
 @shared_task(name="imaging.tasks.resume_rewrite_jobs")
-def resume_rewrite_jobs() -> list[int]:
-    return rewrite.resume_pending()
+def resume_rewrite_jobs(pending_older_than_seconds: float | None = None) -> list[int]:
+    """Queue the rewrite jobs no live worker runs: at a worker's start, and periodically (beat)."""
+    before = None
+    if pending_older_than_seconds is not None:
+        before = timezone.now() - dt.timedelta(seconds=pending_older_than_seconds)
+    return rewrite.resume_pending(queued_before=before)

@@ -270,3 +270,30 @@ def test_a_file_that_declares_no_character_set_is_read_with_its_nodes_fallback(t
     assert back.SpecificCharacterSet == "ISO_IR 192"
     assert (str(back.PatientName), back.StudyDescription) == (NEW_NAME, "胸部")
     assert str(back.OriginalAttributesSequence[0].ModifiedAttributesSequence[0].PatientName) == "Wang^Fang=王^芳"
+
+
+@pytest.mark.django_db
+def test_resume_queues_only_the_jobs_no_live_worker_holds(tmp_path, rewrites_run_here):
+    from imaging import leases
+
+    store_generated(dicomgen.ct_series(tmp_path, 2, 16, patient_id="RW-RESUME"), PatientName="ZHANG^WEI")
+    jobs = [RewriteJob.objects.get(correction=correct_name("RW-RESUME", sex=sex)) for sex in ("M", "F", "O")]
+    rewrites_run_here.clear()
+    RewriteJob.objects.filter(pk__in=[j.pk for j in jobs]).update(state="running")
+    live, dead, free = jobs
+    # A live holder (this process) and a dead one of this host (a pid that no longer runs).
+    assert leases.acquire(rewrite.lease_name(live.pk), leases.new_holder(), 600)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_holder = f"{leases.socket.gethostname()}:{gone.stdout.strip()}:00000000"
+    assert leases.holder_gone(dead_holder) and not leases.holder_gone(leases.new_holder())
+    assert leases.acquire(rewrite.lease_name(dead.pk), dead_holder, 600)
+
+    assert rewrite.resume_pending() == [dead.pk, free.pk]
+    assert rewrites_run_here == [dead.pk, free.pk]
+    # A pending job newer than the interval is most likely still in the queue: left alone.
+    RewriteJob.objects.filter(pk=free.pk).update(state="pending")
+    rewrites_run_here.clear()
+    assert rewrite.resume_pending(queued_before=dt.datetime(2000, 1, 1, tzinfo=dt.UTC)) == [dead.pk]
+    # A job held by a live worker is not run twice at once: the second copy does nothing.
+    assert rewrite.run_job(live.pk).done == 0
+    assert rewrite.run_job(dead.pk).state == "done"  # taken over from the dead holder
