@@ -224,13 +224,12 @@ def corrected(
     rewrite writes, and what a sender can send in its place until the file is rewritten.
     """
     path = storage.absolute(instance.file_path)
-    fallbacks = _fallbacks(instance, cache)
-    header = ingest.read_header(path, fallback_charset=next((f for f in fallbacks if f), None))
-    changes = _differences(header, target_values(instance))
-    del header
+    # Read whole once: nearly every file asked about needs the rewrite (a bounded header
+    # read first, to spare the whole read of a file already right, cost 10 % more here).
+    ds = _read_full(path, _fallbacks(instance, cache))
+    changes = _differences(ds, target_values(instance))
     if not changes:
         return None, ""
-    ds = _read_full(path, fallbacks)
     for uid in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
         if str(ds.get(uid, "")) != str(header_uid(instance, uid)):
             raise ValueError(f"{instance.file_path}: {uid} is not the indexed one; not rewritten")
@@ -241,14 +240,16 @@ def corrected(
     return buffer.getbuffer(), declared
 
 
-def rewrite_instance(instance_id: int, *, at: dt.datetime, cache: "ingest.RowCache | None" = None) -> bool:
+def rewrite_instance(instance: "Instance | int", *, at: dt.datetime, cache: "ingest.RowCache | None" = None) -> bool:
     """Make the instance's file carry the index's values; True when the file was rewritten.
 
+    ``instance``: its pk, or the row with series, study and patient loaded.
     ``at`` is the correction's time, written as the Attribute Modification DateTime.
     A file already carrying them is left as it is (its size and checksum are checked
     into the index all the same: a crash may have come between the write and them).
     """
-    instance = _load(instance_id)
+    if not isinstance(instance, Instance):
+        instance = _load(instance)
     path = storage.absolute(instance.file_path)
     data, declared = corrected(instance, at=at, cache=cache)
     if data is None:
@@ -334,11 +335,14 @@ def _run(job: RewriteJob, renew, on_file) -> RewriteJob:
         )
         if not todo:
             break
+        rows = Instance.objects.select_related("series__study__patient").in_bulk([i for _pk, i in todo])
         for item_pk, instance_id in todo:
             error = ""
             changed = False
             try:
-                changed = rewrite_instance(instance_id, at=at, cache=cache)
+                if instance_id not in rows:
+                    raise Instance.DoesNotExist
+                changed = rewrite_instance(rows[instance_id], at=at, cache=cache)
             except Instance.DoesNotExist:
                 error = "the instance was deleted"
             except Exception as exc:  # one bad file never stops the others
