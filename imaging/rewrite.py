@@ -251,11 +251,20 @@ def rewrite_instance(instance: "Instance | int", *, at: dt.datetime, cache: "ing
     if not isinstance(instance, Instance):
         instance = _load(instance)
     path = storage.absolute(instance.file_path)
-    data, declared = corrected(instance, at=at, cache=cache)
-    if data is None:
-        _update_index(instance, path)
-        return False
-    storage.write_atomic(instance.file_path, [data])
+    for attempt in range(3):
+        read = path.stat()
+        data, declared = corrected(instance, at=at, cache=cache)
+        if data is None:
+            _update_index(instance, path)
+            return False
+        try:
+            # Never over a file stored since it was read (a modality re-sent the image):
+            # that one is read and corrected in its turn.
+            storage.write_atomic(instance.file_path, [data], replacing=read)
+            break
+        except storage.Replaced:
+            if attempt == 2:
+                raise
     Instance.objects.filter(pk=instance.pk).update(
         file_size=len(data),
         checksum=hashlib.sha256(data).hexdigest(),

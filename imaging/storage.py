@@ -83,6 +83,14 @@ _made_dirs: set[str] = set()
 _counter = itertools.count()
 
 
+class Replaced(Exception):
+    """The file a rewrite read was replaced by another before the rewrite could take its place."""
+
+
+def same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_ino, a.st_dev, a.st_size, a.st_mtime_ns) == (b.st_ino, b.st_dev, b.st_size, b.st_mtime_ns)
+
+
 class PartialFile:
     """A file being written beside its destination: it becomes the destination whole (``commit``) or not at all.
 
@@ -115,13 +123,19 @@ class PartialFile:
         while view:
             view = view[os.write(self._fd, view) :]
 
-    def commit(self) -> Path:
-        """Make the bytes written the destination file, durably if ``fsync``; discard them if that fails."""
+    def commit(self, *, replacing: "os.stat_result | None" = None) -> Path:
+        """Make the bytes written the destination file, durably if ``fsync``; discard them if that fails.
+
+        ``replacing``: the destination as the caller read it; if another file has taken
+        its place since (a re-store), the bytes are discarded and ``Replaced`` is raised.
+        """
         try:
             if self.fsync:
                 os.fsync(self._fd)
             os.close(self._fd)
             self._fd = None
+            if replacing is not None and not same_file(os.stat(self.dest), replacing):
+                raise Replaced(f"{self.dest} was replaced while it was being rewritten")
             os.replace(self.path, self.dest)
         except BaseException:
             self.discard()
@@ -187,10 +201,18 @@ class GroupCommit:
         return {dest: future.exception() for dest, future in self._pending.items()}
 
 
-def write_atomic(relpath: str, chunks, fsync: bool | None = None, group: GroupCommit | None = None) -> Path:
+def write_atomic(
+    relpath: str,
+    chunks,
+    fsync: bool | None = None,
+    group: GroupCommit | None = None,
+    *,
+    replacing: os.stat_result | None = None,
+) -> Path:
     """Write ``chunks`` (bytes-like) to ``relpath`` so that the file is either whole or absent (``PartialFile``).
 
     With ``group``, the commit is only started: the group's ``wait`` says when it is done.
+    ``replacing``: see ``PartialFile.commit`` (not with ``group``).
     """
     partial = PartialFile(relpath, fsync)
     try:
@@ -202,7 +224,7 @@ def write_atomic(relpath: str, chunks, fsync: bool | None = None, group: GroupCo
     if group is not None:
         group.commit(partial)
         return partial.dest
-    return partial.commit()
+    return partial.commit(replacing=replacing)
 
 
 def iter_instance_files(*, remove_partials_older_than: float | None = None):

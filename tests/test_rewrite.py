@@ -297,3 +297,32 @@ def test_resume_queues_only_the_jobs_no_live_worker_holds(tmp_path, rewrites_run
     # A job held by a live worker is not run twice at once: the second copy does nothing.
     assert rewrite.run_job(live.pk).done == 0
     assert rewrite.run_job(dead.pk).state == "done"  # taken over from the dead holder
+
+
+@pytest.mark.django_db
+def test_a_file_re_stored_while_it_is_rewritten_is_not_overwritten_with_the_old_one(tmp_path, monkeypatch):
+    (ds,) = store_generated(dicomgen.ct_series(tmp_path, 1, 16, patient_id="RW-RACE"), PatientName="ZHANG^WEI")
+    job = RewriteJob.objects.get(correction=correct_name("RW-RACE"))
+    relpath = storage.instance_relpath(ds.SOPInstanceUID)
+    resent = pydicom.dcmread(storage.absolute(relpath))
+    resent.ImageComments = "sent again by the modality"
+    buffer = io.BytesIO()
+    resent.save_as(buffer, enforce_file_format=True)
+    built = rewrite.corrected
+    calls = []
+
+    def corrected_then_a_re_store(*args, **kwargs):
+        result = built(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 1:  # the modality's copy lands between the rewrite's read and its rename
+            storage.write_atomic(relpath, [buffer.getvalue()])
+        return result
+
+    monkeypatch.setattr(rewrite, "corrected", corrected_then_a_re_store)
+
+    assert rewrite.run_job(job.pk).state == "done"
+
+    back = read(ds)
+    assert len(calls) == 2  # read again after the re-store
+    assert (str(back.PatientName), back.ImageComments) == (NEW_NAME, "sent again by the modality")
+    assert len(back.OriginalAttributesSequence) == 1
