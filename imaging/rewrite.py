@@ -273,6 +273,56 @@ def rewrite_instance(instance: "Instance | int", *, at: dt.datetime, cache: "ing
     return True
 
 
+def _failure(job_id: int, instance_id: int, exc: BaseException) -> str:
+    if isinstance(exc, Instance.DoesNotExist):
+        return "the instance was deleted"
+    log.error("rewrite job %s: instance %s", job_id, instance_id, exc_info=exc)
+    return f"{exc.__class__.__name__}: {exc}"[:500]
+
+
+def _rewrite_group(job_id: int, instances: dict[int, "Instance | None"], *, at, cache) -> dict[int, tuple[bool, str]]:
+    """Rewrite these files, their fsyncs overlapping (storage.GroupCommit); {instance pk: (changed, error)}.
+
+    Each file is read, corrected and written in turn while the earlier ones are made
+    durable; the index learns a file's new size and checksum only once it is in place.
+    A file replaced meanwhile (a re-store) is read and corrected again on its own.
+    """
+    group = storage.GroupCommit()
+    started: dict = {}
+    results: dict[int, tuple[bool, str]] = {}
+    for instance_id, instance in instances.items():
+        try:
+            if instance is None:
+                raise Instance.DoesNotExist
+            path = storage.absolute(instance.file_path)
+            read = path.stat()
+            data, declared = corrected(instance, at=at, cache=cache)
+            if data is None:
+                _update_index(instance, path)
+                results[instance_id] = (False, "")
+                continue
+            dest = storage.write_atomic(instance.file_path, [data], group=group, replacing=read)
+            started[dest] = (instance, len(data), hashlib.sha256(data).hexdigest(), declared)
+            del data
+        except Exception as exc:  # one bad file never stops the others
+            results[instance_id] = (False, _failure(job_id, instance_id, exc))
+    for dest, exc in group.wait().items():
+        instance, size, checksum, declared = started[dest]
+        try:
+            if isinstance(exc, storage.Replaced):
+                results[instance.pk] = (rewrite_instance(instance, at=at, cache=cache), "")
+                continue
+            if exc is not None:
+                raise exc
+            Instance.objects.filter(pk=instance.pk).update(
+                file_size=size, checksum=checksum, specific_character_set=declared
+            )
+            results[instance.pk] = (True, "")
+        except Exception as failure:
+            results[instance.pk] = (False, _failure(job_id, instance.pk, failure))
+    return results
+
+
 def pending(instance_ids) -> dict[int, dt.datetime]:
     """{instance pk: correction time} of the given instances whose file a job has not rewritten yet.
 
@@ -345,37 +395,36 @@ def _run(job: RewriteJob, renew, on_file) -> RewriteJob:
         if not todo:
             break
         rows = Instance.objects.select_related("series__study__patient").in_bulk([i for _pk, i in todo])
-        for item_pk, instance_id in todo:
-            error = ""
-            changed = False
-            try:
-                if instance_id not in rows:
-                    raise Instance.DoesNotExist
-                changed = rewrite_instance(rows[instance_id], at=at, cache=cache)
-            except Instance.DoesNotExist:
-                error = "the instance was deleted"
-            except Exception as exc:  # one bad file never stops the others
-                log.exception("rewrite job %s: instance %s", job.pk, instance_id)
-                error = f"{exc.__class__.__name__}: {exc}"[:500]
-            if on_file is not None:
-                on_file(item_pk)
-            if time.monotonic() - renewed > settings.REWRITE_LEASE_SECONDS / 4:
-                renew()  # Busy if the lease was lost: another worker carries on from the marks
-                renewed = time.monotonic()
-            with transaction.atomic():
-                # Counted once even if two workers ran the job at once (a redelivered task).
-                marked = RewriteItem.objects.filter(pk=item_pk, done_at__isnull=True).update(
-                    done_at=timezone.now(), changed=changed, error=error
-                )
-                counts = {"failed": F("failed") + 1, "error": error} if error else {"done": F("done") + 1}
-                if marked:
-                    RewriteJob.objects.filter(pk=job.pk).update(**counts)
+        for start in range(0, len(todo), settings.REWRITE_GROUP_FILES):
+            group = todo[start : start + settings.REWRITE_GROUP_FILES]
+            results = _rewrite_group(job.pk, {i: rows.get(i) for _pk, i in group}, at=at, cache=cache)
+            for item_pk, instance_id in group:
+                changed, error = results[instance_id]
+                renewed = _mark(job, item_pk, changed, error, renew, renewed, on_file)
     RewriteJob.objects.filter(pk=job.pk).update(
         state=State.FAILED if RewriteItem.objects.filter(job=job).exclude(error="").exists() else State.DONE,
         finished_at=timezone.now(),
     )
     job.refresh_from_db()
     return job
+
+
+def _mark(job: RewriteJob, item_pk: int, changed: bool, error: str, renew, renewed: float, on_file) -> float:
+    """Mark one item done (its file in place), renewing the job's lease now and then; returns when it was renewed."""
+    if on_file is not None:
+        on_file(item_pk)
+    if time.monotonic() - renewed > settings.REWRITE_LEASE_SECONDS / 4:
+        renew()  # Busy if the lease was lost: another worker carries on from the marks
+        renewed = time.monotonic()
+    with transaction.atomic():
+        # Counted once even if two workers ran the job at once (a redelivered task).
+        marked = RewriteItem.objects.filter(pk=item_pk, done_at__isnull=True).update(
+            done_at=timezone.now(), changed=changed, error=error
+        )
+        counts = {"failed": F("failed") + 1, "error": error} if error else {"done": F("done") + 1}
+        if marked:
+            RewriteJob.objects.filter(pk=job.pk).update(**counts)
+    return renewed
 
 
 def progress(job: RewriteJob) -> dict:

@@ -323,6 +323,9 @@ REINDEX_LOCK_SECONDS = envint("REINDEX_LOCK_SECONDS", 300)
 # A running rewrite job holds a lease, renewed as it goes; a killed worker's lease
 # expires after this many seconds (at once for a worker of the same host restarted).
 REWRITE_LEASE_SECONDS = envint("REWRITE_LEASE_SECONDS", 60)
+# Files a rewrite job writes before it waits for their fsyncs (they overlap, as
+# STOW-RS's do; STORAGE_FSYNC_THREADS); 1 writes and syncs one file at a time.
+REWRITE_GROUP_FILES = max(1, envint("REWRITE_GROUP_FILES", 8))
 # Seconds between beat's checks for rewrite jobs whose worker died; 0 disables.
 REWRITE_RESUME_INTERVAL_SECONDS = envint("REWRITE_RESUME_INTERVAL_SECONDS", 60)
 # A worker that starts queues the rewrite jobs left unfinished.

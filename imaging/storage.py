@@ -185,10 +185,10 @@ class GroupCommit:
                 cls._executor = ThreadPoolExecutor(settings.STORAGE_FSYNC_THREADS, thread_name_prefix="fsync")
             return cls._executor
 
-    def commit(self, partial: "PartialFile") -> None:
+    def commit(self, partial: "PartialFile", replacing: os.stat_result | None = None) -> None:
         """Start ``partial.commit()``; the file is the group's from now on (``wait`` gives its fate)."""
         self.settle(partial.dest)
-        self._pending[partial.dest] = self._pool().submit(partial.commit)
+        self._pending[partial.dest] = self._pool().submit(partial.commit, replacing=replacing)
 
     def settle(self, dest: Path) -> None:
         """Wait for a pending commit to ``dest``: what is already there is looked at before a new write."""
@@ -212,7 +212,7 @@ def write_atomic(
     """Write ``chunks`` (bytes-like) to ``relpath`` so that the file is either whole or absent (``PartialFile``).
 
     With ``group``, the commit is only started: the group's ``wait`` says when it is done.
-    ``replacing``: see ``PartialFile.commit`` (not with ``group``).
+    ``replacing``: see ``PartialFile.commit``.
     """
     partial = PartialFile(relpath, fsync)
     try:
@@ -222,7 +222,7 @@ def write_atomic(
         partial.discard()
         raise
     if group is not None:
-        group.commit(partial)
+        group.commit(partial, replacing)
         return partial.dest
     return partial.commit(replacing=replacing)
 
