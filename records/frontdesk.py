@@ -297,12 +297,13 @@ class MergeForm(forms.Form):
     # The patient the preview showed: the confirmation merges that one or none.
     duplicate = forms.IntegerField(required=False, widget=forms.HiddenInput)
 
-    def find_duplicate(self) -> Patient:
+    def find_duplicate(self, *, confirming: bool) -> Patient:
+        """The patient with the typed ID; when confirming, only if it is the one the preview showed."""
         data = self.cleaned_data
         duplicates = Patient.objects.filter(
             patient_id=data["duplicate_patient_id"].strip(), issuer=data["duplicate_issuer"].strip()
         )
-        if data["duplicate"] is not None:
+        if confirming and data["duplicate"] is not None:
             duplicates = duplicates.filter(pk=data["duplicate"])
         duplicate = duplicates.first()
         if duplicate is None:
@@ -323,8 +324,9 @@ def patient_merge(request, pk: int):
     preview = None
     if form.is_valid():
         try:
-            duplicate = form.find_duplicate()
-            if request.POST.get("action") == "save":
+            confirming = request.POST.get("action") == "save"
+            duplicate = form.find_duplicate(confirming=confirming)
+            if confirming:
                 demographics.merge_patients(
                     keep=keep,
                     duplicate=duplicate,

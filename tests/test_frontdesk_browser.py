@@ -206,6 +206,9 @@ def test_a_merge_shows_its_preview_and_merges_only_the_patient_it_showed(zhang, 
     wrong = {"duplicate_patient_id": "TMP0099", "duplicate": duplicate.pk, "reason": "ER", "action": "save"}
     assert "No patient has this patient ID." in clerk.post(url, wrong).content.decode()
     assert Patient.objects.filter(pk=other.pk).exists() and not Correction.objects.exists()
+    # Back on the form, another ID typed is previewed afresh (the previewed patient is for confirming only).
+    again = clerk.post(url, {**wrong, "action": "preview"})
+    assert again.context["preview"]["duplicate"]["patient_id"] == "TMP0099"
 
     confirmed = clerk.post(url, {**wrong, "duplicate_patient_id": "TMP0042"})
     assert confirmed.status_code == 302
@@ -249,6 +252,7 @@ def test_the_front_desk_finds_by_pinyin_fills_pinyin_and_merges_in_a_browser(
                 "affected": "1 study with 2 images moves to the patient who stays.",
                 "reason": "temporary ID at the ER",
                 "merged": "Merged; the files are being rewritten.",
+                "no reason": "a reason is required",
             },
         ),
         (
@@ -262,6 +266,7 @@ def test_the_front_desk_finds_by_pinyin_fills_pinyin_and_merges_in_a_browser(
                 "affected": "1 个检查（1 幅图像）将移到保留的患者名下。",
                 "reason": "急诊临时号",
                 "merged": "已合并；正在重写文件。",
+                "no reason": "必须填写原因",
             },
         ),
     ):
@@ -294,6 +299,9 @@ def test_the_front_desk_finds_by_pinyin_fills_pinyin_and_merges_in_a_browser(
 
         # The merge: its preview first, nothing merged yet, then the confirmation.
         page.fill("#id_duplicate_patient_id", duplicate_id)
+        page.click("button.merge-preview")  # no reason yet: said beside the field, on the merge's own page
+        expect(page.locator(".field-error")).to_have_text(texts["no reason"])
+        page.screenshot(path=shots / f"frontdesk-merge-no-reason-{lang}.png", full_page=True)
         page.fill("#id_reason", texts["reason"])
         page.click("button.merge-preview")
         preview = page.locator(".preview")
