@@ -147,6 +147,31 @@ def _field_errors(form: forms.Form, exc: demographics.CorrectionError) -> None:
     form.add_error(field if field in form.fields else None, exc.message)
 
 
+def _preview_or_save(request, form: forms.Form, *, preview, save) -> tuple[bool, dict | None]:
+    """The steps of every front-desk form once it is valid: (saved, preview).
+
+    POST "save" calls ``save()``; anything else ``preview()``, which returns what the
+    page shows. A CorrectionError from either is shown beside its field (nothing saved,
+    no preview), so the form comes back with what was typed.
+    """
+    try:
+        if request.POST.get("action") == "save":
+            save()
+            return True, None
+        return False, preview()
+    except demographics.CorrectionError as exc:
+        _field_errors(form, exc)
+        return False, None
+
+
+def _correction_preview(preview: dict, reason) -> dict:
+    """A correction's preview, refused when nothing would change or no reason is given (as the save would be)."""
+    if not preview["after"]:
+        raise demographics.InvalidCorrection("changes", _("nothing would change"))
+    demographics.check_reason(reason)
+    return preview
+
+
 @roles.role_required(*CORRECTORS)
 def patient_page(request, pk: int):
     patient = _patient_or_404(pk)
@@ -183,90 +208,71 @@ FIELD_LABELS = {
 }
 
 
+def _correction_page(request, form: forms.Form, *, row, patient: Patient, title: str, preview, correct):
+    """The correction form's steps for ``row`` (a patient or a study).
+
+    POST "preview" (and Enter): what would change and how much; POST "save": the
+    correction, then the patient's page; otherwise ``form`` as it is (the GET, the
+    pinyin filled in). ``preview(changes)`` and ``correct(changes=, reason=, user=,
+    address=)`` are the domain functions bound to ``row``.
+    """
+    shown = None
+    if request.method == "POST" and request.POST.get("action") != "fill_pinyin" and form.is_valid():
+        changes, reason = form.changes(row), form.cleaned_data["reason"]
+        saved, shown = _preview_or_save(
+            request,
+            form,
+            preview=lambda: _correction_preview(preview(changes), reason),
+            save=lambda: correct(
+                changes=changes, reason=reason, user=request.user, address=access.client_address(request)
+            ),
+        )
+        if saved:
+            messages.success(request, _("The correction is saved; the files are being rewritten."))
+            return redirect("records:frontdesk-patient", pk=patient.pk)
+    rows = [(FIELD_LABELS[f], shown["before"][f], shown["after"][f]) for f in shown["after"]] if shown else []
+    context = {"patient": patient, "patient_name": title, "form": form, "preview": shown, "rows": rows}
+    return _page(request, "records/frontdesk/correct.html", context)
+
+
 @roles.role_required(*CORRECTORS)
 def patient_correct(request, pk: int):
-    """GET: the form; POST "preview": what would change and how much; POST "save": the correction."""
+    """The patient's ID, issuer, name (pinyin filled from the characters on request), birth date and sex."""
     patient = _patient_or_404(pk)
-    preview = None
-    if request.method == "POST" and request.POST.get("action") == "fill_pinyin":
-        form = _with_pinyin(request.POST)
-    elif request.method == "POST":
-        form = PatientCorrectionForm(request.POST)
-        if form.is_valid():
-            changes = form.changes(patient)
-            try:
-                if request.POST.get("action") == "save":
-                    demographics.correct_patient(
-                        patient=patient,
-                        changes=changes,
-                        reason=form.cleaned_data["reason"],
-                        user=request.user,
-                        address=access.client_address(request),
-                    )
-                    messages.success(request, _("The correction is saved; the files are being rewritten."))
-                    return redirect("records:frontdesk-patient", pk=patient.pk)
-                preview = demographics.preview_patient(patient=patient, changes=changes)
-                if not preview["after"]:
-                    raise demographics.InvalidCorrection("changes", _("nothing would change"))
-                demographics.check_reason(form.cleaned_data["reason"])
-            except demographics.CorrectionError as exc:
-                _field_errors(form, exc)
-                preview = None
-    else:
+    if request.method != "POST":
         form = PatientCorrectionForm(initial=PatientCorrectionForm.initial_for(patient))
-    rows = []
-    if preview:
-        rows = [(FIELD_LABELS[field], preview["before"][field], preview["after"][field]) for field in preview["after"]]
-    context = {
-        "patient": patient,
-        "patient_name": display_name(patient),
-        "form": form,
-        "preview": preview,
-        "rows": rows,
-    }
-    return _page(request, "records/frontdesk/correct.html", context)
+    elif request.POST.get("action") == "fill_pinyin":
+        form = _with_pinyin(request.POST)
+    else:
+        form = PatientCorrectionForm(request.POST)
+    return _correction_page(
+        request,
+        form,
+        row=patient,
+        patient=patient,
+        title=display_name(patient),
+        preview=lambda changes: demographics.preview_patient(patient=patient, changes=changes),
+        correct=lambda **kwargs: demographics.correct_patient(patient=patient, **kwargs),
+    )
 
 
 @roles.role_required(*CORRECTORS)
 def study_correct(request, pk: int):
     """The same steps for a study's accession number, description and referring physician."""
     study = get_object_or_404(Study.objects.select_related("patient"), pk=pk)
-    preview = None
     if request.method == "POST":
         form = StudyCorrectionForm(request.POST)
-        if form.is_valid():
-            changes = form.changes(study)
-            try:
-                if request.POST.get("action") == "save":
-                    demographics.correct_study(
-                        study=study,
-                        changes=changes,
-                        reason=form.cleaned_data["reason"],
-                        user=request.user,
-                        address=access.client_address(request),
-                    )
-                    messages.success(request, _("The correction is saved; the files are being rewritten."))
-                    return redirect("records:frontdesk-patient", pk=study.patient_id)
-                preview = demographics.preview_study(study=study, changes=changes)
-                if not preview["after"]:
-                    raise demographics.InvalidCorrection("changes", _("nothing would change"))
-                demographics.check_reason(form.cleaned_data["reason"])
-            except demographics.CorrectionError as exc:
-                _field_errors(form, exc)
-                preview = None
     else:
         form = StudyCorrectionForm(initial=StudyCorrectionForm.initial_for(study))
-    rows = []
-    if preview:
-        rows = [(FIELD_LABELS[f], preview["before"][f], preview["after"][f]) for f in preview["after"]]
-    context = {
-        "patient": study.patient,
-        "patient_name": f"{display_name(study.patient)}, {study.study_date or ''} {study.description}".strip(),
-        "form": form,
-        "preview": preview,
-        "rows": rows,
-    }
-    return _page(request, "records/frontdesk/correct.html", context)
+    return _correction_page(
+        request,
+        form,
+        row=study,
+        patient=study.patient,
+        title=f"{display_name(study.patient)}, {study.study_date or ''} {study.description}".strip(),
+        preview=lambda changes: demographics.preview_study(study=study, changes=changes),
+        correct=lambda **kwargs: demographics.correct_study(study=study, **kwargs),
+    )
 
 
 @require_POST
@@ -323,28 +329,32 @@ def patient_merge(request, pk: int):
     form = MergeForm(request.POST)
     preview = None
     if form.is_valid():
-        try:
-            confirming = request.POST.get("action") == "save"
-            duplicate = form.find_duplicate(confirming=confirming)
-            if confirming:
-                demographics.merge_patients(
-                    keep=keep,
-                    duplicate=duplicate,
-                    reason=form.cleaned_data["reason"],
-                    user=request.user,
-                    address=access.client_address(request),
-                )
-                messages.success(request, _("Merged; the files are being rewritten."))
-                return redirect("records:frontdesk-patient", pk=keep.pk)
+        reason = form.cleaned_data["reason"]
+
+        def merge_preview() -> dict:
+            duplicate = form.find_duplicate(confirming=False)
             preview = demographics.preview_merge(keep=keep, duplicate=duplicate)
-            demographics.check_reason(form.cleaned_data["reason"])
-        except demographics.CorrectionError as exc:
-            _field_errors(form, exc)
-            preview = None
+            demographics.check_reason(reason)
+            return {**preview, "duplicate_pk": duplicate.pk, "duplicate_name": display_name(duplicate)}
+
+        saved, preview = _preview_or_save(
+            request,
+            form,
+            preview=merge_preview,
+            save=lambda: demographics.merge_patients(
+                keep=keep,
+                duplicate=form.find_duplicate(confirming=True),
+                reason=reason,
+                user=request.user,
+                address=access.client_address(request),
+            ),
+        )
+        if saved:
+            messages.success(request, _("Merged; the files are being rewritten."))
+            return redirect("records:frontdesk-patient", pk=keep.pk)
         if preview:
             # The confirmation carries the previewed patient: see MergeForm.duplicate.
-            form = MergeForm(initial={**form.cleaned_data, "duplicate": duplicate.pk})
-            preview["duplicate_name"] = display_name(duplicate)
+            form = MergeForm(initial={**form.cleaned_data, "duplicate": preview["duplicate_pk"]})
     context = {
         "patient": keep,
         "patient_name": display_name(keep),
