@@ -195,6 +195,26 @@ def preview_study(*, study: Study, changes) -> dict:
     return {"before": before, "after": after, "studies": 1, "images": affected(study=study)[1]}
 
 
+def preview_merge(*, keep: Patient, duplicate: Patient) -> dict:
+    """What ``merge_patients`` would do, without doing it.
+
+    {duplicate, keep: each patient's values; studies: the duplicate's studies, which
+    move; images: how many images they hold; other_ids: the (PatientID, issuer) that
+    become other IDs of ``keep``, the duplicate's own first}. ConflictingCorrection for
+    a merge of a patient into itself, as the merge answers.
+    """
+    if keep.pk == duplicate.pk:
+        raise ConflictingCorrection("duplicate", _("a patient cannot be merged into itself"))
+    studies = list(Study.objects.filter(patient=duplicate).order_by("-study_date", "-pk"))
+    return {
+        "duplicate": _patient_values(duplicate),
+        "keep": _patient_values(keep),
+        "studies": studies,
+        "images": Instance.objects.filter(series__study__patient=duplicate).count(),
+        "other_ids": [(duplicate.patient_id, duplicate.issuer), *other_ids(duplicate)],
+    }
+
+
 def other_ids(patient: Patient) -> list[tuple[str, str]]:
     """The patient's other (PatientID, issuer): of merged duplicates, or corrected away."""
     return [

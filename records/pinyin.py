@@ -315,3 +315,24 @@ def name_keys(alphabetic: str, ideographic: str = "", phonetic: str = "") -> dic
         return " ".join(dict.fromkeys(v for v in values if v))
 
     return {"name_search": join(search), "name_pinyin": join(pinyins), "name_initials": join(initials)}
+
+
+def _written(syllables: list[str]) -> str:
+    """Syllables written as one name component: "Xiaoming", "Ouyang", "Xi'an" (an apostrophe before a, o, e)."""
+    word = ""
+    for syllable in syllables:
+        if word and syllable[:1] in ("a", "o", "e"):
+            word += "'"
+        word += syllable
+    return word[:1].upper() + word[1:]
+
+
+def romanise(family: str, given: str = "") -> tuple[str, str]:
+    """The family and given name in pinyin, as DICOM's Alphabetic group writes them: 张, 伟 -> Zhang, Wei.
+
+    The family name is read with the surname table (单 Shan, 曾 Zeng, 欧阳 Ouyang), the
+    given name as a phrase (王^乐乐 -> Wang, Lele). Characters without a reading are
+    kept as they are (the caller checks that the result is ASCII).
+    """
+    family, given = family.strip(), given.strip()
+    return _written(_family_syllables(family)), _written(_syllables_of(given))

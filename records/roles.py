@@ -33,6 +33,8 @@ ROLE_HOMES = {
 # viewer, downloads, DICOMweb) are for Doctors and Administrators only.
 STUDY_ROLES = (DOCTOR, FRONT_DESK, ADMINISTRATOR)
 IMAGE_ROLES = (DOCTOR, ADMINISTRATOR)
+# The front desk's pages (finding a patient, corrections, merges): the Front desk and Administrators.
+CORRECTOR_ROLES = (FRONT_DESK, ADMINISTRATOR)
 
 # Our login page (settings.LOGIN_URL names the same one).
 LOGIN_URL = reverse_lazy("login")

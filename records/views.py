@@ -109,8 +109,9 @@ def study_list(request):
     return _page(request, "records/study_list.html", context)
 
 
-@roles.role_required(roles.FRONT_DESK)
+@roles.role_required(*roles.CORRECTOR_ROLES)
 def patient_list(request):
+    """Find a patient (records/search.py: pinyin, initials, characters, patient ID) and open their page."""
     page, form, query = _search_page(request, PatientSearchForm, search.patient_search)
     query = query.urlencode()
     for patient in page:

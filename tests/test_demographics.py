@@ -203,6 +203,24 @@ def test_a_merge_moves_every_study_and_the_duplicate_disappears(zhang, temporary
     assert undo.undoes == record and undo.patient == back
 
 
+def test_a_merge_preview_shows_what_moves_and_changes_nothing(zhang, temporary, clerk):
+    keep, duplicate = patient(), patient("TMP0042")
+    with pytest.raises(ConflictingCorrection) as caught:
+        demographics.preview_merge(keep=keep, duplicate=keep)
+    assert caught.value.field == "duplicate"
+    preview = demographics.preview_merge(keep=keep, duplicate=duplicate)
+    assert (preview["duplicate"]["patient_id"], preview["keep"]["patient_id"]) == ("TMP0042", "CT7001")
+    assert [s.pk for s in preview["studies"]] == list(duplicate.studies.values_list("pk", flat=True))
+    assert preview["images"] == 1 * 2
+    assert preview["other_ids"] == [("TMP0042", "")]
+    assert Patient.objects.filter(patient_id="TMP0042").exists() and not Correction.objects.exists()
+
+    # What the preview announced is what the merge does.
+    record = demographics.merge_patients(keep=keep, duplicate=duplicate, reason="ER", user=clerk, address=ADDRESS)
+    assert (record.studies_affected, record.images_affected) == (len(preview["studies"]), preview["images"])
+    assert demographics.other_ids(keep) == preview["other_ids"]
+
+
 def _resend(ds, **changes) -> ingest.Indexed:
     """Store a copy of ``ds`` (same UIDs) with attributes changed, as a modality re-sending it."""
     copy = pydicom.dcmread(storage.absolute(storage.instance_relpath(ds.SOPInstanceUID)))

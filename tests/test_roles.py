@@ -182,7 +182,7 @@ MATRIX = {
     "/patients/": {
         "doctor": FORBIDDEN,
         "front_desk": 200,
-        "administrator": FORBIDDEN,
+        "administrator": 200,  # the front desk's pages are for Administrators too (issue 11)
         "no_role": NO_ROLE,
         "anonymous": TO_LOGIN,
     },
