@@ -1,6 +1,11 @@
 """C-MOVE benchmark: a generated N-slice CT moved to DCMTK's storescp, from us and from Orthanc.
 
-    .venv/bin/python bench/move.py [--slices 300] [--repeat 3]     (BENCH_KEEP=1 keeps the temporary folder)
+    .venv/bin/python bench/move.py [--slices 300] [--repeat 3] [--get] [--only ours]
+    (BENCH_KEEP=1 keeps the temporary folder)
+
+``--get``: the same study retrieved with DCMTK's getscu (C-GET, on the requester's
+association, written to disk by getscu) instead of moved. ``--only ours``: Orthanc is
+neither started nor measured.
 
 Self-contained and self-stopping, 127.0.0.1 only, free ports, temporary folders.
 Both servers hold the same study (sent with storescu); each run moves it with
@@ -28,34 +33,21 @@ PYTHON = sys.executable
 NODELAY = orthanc.NODELAY
 
 
-def move(aet, port, study_uid, out: Path) -> float:
+def move(aet, port, study_uid, out: Path, get: bool = False) -> float:
+    """Seconds of one movescu run (to storescp, which writes to ``out``), or of getscu's (``get``)."""
     for f in out.iterdir():
         f.unlink()
-    started = time.perf_counter()
-    result = subprocess.run(
-        [
-            "movescu",
-            "-aet",
-            "BENCH",
-            "-aec",
-            aet,
-            "-aem",
-            "DEST",
-            "-S",
-            "-k",
-            "QueryRetrieveLevel=STUDY",
-            "-k",
-            f"StudyInstanceUID={study_uid}",
-            "127.0.0.1",
-            str(port),
-        ],
-        capture_output=True,
-        text=True,
-        env=NODELAY,
+    keys = ["-S", "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study_uid}", "127.0.0.1", str(port)]
+    tool = (
+        ["getscu", "-aet", "BENCH", "-aec", aet, "-od", str(out)]
+        if get
+        else ["movescu", "-aet", "BENCH", "-aec", aet, "-aem", "DEST"]
     )
+    started = time.perf_counter()
+    result = subprocess.run([*tool, *keys], capture_output=True, text=True, env=NODELAY)
     elapsed = time.perf_counter() - started
     if result.returncode != 0:
-        raise RuntimeError(f"movescu from {aet} failed: {result.stderr}")
+        raise RuntimeError(f"{tool[0]} from {aet} failed: {result.stderr}")
     return elapsed
 
 
@@ -63,6 +55,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slices", type=int, default=300)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--get", action="store_true", help="C-GET with getscu instead of C-MOVE")
+    parser.add_argument("--only", choices=["ours"], help="measure only ours (Orthanc not started)")
     args = parser.parse_args()
     from tests import dicomgen
 
@@ -115,13 +109,16 @@ def main() -> int:
         )
         orthanc.wait_for("runscp", lambda: orthanc.echo_ok("IMAGING", ours_port))
 
-        # Orthanc: its defaults, its own folders, the destination declared.
-        orthanc_proc, orthanc_port = orthanc.start(
-            root / "orthanc", {"dest": ("DEST", dest_port), "bench": ("BENCH", 104)}
-        )
-        procs.append(orthanc_proc)
+        servers = [("ours", "IMAGING", ours_port)]
+        if args.only != "ours":
+            # Orthanc: its defaults, its own folders, the destination declared.
+            orthanc_proc, orthanc_port = orthanc.start(
+                root / "orthanc", {"dest": ("DEST", dest_port), "bench": ("BENCH", 104)}
+            )
+            procs.append(orthanc_proc)
+            servers.append(("orthanc", "ORTHANC", orthanc_port))
 
-        for aet, port in (("IMAGING", ours_port), ("ORTHANC", orthanc_port)):
+        for _name, aet, port in servers:
             sent = subprocess.run(
                 ["storescu", "-aet", "BENCH", "-aec", aet, "127.0.0.1", str(port), *map(str, files)],
                 capture_output=True,
@@ -133,20 +130,22 @@ def main() -> int:
         # Our index is filled by the worker; without one running here, reindex does it.
         subprocess.run([*manage, "reindex"], env=env, check=True, stdout=subprocess.DEVNULL)
 
-        rates: dict[str, list[float]] = {"ours": [], "orthanc": []}
+        rates: dict[str, list[float]] = {name: [] for name, _aet, _port in servers}
         for _ in range(args.repeat):
-            for name, aet, port in (("ours", "IMAGING", ours_port), ("orthanc", "ORTHANC", orthanc_port)):
-                elapsed = move(aet, port, study_uid, out)
+            for name, aet, port in servers:
+                elapsed = move(aet, port, study_uid, out, get=args.get)
                 received = len(list(out.iterdir()))
                 if received != args.slices:
                     raise RuntimeError(f"{name}: {received} of {args.slices} images arrived")
                 rates[name].append(args.slices / elapsed)
                 print(f"  {name:8} {rates[name][-1]:6.0f} images/s", flush=True)
-        ours, theirs = statistics.median(rates["ours"]), statistics.median(rates["orthanc"])
-        print(
-            f"\nC-MOVE of a {args.slices}-slice 512x512 CT to storescp, median of {args.repeat} (images/s): "
-            f"ours {ours:.0f}, Orthanc {theirs:.0f}, ratio {ours / theirs:.2f}"
-        )
+        what = "C-GET (getscu)" if args.get else "C-MOVE to storescp"
+        ours = statistics.median(rates["ours"])
+        line = f"\n{what} of a {args.slices}-slice 512x512 CT, median of {args.repeat} (images/s): ours {ours:.0f}"
+        if "orthanc" in rates:
+            theirs = statistics.median(rates["orthanc"])
+            line += f", Orthanc {theirs:.0f}, ratio {ours / theirs:.2f}"
+        print(line)
         return 0
     finally:
         for proc in procs:
