@@ -114,9 +114,7 @@ def metadata(client, study_uid) -> list[dict]:
     return json.loads(b"".join(response.streaming_content))
 
 
-def test_wado_rs_metadata_shows_the_correction_and_caches_only_what_the_stored_file_says(
-    corrected, settings, tmp_path
-):
+def test_wado_rs_metadata_shows_the_correction_and_caches_only_what_the_stored_file_says(corrected, settings, tmp_path):
     settings.DICOMWEB_METADATA_CACHE_DIR = str(tmp_path / "cache")
     doctor = client_for("Doctor")
     study_uid = corrected["study"].study_instance_uid
