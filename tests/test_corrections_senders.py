@@ -132,13 +132,21 @@ def test_wado_rs_metadata_shows_the_correction_and_caches_only_what_the_stored_f
 
 
 def test_which_instances_go_out_corrected_is_one_query_for_a_whole_retrieve(tmp_path):
-    slices = dicomgen.ct_series(tmp_path, 5, 32, patient_id="SND-Q", patient_name=OLD_NAME)
-    for path in slices:
-        store(pydicom.dcmread(path))
+    for patient_id in ("SND-Q", "SND-OTHER"):
+        for path in dicomgen.ct_series(tmp_path / patient_id, 5, 32, patient_id=patient_id, patient_name=OLD_NAME):
+            store(pydicom.dcmread(path))
     instances = list(Instance.objects.filter(series__study__patient__patient_id="SND-Q"))
-    with CaptureQueriesContext(connection) as queries:
-        rewrite.mark_pending(instances)
-        for instance in instances:
-            assert isinstance(scu.payload(instance, {instance.transfer_syntax_uid}), Path)
-    assert len(queries) == 1
-    assert [instance.corrected_at for instance in instances] == [None] * 5
+
+    def sent_as_stored_with(queries: int) -> None:
+        with CaptureQueriesContext(connection) as captured:
+            rewrite.mark_pending(instances)
+            for instance in instances:
+                assert isinstance(scu.payload(instance, {instance.transfer_syntax_uid}), Path)
+        assert len(captured) == queries
+        assert [instance.corrected_at for instance in instances] == [None] * 5
+
+    sent_as_stored_with(queries=1)  # no rewrite job open anywhere
+    demographics.correct_patient(
+        patient=Patient.objects.get(patient_id="SND-OTHER"), changes={"sex": "M"}, reason="r", user=None, address=None
+    )
+    sent_as_stored_with(queries=2)  # another patient's job pending: which of these wait for it
