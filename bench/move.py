@@ -5,7 +5,9 @@
 
 ``--get``: the same study retrieved with DCMTK's getscu (C-GET, on the requester's
 association, written to disk by getscu) instead of moved. ``--only ours``: Orthanc is
-neither started nor measured.
+neither started nor measured. ``--pending``: the patient's name is corrected on ours
+before the runs and its rewrite job left pending (no worker runs here), so that every
+image goes out corrected on the way (imaging/rewrite.py ``outgoing_file``).
 
 Self-contained and self-stopping, 127.0.0.1 only, free ports, temporary folders.
 Both servers hold the same study (sent with storescu); each run moves it with
@@ -31,6 +33,14 @@ import orthanc  # noqa: E402 - bench/orthanc.py
 
 PYTHON = sys.executable
 NODELAY = orthanc.NODELAY
+CORRECTED_NAME = "Zhang^Wei=张^伟"
+CORRECT = f"""
+from records import demographics
+from records.models import Patient
+demographics.correct_patient(
+    patient=Patient.objects.get(), changes={{"name": "{CORRECTED_NAME}"}}, reason="bench", user=None, address=None
+)
+"""
 
 
 def move(aet, port, study_uid, out: Path, get: bool = False) -> float:
@@ -57,6 +67,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--get", action="store_true", help="C-GET with getscu instead of C-MOVE")
     parser.add_argument("--only", choices=["ours"], help="measure only ours (Orthanc not started)")
+    parser.add_argument("--pending", action="store_true", help="ours: a correction whose rewrite is pending")
     args = parser.parse_args()
     from tests import dicomgen
 
@@ -129,6 +140,9 @@ def main() -> int:
                 raise RuntimeError(f"storescu to {aet} failed: {sent.stderr}")
         # Our index is filled by the worker; without one running here, reindex does it.
         subprocess.run([*manage, "reindex"], env=env, check=True, stdout=subprocess.DEVNULL)
+        if args.pending:
+            # The broker named in env is not running: the job cannot be queued and stays pending.
+            subprocess.run([*manage, "shell", "-c", CORRECT], env=env, check=True, stdout=subprocess.DEVNULL)
 
         rates: dict[str, list[float]] = {name: [] for name, _aet, _port in servers}
         for _ in range(args.repeat):
@@ -137,6 +151,10 @@ def main() -> int:
                 received = len(list(out.iterdir()))
                 if received != args.slices:
                     raise RuntimeError(f"{name}: {received} of {args.slices} images arrived")
+                if args.pending and name == "ours":
+                    sample = pydicom.dcmread(next(out.iterdir()), stop_before_pixels=True)
+                    if str(sample.PatientName) != CORRECTED_NAME:
+                        raise RuntimeError(f"ours sent {sample.PatientName}, not the corrected name")
                 rates[name].append(args.slices / elapsed)
                 print(f"  {name:8} {rates[name][-1]:6.0f} images/s", flush=True)
         what = "C-GET (getscu)" if args.get else "C-MOVE to storescp"
