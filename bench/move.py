@@ -33,6 +33,7 @@ import orthanc  # noqa: E402 - bench/orthanc.py
 
 PYTHON = sys.executable
 NODELAY = orthanc.NODELAY
+SPARE_NAME = "dicom-spare"  # network.scp.SPARE_NAME (importing it needs Django set up)
 CORRECTED_NAME = "Zhang^Wei=张^伟"
 CORRECT = f"""
 from records import demographics
@@ -59,6 +60,32 @@ def move(aet, port, study_uid, out: Path, get: bool = False) -> float:
     if result.returncode != 0:
         raise RuntimeError(f"{tool[0]} from {aet} failed: {result.stderr}")
     return elapsed
+
+
+def scp_cpu_seconds(pid: int, timeout: float = 30) -> float:
+    """CPU time of runscp's finished association processes (each association is a forked child).
+
+    Waits until no child but the spare waiting for the next connection is left, zombies
+    included (a child's time is added to its parent's when the parent reaps it).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        kids = [int(c) for task in Path(f"/proc/{pid}/task").glob("*") for c in (task / "children").read_text().split()]
+        busy = [k for k in kids if Path(f"/proc/{k}/comm").exists() and _comm(k) != SPARE_NAME]
+        if not busy:
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"runscp's association processes did not end: {busy}")
+        time.sleep(0.01)
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")  # cutime, cstime
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
 
 
 def main() -> int:
@@ -145,9 +172,14 @@ def main() -> int:
             subprocess.run([*manage, "shell", "-c", CORRECT], env=env, check=True, stdout=subprocess.DEVNULL)
 
         rates: dict[str, list[float]] = {name: [] for name, _aet, _port in servers}
+        cpu: list[float] = []  # ms of runscp's CPU per image, each run
+        scp_pid = procs[1].pid
         for _ in range(args.repeat):
             for name, aet, port in servers:
+                cpu_before = scp_cpu_seconds(scp_pid) if name == "ours" else 0
                 elapsed = move(aet, port, study_uid, out, get=args.get)
+                if name == "ours":
+                    cpu.append((scp_cpu_seconds(scp_pid) - cpu_before) * 1000 / args.slices)
                 received = len(list(out.iterdir()))
                 if received != args.slices:
                     raise RuntimeError(f"{name}: {received} of {args.slices} images arrived")
@@ -156,10 +188,12 @@ def main() -> int:
                     if str(sample.PatientName) != CORRECTED_NAME:
                         raise RuntimeError(f"ours sent {sample.PatientName}, not the corrected name")
                 rates[name].append(args.slices / elapsed)
-                print(f"  {name:8} {rates[name][-1]:6.0f} images/s", flush=True)
+                ours_cpu = f"  (runscp CPU {cpu[-1]:.2f} ms/image)" if name == "ours" else ""
+                print(f"  {name:8} {rates[name][-1]:6.0f} images/s{ours_cpu}", flush=True)
         what = "C-GET (getscu)" if args.get else "C-MOVE to storescp"
         ours = statistics.median(rates["ours"])
         line = f"\n{what} of a {args.slices}-slice 512x512 CT, median of {args.repeat} (images/s): ours {ours:.0f}"
+        line += f" (runscp CPU {statistics.median(cpu):.2f} ms/image)"
         if "orthanc" in rates:
             theirs = statistics.median(rates["orthanc"])
             line += f", Orthanc {theirs:.0f}, ratio {ours / theirs:.2f}"
