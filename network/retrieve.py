@@ -23,7 +23,6 @@ from pydicom.uid import UID
 from pynetdicom.dimse_primitives import C_GET, C_MOVE
 from pynetdicom.presentation import build_context
 
-from imaging import rewrite
 from network import access, query, scu, sendguard
 from network.models import ModalityNode
 
@@ -192,8 +191,6 @@ def responses(assoc) -> _Responses:
 def sub_operations(event, instances):
     """The (status, data set) pairs a retrieve handler yields: one per instance, or Cancel."""
     responses(event.assoc)
-    # One query for the retrieve: which instances go out corrected, their files not rewritten yet.
-    rewrite.mark_pending(instances)
     for instance in instances:
         if event.is_cancelled:
             # 0xFE00 Cancel: pynetdicom reports the remaining and failed counts.

@@ -172,13 +172,13 @@ def payload(instance, accepted: set[str]):
     path = storage.absolute(instance.file_path)
     if not path.is_file():
         raise CannotSend(f"file missing: {instance.file_path}")
+    stored_ts = UID(instance.transfer_syntax_uid)
+    if stored_ts not in accepted and not accepted & set(UNCOMPRESSED):
+        raise CannotSend(f"the node accepts neither {stored_ts.name} nor an uncompressed syntax for this SOP class")
     at = getattr(instance, "corrected_at", None)
     corrected = rewrite.outgoing_file(instance.pk, at=at) if at is not None else None
-    stored_ts = UID(instance.transfer_syntax_uid)
     if stored_ts in accepted:
         return path if corrected is None else corrected
-    if not accepted & set(UNCOMPRESSED):
-        raise CannotSend(f"the node accepts neither {stored_ts.name} nor an uncompressed syntax for this SOP class")
     ds = pydicom.dcmread(path if corrected is None else io.BytesIO(corrected))
     if stored_ts.is_compressed:
         # The same instance in another encoding, so the same SOP Instance UID; the result
@@ -294,8 +294,8 @@ def send_study(study_id: int, node_id: int, job_id: int, timeout: float | None =
     )
     job.total = len(instances)
     job.save()
-    rewrite.mark_pending(instances)  # one query: which go out corrected, their files not rewritten yet
     try:
+        rewrite.mark_pending(instances)  # one query: which go out corrected, their files not rewritten yet
         node = ModalityNode.objects.get(pk=node_id)
         for batch in _context_batches({(i.sop_class_uid, i.transfer_syntax_uid) for i in instances}):
             ae = _ae(timeout)
