@@ -149,11 +149,14 @@ def _pixel_element(fp, ds: Dataset, implicit: bool, little: bool) -> tuple[int |
 def read_header(path) -> Header:
     """The data set without its pixel data, and what its pixel data element declares.
 
-    Raises ``Unreadable`` (or ``DeflateBomb``) when the file cannot be read within bounds.
+    ``path`` may also be a whole file in memory (bytes or a memoryview: a corrected
+    file not written yet). Raises ``Unreadable`` (or ``DeflateBomb``) when the file
+    cannot be read within bounds.
     """
+    in_memory = isinstance(path, bytes | bytearray | memoryview)
     try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as fp:
+        size = len(path) if in_memory else os.path.getsize(path)
+        with io.BytesIO(path) if in_memory else open(path, "rb") as fp:
             preamble = read_preamble(fp, True)
             meta = _read_file_meta_info(fp)
             transfer_syntax = str(meta.get("TransferSyntaxUID", ImplicitVRLittleEndian))
@@ -171,7 +174,7 @@ def read_header(path) -> Header:
             # The whole stream is inflated (and thrown away) to know its size: a
             # bomb is found here, in bounded memory, not later by a renderer.
             total = inflater.drain()
-            ds = FileDataset(str(path), dataset, preamble, meta, False, True)
+            ds = FileDataset("<in memory>" if in_memory else str(path), dataset, preamble, meta, False, True)
             ds.set_original_encoding(False, True, dataset._character_set)
             return Header(ds, tag, length, max(total - value_at, 0) if tag else 0, total)
     except Unreadable:

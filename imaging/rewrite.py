@@ -459,3 +459,41 @@ def resume_pending(*, queued_before: dt.datetime | None = None) -> list[int]:
     for job_id in ids:
         queue(job_id)
     return ids
+
+
+# --- What the senders send until a file is rewritten (ZIP, C-MOVE, C-GET, Send to node, WADO-RS) ---
+
+
+def mark_pending(instances) -> list:
+    """Set ``corrected_at`` on each instance: its correction's time while its rewrite is pending, else None.
+
+    Made where a sender lists what it sends; ``outgoing_file`` then serves the instances
+    marked. Returns the instances. One query when no job is pending or running (the
+    usual case: a file waits for its rewrite only in a job not finished, as ``run_job``
+    marks every item before it ends a job), on the small jobs table: 0.45 ms, where
+    asking ``pending`` for 300 instances takes 3.3 ms (SQLite, this machine); two otherwise.
+    """
+    instances = list(instances)
+    open_jobs = instances and RewriteJob.objects.filter(state__in=[State.PENDING, State.RUNNING]).exists()
+    waiting = pending(instance.pk for instance in instances) if open_jobs else {}
+    for instance in instances:
+        instance.corrected_at = waiting.get(instance.pk)
+    return instances
+
+
+def outgoing_file(instance_id: int, *, at: dt.datetime) -> memoryview | None:
+    """The whole Part 10 file to send instead of the stored one while the instance's rewrite is pending.
+
+    None when the stored file is to go out: it carries the index's values already (the
+    job got there first), the instance is gone, or it cannot be corrected (logged; the
+    job records the same failure). Loads the instance with what ``corrected_bytes``
+    needs (one query): only instances marked pending pay for it.
+    """
+    instance = Instance.objects.select_related("series__study__patient").filter(pk=instance_id).first()
+    if instance is None:
+        return None
+    try:
+        return corrected_bytes(instance, at=at)
+    except Exception:
+        log.warning("%s sent as stored: its correction failed", instance.file_path, exc_info=True)
+        return None

@@ -252,9 +252,14 @@ def stored_data_set(path: Path, buffer: bytearray | None = None) -> memoryview:
             if not count:
                 break
             read += count
-    raw = view[:read]
+    return data_set_of(view[:read], path.name)
+
+
+def data_set_of(part10, name: str = "the file") -> memoryview:
+    """What follows the preamble and file meta of a whole Part 10 file in memory (a view, no copy)."""
+    raw = memoryview(part10)
     if raw[128:132] != b"DICM" or raw[132:136] != b"\x02\x00\x00\x00" or raw[136:138] != b"UL":
-        raise ValueError(f"{path.name}: no File Meta Information Group Length")
+        raise ValueError(f"{name}: no File Meta Information Group Length")
     (group_length,) = struct.unpack("<L", raw[140:144])
     return raw[144 + group_length :]
 
@@ -308,7 +313,7 @@ def _pause_loop(assoc) -> None:
 
 def send_c_store(
     assoc,
-    payload: Path | Dataset,
+    payload: Path | Dataset | memoryview,
     *,
     transfer_syntax: str,
     sop_class: str,
@@ -318,7 +323,8 @@ def send_c_store(
     originator_aet: str | None = None,
     originator_id: int | None = None,
 ) -> tuple[int | None, str]:
-    """Send a stored file as it is encoded (a Path) or a data set encoded in ``transfer_syntax``.
+    """Send a stored file as it is encoded (a Path), a whole Part 10 file in memory (bytes, a memoryview:
+    its data set as encoded there) or a data set encoded in ``transfer_syntax``.
 
     Returns the response's (Status, Error Comment); (None, "") when no valid response
     came (none within the DIMSE timeout, or one that answers another request), the
@@ -336,6 +342,8 @@ def send_c_store(
         data_set = encode(payload, ts.is_implicit_VR, ts.is_little_endian, ts.is_deflated)
         if data_set is None:
             raise ValueError(f"{sop_instance} cannot be encoded in {ts.name}")
+    elif isinstance(payload, bytes | bytearray | memoryview):
+        data_set = data_set_of(payload, sop_instance)
     else:
         buffer = getattr(assoc, "imaging_read_buffer", None)
         if buffer is None:

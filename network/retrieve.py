@@ -9,7 +9,8 @@ Which instances an identifier names is ``network.query.retrieve_instances``.
   yields an ``Outgoing`` (SOP Class/Instance UIDs only); the association's
   ``send_c_store`` is wrapped to turn it into the stored file itself (sent as
   stored, from disk to socket) or the decompressed data set, whichever the peer
-  accepted, and to count what was sent in the association's session.
+  accepted, and to count what was sent in the association's session. A file whose
+  correction's rewrite is pending goes out corrected, from memory (``scu.payload``).
 """
 
 import logging

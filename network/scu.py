@@ -5,6 +5,7 @@ are thin shells around them. We always associate with our own AE title
 (DICOM_AE_TITLE) as calling AE and the node's AE title as called AE.
 """
 
+import io
 import logging
 import threading
 import time
@@ -19,7 +20,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import Verification
 
-from imaging import storage
+from imaging import rewrite, storage
 from network import fastsend, reactor, sendguard
 from network.models import ModalityNode, SendJob
 
@@ -158,21 +159,27 @@ class CannotSend(Exception):
 
 
 def payload(instance, accepted: set[str]):
-    """What to give ``send_c_store`` for a stored instance: its path (sent as stored) or a data set.
+    """What to give ``send_c_store`` for a stored instance: its path (sent as stored), the corrected
+    file in memory (a memoryview of a whole Part 10 file, in the stored syntax) or a data set.
 
     The path when the peer accepts the stored transfer syntax (the bytes go from disk
     to the socket, never decoded); otherwise the decompressed data set, which
-    pynetdicom encodes in Explicit or Implicit VR Little Endian. Raises ``CannotSend``.
+    pynetdicom encodes in Explicit or Implicit VR Little Endian. An instance marked
+    by ``rewrite.mark_pending`` (``corrected_at`` set: a correction's job has not
+    rewritten its file yet) goes out with the corrected values, either way. Raises
+    ``CannotSend``.
     """
     path = storage.absolute(instance.file_path)
     if not path.is_file():
         raise CannotSend(f"file missing: {instance.file_path}")
     stored_ts = UID(instance.transfer_syntax_uid)
-    if stored_ts in accepted:
-        return path
-    if not accepted & set(UNCOMPRESSED):
+    if stored_ts not in accepted and not accepted & set(UNCOMPRESSED):
         raise CannotSend(f"the node accepts neither {stored_ts.name} nor an uncompressed syntax for this SOP class")
-    ds = pydicom.dcmread(path)
+    at = getattr(instance, "corrected_at", None)
+    corrected = rewrite.outgoing_file(instance.pk, at=at) if at is not None else None
+    if stored_ts in accepted:
+        return path if corrected is None else corrected
+    ds = pydicom.dcmread(path if corrected is None else io.BytesIO(corrected))
     if stored_ts.is_compressed:
         # The same instance in another encoding, so the same SOP Instance UID; the result
         # is Explicit VR Little Endian, which pynetdicom converts to Implicit if need be.
@@ -221,6 +228,8 @@ def send_stored(assoc, instance, **kwargs) -> StoreResult:
 
 def _pynetdicom_send(assoc, instance, data, **kwargs) -> StoreResult:
     """pynetdicom's C-STORE, and a check that the response it took answers this request."""
+    if isinstance(data, memoryview):  # a corrected file: pynetdicom sends a path or a data set
+        data = pydicom.dcmread(io.BytesIO(data))
     received = sendguard.watch_responses(assoc)
     received.clear()
     rsp = assoc.send_c_store(data, **kwargs)
@@ -286,6 +295,7 @@ def send_study(study_id: int, node_id: int, job_id: int, timeout: float | None =
     job.total = len(instances)
     job.save()
     try:
+        rewrite.mark_pending(instances)  # one query: which go out corrected, their files not rewritten yet
         node = ModalityNode.objects.get(pk=node_id)
         for batch in _context_batches({(i.sop_class_uid, i.transfer_syntax_uid) for i in instances}):
             ae = _ae(timeout)

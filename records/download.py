@@ -141,14 +141,7 @@ def _corrected(entry: Entry) -> io.BytesIO | None:
     """The file with the corrected values while its rewrite is pending, None when the stored file is right."""
     if entry.corrected_at is None:
         return None
-    instance = Instance.objects.select_related("series__study__patient").filter(pk=entry.instance_id).first()
-    if instance is None:
-        return None
-    try:
-        data = rewrite.corrected_bytes(instance, at=entry.corrected_at)
-    except Exception:  # a file the rewrite cannot read goes out as stored, as the job will record it
-        log.warning("ZIP download: %s sent as stored, its correction failed", entry.path, exc_info=True)
-        return None
+    data = rewrite.outgoing_file(entry.instance_id, at=entry.corrected_at)
     return io.BytesIO(data) if data is not None else None
 
 

@@ -12,13 +12,14 @@ reading) with BulkDataURIs back to this server as the client sees it.
 
 import io
 import logging
+import uuid
 
 import pydicom
 from django.http import StreamingHttpResponse
 from pydicom.pixels import get_decoder
 from pydicom.uid import UID
 
-from imaging import dicomfile
+from imaging import dicomfile, rewrite
 from network.dicomweb import base, formatter, frames, metacache, multipart
 
 log = logging.getLogger(__name__)
@@ -65,9 +66,15 @@ def choose_syntax(stored: str, accepted: list[str | None]) -> str | None:
 
 
 def transcode(path) -> bytes:
-    """A stored file as Explicit VR Little Endian, pixels decoded: one instance in memory, not a study."""
-    dicomfile.check_inflated_size(path)  # a deflate bomb raises here, in bounded memory
-    ds = pydicom.dcmread(path, force=True)
+    """A stored file as Explicit VR Little Endian, pixels decoded: one instance in memory, not a study.
+
+    ``path`` may be a whole file in memory (a corrected one, read whole by pydicom already).
+    """
+    if isinstance(path, memoryview):
+        ds = pydicom.dcmread(io.BytesIO(path), force=True)
+    else:
+        dicomfile.check_inflated_size(path)  # a deflate bomb raises here, in bounded memory
+        ds = pydicom.dcmread(path, force=True)
     if ds.file_meta.TransferSyntaxUID.is_compressed:
         ds.decompress(generate_instance_uid=False)  # lossless: the same instance
     ds.file_meta.TransferSyntaxUID = base.EXPLICIT_VR_LITTLE_ENDIAN
@@ -91,11 +98,13 @@ def _instance_parts(request, found, syntaxes):
             instance.series.series_instance_uid,
             instance.sop_instance_uid,
         )
+        # Its rewrite pending (rewrite.mark_pending): the file with the corrected values, from memory.
+        corrected = _corrected(instance)
         if syntax == instance.transfer_syntax_uid:
-            chunks = file_chunks(path)
+            chunks = file_chunks(path) if corrected is None else [corrected]
         else:
             try:
-                chunks = [transcode(path)]
+                chunks = [transcode(path if corrected is None else corrected)]
             except Exception:
                 # Too late for a status: the instance is left out, and the log says why.
                 log.exception("WADO-RS: %s could not be transcoded; left out of the response", path)
@@ -103,12 +112,18 @@ def _instance_parts(request, found, syntaxes):
         yield multipart.Part(f"application/dicom; transfer-syntax={syntax}", chunks, location)
 
 
+def _corrected(instance) -> memoryview | None:
+    """The corrected file of an instance ``rewrite.mark_pending`` marked, None to serve the stored file."""
+    at = getattr(instance, "corrected_at", None)
+    return rewrite.outgoing_file(instance.pk, at=at) if at is not None else None
+
+
 def retrieve(request, study, series=None, sop=None):
     accept = request.headers.get("Accept")
     accepted = accepted_syntaxes(accept)
     if not accepted:
         raise base.not_acceptable(accept, 'multipart/related; type="application/dicom"')
-    found = base.instances(study, series, sop, fields=_INDEX_FIELDS)
+    found = rewrite.mark_pending(base.instances(study, series, sop, fields=_INDEX_FIELDS))
     base.record(request, study, base.Action.WADO_RETRIEVE)
     # A file removed behind the index's back is left out (and logged), not a broken stream.
     present = [i for i in found if base.path_of(i).is_file()]
@@ -150,7 +165,9 @@ def _tag_path(path: list[int]) -> str:
 def instance_metadata_json(request, instance) -> bytes:
     """The dicom+json of one instance's header, as UTF-8 text; BulkDataURIs to its bulkdata; NumberOfFrames always.
 
-    From the metadata cache (metacache) while the stored file has not changed.
+    From the metadata cache (metacache) while the stored file has not changed; an
+    instance whose rewrite is pending (``rewrite.mark_pending``) from its corrected file,
+    never cached: the entry would carry the old file's stamp and outlive the correction.
     """
     url = base.instance_url(
         request,
@@ -159,11 +176,17 @@ def instance_metadata_json(request, instance) -> bytes:
         instance.sop_instance_uid,
     )
     path = base.path_of(instance)
-    cut = metacache.fragments(instance.file_path, str(path), lambda slot: _build_metadata(instance, path, slot))
+    corrected = _corrected(instance)
+    if corrected is not None:
+        slot = uuid.uuid4().hex
+        cut = metacache.fragments_of(_build_metadata(instance, corrected, slot), slot)
+    else:
+        cut = metacache.fragments(instance.file_path, str(path), lambda slot: _build_metadata(instance, path, slot))
     return url.encode().join(cut)
 
 
 def _build_metadata(instance, path, url: str) -> dict:
+    """``path``: the stored file, or a whole file in memory."""
     header = dicomfile.read_header(path)
     out = formatter.dataset(header.ds, lambda tags: f"{url}/bulkdata/{_tag_path(tags)}")
     if header.pixel_tag is not None:  # the reader stopped before it: referenced, never read
@@ -205,7 +228,7 @@ def metadata(request, study, series=None, sop=None):
         for r in multipart.parse_accept(accept)
     ):
         raise base.not_acceptable(accept, base.DICOM_JSON)
-    found = base.instances(study, series, sop, fields=_METADATA_FIELDS)
+    found = rewrite.mark_pending(base.instances(study, series, sop, fields=_METADATA_FIELDS))
     base.record(request, study, base.Action.WADO_METADATA)
     return StreamingHttpResponse(_metadata_chunks(request, found), content_type=base.DICOM_JSON)
 

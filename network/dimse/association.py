@@ -2,6 +2,7 @@
 
 import logging
 
+from imaging import rewrite
 from network import access, query, retrieve
 
 log = logging.getLogger(__name__)
@@ -32,9 +33,10 @@ def permitted(event, service: str, permission: str) -> bool:
 def requested_instances(event, service: str) -> tuple[list | None, tuple[int, str] | None]:
     """What a C-MOVE or C-GET request retrieves: ``(instances, None)``, or ``(None, (status, reason))``.
 
-    A refusal is logged and counted in the session: the node lacks may_retrieve
-    (0x0124), the identifier names nothing we can select (0xA900), cannot be
-    decoded (0xC000), or the database failed (0xA701).
+    The instances are marked by ``rewrite.mark_pending``. A refusal is logged and
+    counted in the session: the node lacks may_retrieve (0x0124), the identifier
+    names nothing we can select (0xA900), cannot be decoded (0xC000), or the
+    database failed (0xA701).
     """
     if not permitted(event, service, "may_retrieve"):
         return None, (access.NOT_AUTHORIZED, "the node lacks may_retrieve")
@@ -45,7 +47,9 @@ def requested_instances(event, service: str) -> tuple[list | None, tuple[int, st
             identifier = event.identifier
         except Exception as exc:  # pynetdicom decodes it on first access
             raise query.QueryError(query.UNABLE_TO_PROCESS, f"identifier cannot be decoded: {exc}") from exc
-        return query.retrieve_instances(identifier, model=model), None
+        instances = query.retrieve_instances(identifier, model=model)
+        # One query for the retrieve: which go out corrected, their files not rewritten yet (scu.payload).
+        return rewrite.mark_pending(instances), None
     except query.QueryError as exc:
         refusal = exc.status, exc.reason
         log.warning("%s from %s refused (0x%04X): %s", service, calling_ae, exc.status, exc.reason)
