@@ -1,6 +1,6 @@
 """A correction against the running system: storescu sends a CT, the front desk corrects the name,
 the real worker rewrites every file, findscu answers the new values, and a slice re-sent with the old
-name is indexed and rewritten with the corrected one."""
+name is indexed and rewritten with the corrected one, which C-FIND and WADO-RS answer."""
 
 import pydicom
 import pytest
@@ -9,6 +9,8 @@ from imaging import storage
 from records import demographics
 from records.models import Instance, Patient, RewriteJob
 from tests import dicomgen, procs
+from tests.conftest import runserver
+from tests.test_dicomweb_wado import dicomweb_client
 from tests.test_find_e2e import findscu
 from tests.test_ingest_e2e import storescu, wait_indexed
 
@@ -68,3 +70,16 @@ def test_a_correction_reaches_every_file_c_find_and_a_late_resend(system, tmp_pa
     assert Patient.objects.get(patient_id="E2E-ZW").name == NEW_NAME
     result, responses = findscu(system.port, tmp_path, "QueryRetrieveLevel=STUDY", "PatientID=E2E-ZW", "PatientName")
     assert [str(r.PatientName) for r in responses] == [NEW_NAME]
+    # WADO-RS (dicomweb-client, as a viewer asks) serves the re-sent slice corrected too.
+    with runserver(system.logs, "runserver-late") as web:
+        client = dicomweb_client(web, "Doctor", username="late-doctor")
+        meta = client.retrieve_instance_metadata(
+            slices[0].StudyInstanceUID, slices[0].SeriesInstanceUID, slices[0].SOPInstanceUID
+        )
+        instance = client.retrieve_instance(
+            slices[0].StudyInstanceUID, slices[0].SeriesInstanceUID, slices[0].SOPInstanceUID
+        )
+    assert meta["00100010"]["Value"] == [{"Alphabetic": "Zhang^Wei", "Ideographic": "张^伟"}]
+    assert meta["00100030"]["Value"] == ["19790308"]
+    assert str(instance.PatientName) == NEW_NAME
+    assert instance.SOPInstanceUID == slices[0].SOPInstanceUID
