@@ -116,36 +116,30 @@ def start_scp(env: dict, logs: Path, name: str = "runscp", ae_title: str = "IMAG
     return proc, port
 
 
+def start_worker(env: dict, log: Path, name: str, *, concurrency: int = 2, beat_schedule: Path | None = None):
+    """A Celery worker (with beat when ``beat_schedule`` is given), once it says it is ready."""
+    beat = ["-B", "-s", str(beat_schedule)] if beat_schedule else []
+    worker = procs.start(
+        [sys.executable, "-m", "celery", "-A", "imaging", "worker", *beat, "-c", str(concurrency), "-l", "info"]
+        + ["--without-mingle", "--without-gossip", "--without-heartbeat", "-n", f"{name}@%h"],
+        env,
+        log,
+    )
+    try:
+        procs.wait_for(
+            lambda: "ready." in log.read_text(errors="replace") or worker.poll() is not None, 60, "the Celery worker"
+        )
+    except TimeoutError:
+        procs.stop(worker)
+        raise
+    assert worker.poll() is None, log.read_text()
+    return worker
+
+
 @pytest.fixture(scope="session")
 def pipeline(django_db_setup, django_db_blocker, redis_url, logs_dir):
     env = service_env(redis_url)
-    worker = procs.start(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "imaging",
-            "worker",
-            "-c",
-            "2",
-            "-l",
-            "info",
-            "--without-mingle",
-            "--without-gossip",
-            "--without-heartbeat",
-            "-n",
-            "test@%h",
-        ],
-        env,
-        logs_dir / "worker.log",
-    )
-    procs.wait_for(
-        lambda: "ready." in (logs_dir / "worker.log").read_text(errors="replace") or worker.poll() is not None,
-        60,
-        "the Celery worker",
-    )
-    assert worker.poll() is None, (logs_dir / "worker.log").read_text()
+    worker = start_worker(env, logs_dir / "worker.log", "test")
     try:
         scp, port = start_scp(env, logs_dir)
     except BaseException:

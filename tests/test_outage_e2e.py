@@ -6,7 +6,6 @@ runscp, and a Celery worker with beat, driven by DCMTK's storescu.
 
 import re
 import shutil
-import sys
 import time
 
 import pydicom
@@ -16,7 +15,7 @@ from imaging import storage
 from network.models import ModalityNode
 from records.models import Instance
 from tests import dicomgen, procs
-from tests.conftest import service_env, start_scp
+from tests.conftest import service_env, start_scp, start_worker
 
 pytestmark = pytest.mark.e2e
 
@@ -61,37 +60,8 @@ def test_images_stored_during_a_broker_outage_are_indexed_from_the_spool(transac
     redis = start_redis(port, logs_dir)
     started = [redis]
     try:
-        worker = procs.start(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "imaging",
-                "worker",
-                "-B",
-                "-s",
-                str(tmp_path / "celerybeat-schedule"),
-                "-c",
-                "1",
-                "-l",
-                "info",
-                "--without-mingle",
-                "--without-gossip",
-                "--without-heartbeat",
-                "-n",
-                "outage@%h",
-            ],
-            env,
-            worker_log,
-        )
+        worker = start_worker(env, worker_log, "outage", concurrency=1, beat_schedule=tmp_path / "celerybeat-schedule")
         started.append(worker)
-        procs.wait_for(
-            lambda: "ready." in worker_log.read_text(errors="replace") or worker.poll() is not None,
-            60,
-            "the Celery worker",
-        )
-        assert worker.poll() is None, worker_log.read_text()
         scp, scp_port = start_scp(env, logs_dir, name="runscp-outage")
         started.append(scp)
 
