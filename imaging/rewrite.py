@@ -23,8 +23,10 @@ at a time:
   twice, or resuming one killed between writing a file and marking it done, changes
   nothing: each file is corrected exactly once.
 
-One file is in memory at a time (read whole by pydicom, written to a buffer, renamed
-into place).
+One file is in memory at a time (read whole by pydicom, written to a buffer and to its
+temporary file). Files are renamed into place ``REWRITE_GROUP_FILES`` at a time, their
+fsyncs overlapping (storage.GroupCommit); a job holds a lease (``lease_name``) so that
+one worker runs it at a time, and ``resume_pending`` carries on the jobs of a killed one.
 """
 
 import datetime as dt
