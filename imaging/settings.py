@@ -291,6 +291,10 @@ STORAGE_MIN_FREE_MB = envint("STORAGE_MIN_FREE_MB", 1024)
 DICOM_UID_CONFLICT_POLICY = envstr("DICOM_UID_CONFLICT_POLICY", "reject")
 if DICOM_UID_CONFLICT_POLICY not in ("reject", "replace"):
     raise ImproperlyConfigured(f"DICOM_UID_CONFLICT_POLICY={DICOM_UID_CONFLICT_POLICY!r}: use reject or replace")
+# Index a batch of stored files in one transaction with bulk inserts of the
+# instances (imaging/ingest.py, docs/fastindex.md); 0 writes each instance in a
+# transaction of its own, as before. Same rows either way.
+INGEST_BULK = envbool("INGEST_BULK", True)
 
 # --- STOW-RS (network/dicomweb/stow.py) -------------------------------------------
 # Largest STOW-RS request body, all parts together, in bytes; beyond it the request
