@@ -1,17 +1,18 @@
 """CPU the indexer spends per image, in-process: ``ingest.index_files`` on generated small files.
 
-    nice -n 19 .venv/bin/python bench/index_cpu.py [--small 1000] [--batch 64] [--rounds 3] \
+    nice -n 19 .venv/bin/python bench/index_cpu.py [--small 1000 | --ct 300] [--batch 64] [--rounds 3] \
         [--profile out.prof] [--env VAR=value ...]
 
 In a temporary directory (its own STORAGE_DIR and a fresh SQLite database,
 ``manage.py migrate``) it writes ``--small`` 64x64 MR images as bench/ingest.py
-generates them (studies of 2 series of 5), stored where the SCP would store them,
+generates them (studies of 2 series of 5), or with ``--ct`` a series of that many
+512x512 CT slices (512 KB each) as it generates them, stored where the SCP would store them,
 and indexes them in batches of ``--batch`` paths (the SCP's hand-off sends at most
 64 per task), as the worker's task does, without Celery. Each round uses fresh
 UIDs (new rows, as in the benchmark), and a second pass over the same files
 (re-sends: nothing changes). It prints CPU seconds (process time: this process
 does the SQLite work too) and wall milliseconds per image, the median of the rounds.
-With ``--profile``, the first round runs under cProfile and the stats are written
+With ``--profile``, the last round runs under cProfile and the stats are written
 there (``python -m pstats out.prof``). ``--env`` sets settings before Django starts
 (e.g. ``--env INGEST_BULK=0`` for the slow path).
 """
@@ -32,6 +33,7 @@ sys.path.insert(0, str(REPO))
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--small", type=int, default=1000)
+    p.add_argument("--ct", type=int, default=0, help="slices of one CT series instead of small images")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--profile")
@@ -62,8 +64,8 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def generate(work: Path, count: int, tag: str) -> list[str]:
-    """``count`` small images stored at their instance paths; returns the relative paths."""
+def generate(work: Path, count: int, tag: str, ct: bool = False) -> list[str]:
+    """``count`` small images (or CT slices) stored at their instance paths; returns the relative paths."""
     import numpy as np
     import pydicom
 
@@ -71,7 +73,11 @@ def generate(work: Path, count: int, tag: str) -> list[str]:
     from imaging import storage
 
     src = work / f"gen-{tag}"
-    bench_ingest.write_small(src, bench_ingest.mr_images(count, 64, np.random.default_rng(0)), count, 64, 1, tag, 5, 2)
+    rng = np.random.default_rng(0)
+    if ct:
+        bench_ingest.write_ct(src, bench_ingest.ct_phantom(count, rng), 1, tag)
+    else:
+        bench_ingest.write_small(src, bench_ingest.mr_images(count, 64, rng), count, 64, 1, tag, 5, 2)
     relpaths = []
     for path in sorted(src.rglob("*.dcm")):
         uid = str(pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).SOPInstanceUID)
@@ -101,12 +107,14 @@ def run(work: Path, args) -> None:
 
     from records.models import Instance
 
-    print(f"database {settings.DATABASES['default']['ENGINE']}, {args.small} images, batches of {args.batch}")
+    count = args.ct or args.small
+    what = f"{count} CT slices" if args.ct else f"{count} small images"
+    print(f"database {settings.DATABASES['default']['ENGINE']}, {what}, batches of {args.batch}")
     new, again = [], []
     for r in range(args.rounds):
-        relpaths = generate(work, args.small, f"r{r}")
+        relpaths = generate(work, count, f"r{r}", ct=bool(args.ct))
         profiler = None
-        if args.profile and r == 0:
+        if args.profile and r == args.rounds - 1:
             import cProfile
 
             profiler = cProfile.Profile()
