@@ -685,21 +685,22 @@ def refresh_counts(*, series_ids=(), study_ids=()) -> None:
             .values_list("pk", "study_id", "modality", "n", "number_of_instances")
         )
         per_study: dict[int, list] = {pk: [] for (pk,) in locked}
-        drifted = []
+        # One UPDATE per distinct new value, not per row: a batch of small studies changes
+        # a dozen series at once, most of them to the same count (bulk_update's CASE costs more).
+        drifted: dict[int, list[int]] = {}
         for pk, study_id, modality, n, stored in rows:
             per_study[study_id].append((modality, n))
             if n != stored:
-                drifted.append(Series(pk=pk, number_of_instances=n))
-        # One UPDATE for all (a batch of small studies changes a dozen series at once).
-        Series.objects.bulk_update(drifted, ["number_of_instances"])
+                drifted.setdefault(n, []).append(pk)
+        for n, pks in drifted.items():
+            Series.objects.filter(pk__in=pks).update(number_of_instances=n)
         current = {
             pk: (ns, ni, mods)
             for pk, ns, ni, mods in Study.objects.filter(pk__in=per_study).values_list(
                 "pk", "number_of_series", "number_of_instances", "modalities_in_study"
             )
         }
-        now = timezone.now()
-        changed = []
+        changed: dict[tuple, list[int]] = {}
         for study_id, series in per_study.items():
             counts = (
                 len(series),
@@ -707,18 +708,15 @@ def refresh_counts(*, series_ids=(), study_ids=()) -> None:
                 "\\".join(sorted({m for m, _ in series if m}))[:200],
             )
             if current.get(study_id) != counts:
-                changed.append(
-                    Study(
-                        pk=study_id,
-                        number_of_series=counts[0],
-                        number_of_instances=counts[1],
-                        modalities_in_study=counts[2],
-                        updated_at=now,
-                    )
-                )
-        Study.objects.bulk_update(
-            changed, ["number_of_series", "number_of_instances", "modalities_in_study", "updated_at"]
-        )
+                changed.setdefault(counts, []).append(study_id)
+        now = timezone.now()
+        for counts, pks in changed.items():
+            Study.objects.filter(pk__in=pks).update(
+                number_of_series=counts[0],
+                number_of_instances=counts[1],
+                modalities_in_study=counts[2],
+                updated_at=now,
+            )
 
 
 # What upsert and upsert_batch read of an instance already held.
