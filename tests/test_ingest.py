@@ -8,7 +8,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from pydicom.uid import generate_uid
 
-from imaging import ingest, storage
+from imaging import dicomfile, ingest, storage
 from records.models import IndexingFailure, Instance, Patient, Series, Study, name_keys
 from tests import dicomgen
 
@@ -176,6 +176,23 @@ def test_a_batch_takes_a_handful_of_queries_in_bulk(tmp_path, ingest_bulk):
     else:
         # A transaction (a savepoint here) and a query or more of each instance.
         assert len(new) > 4 * 40 and len(again) > 3 * 40
+
+
+def test_a_plain_file_meta_is_read_in_one_pass_and_anything_else_goes_the_careful_way(tmp_path):
+    ds = make(tmp_path)
+    data = storage.absolute(stored(ds)).read_bytes()
+    assert dicomfile.plain_transfer_syntax(data[:4096]) == ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+    # Deflated (inflated in bounded memory by dicomfile, never by pydicom), no preamble,
+    # a file meta longer than what was read, a non-standard VR: not plain.
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
+    ds.save_as(tmp_path / "deflated.dcm", enforce_file_format=True)
+    assert dicomfile.plain_transfer_syntax((tmp_path / "deflated.dcm").read_bytes()[:4096]) is None
+    assert dicomfile.read_header(tmp_path / "deflated.dcm").inflated_size > 0  # inflated by dicomfile
+    assert dicomfile.plain_transfer_syntax(data[132:4096]) is None
+    assert dicomfile.plain_transfer_syntax(data[:150]) is None
+    assert dicomfile.plain_transfer_syntax(data[:136] + b"ZZ" + data[138:4096]) is None
+    header = dicomfile.read_header(storage.absolute(storage.instance_relpath(ds.SOPInstanceUID)))
+    assert header.dicm and header.pixel_tag == 0x7FE00010 and header.ds.SOPInstanceUID == ds.SOPInstanceUID
 
 
 @pytest.mark.parametrize("missing", ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"])
