@@ -676,15 +676,20 @@ def refresh_counts(*, series_ids=(), study_ids=()) -> None:
     if not study_ids:
         return
     with transaction.atomic():
-        locked = list(
-            Study.objects.select_for_update(no_key=True).filter(pk__in=study_ids).order_by("pk").values_list("pk")
-        )
+        # The locks and the counts as they stand, in one query.
+        current = {
+            pk: (ns, ni, mods)
+            for pk, ns, ni, mods in Study.objects.select_for_update(no_key=True)
+            .filter(pk__in=study_ids)
+            .order_by("pk")
+            .values_list("pk", "number_of_series", "number_of_instances", "modalities_in_study")
+        }
         rows = list(
-            Series.objects.filter(study_id__in=[pk for (pk,) in locked])
+            Series.objects.filter(study_id__in=list(current))
             .annotate(n=Count("instances"))
             .values_list("pk", "study_id", "modality", "n", "number_of_instances")
         )
-        per_study: dict[int, list] = {pk: [] for (pk,) in locked}
+        per_study: dict[int, list] = {pk: [] for pk in current}
         # One UPDATE per distinct new value, not per row: a batch of small studies changes
         # a dozen series at once, most of them to the same count (bulk_update's CASE costs more).
         drifted: dict[int, list[int]] = {}
@@ -694,12 +699,6 @@ def refresh_counts(*, series_ids=(), study_ids=()) -> None:
                 drifted.setdefault(n, []).append(pk)
         for n, pks in drifted.items():
             Series.objects.filter(pk__in=pks).update(number_of_instances=n)
-        current = {
-            pk: (ns, ni, mods)
-            for pk, ns, ni, mods in Study.objects.filter(pk__in=per_study).values_list(
-                "pk", "number_of_series", "number_of_instances", "modalities_in_study"
-            )
-        }
         changed: dict[tuple, list[int]] = {}
         for study_id, series in per_study.items():
             counts = (
