@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.db import IntegrityError, OperationalError, transaction
+from django.db import IntegrityError, OperationalError, connection, transaction
 from django.db.models import Count, F
 from django.utils import timezone
 from pydicom.dataset import Dataset
@@ -744,6 +744,8 @@ def upsert_batch(items: list[Parsed], cache: RowCache) -> list[Indexed | None] |
     inserted one of its rows meanwhile, or a value the database refuses): the caller
     then indexes the batch one instance at a time, which says which file is at fault.
     """
+    if not connection.features.can_return_rows_from_bulk_insert:
+        return None  # the new rows' pks are needed (SQLite 3.35+ and PostgreSQL give them)
     results: list[Indexed | None] = [None] * len(items)
     try:
         with transaction.atomic():
