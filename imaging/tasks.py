@@ -29,13 +29,14 @@ def _pending_key(series_id: int) -> str:
     return f"imaging:thumbnail-pending:{series_id}"
 
 
-def schedule_thumbnails(series_ids) -> None:
+def schedule_thumbnails(series_ids) -> list[int]:
     """Queue one thumbnail render per series, a moment after its latest images; one task for them all.
 
     While a CT streams in, every indexed batch changes the series' middle image;
     rendering after each would waste the worker. One render is pending per series
     at a time; a batch indexed after it started schedules the next. The series of a
-    batch not pending yet go in one task (a batch of small studies names a dozen).
+    batch not pending yet go in one task (a batch of small studies names a dozen);
+    returns them.
     """
     series_ids = sorted(set(series_ids))
     due = series_ids
@@ -48,6 +49,7 @@ def schedule_thumbnails(series_ids) -> None:
         log.warning("cannot debounce thumbnails (Redis unreachable); rendering anyway")
     if due:
         make_thumbnails.apply_async((due,), countdown=settings.THUMBNAIL_DELAY_SECONDS)
+    return due
 
 
 def _index_backlog() -> int:

@@ -178,6 +178,40 @@ def test_a_batch_takes_a_handful_of_queries_in_bulk(tmp_path, ingest_bulk):
         assert len(new) > 4 * 40 and len(again) > 3 * 40
 
 
+@pytest.fixture
+def own_redis_db(settings, redis_url):
+    """tasks._redis() on a database of the session's Redis that no test worker reads (Celery still publishes on 0)."""
+    from imaging import tasks
+
+    settings.CELERY_BROKER_URL = redis_url.rsplit("/", 1)[0] + "/7"
+    tasks._redis.cache_clear()
+    tasks._redis().flushdb()
+    yield tasks._redis()
+    tasks._redis().flushdb()
+    tasks._redis.cache_clear()
+
+
+def test_a_batch_queues_one_thumbnail_task_and_it_waits_while_indexing_is_queued(tmp_path, settings, own_redis_db):
+    from imaging import tasks
+
+    done, _ = ingest.index_files(small_batch(tmp_path, 1))
+    series_ids = sorted({i.series_id for i in done})
+
+    assert tasks.schedule_thumbnails(i.series_id for i in done) == series_ids  # one task for both
+    assert tasks.schedule_thumbnails(i.series_id for i in done) == []  # still pending: nothing more
+
+    # An indexing batch waits in the queue: the thumbnails wait too (queued again).
+    own_redis_db.lpush(tasks.make_thumbnails.app.conf.task_default_queue, "an indexing batch")
+    assert tasks.make_thumbnails(series_ids) == {"deferred": 2}
+    assert not Series.objects.exclude(thumbnail="").exists()
+    # Waited THUMBNAIL_MAX_DEFER_SECONDS in all: rendered anyway, no longer pending.
+    assert tasks.make_thumbnails(series_ids, settings.THUMBNAIL_MAX_DEFER_SECONDS) == {"made": 2}
+    assert Series.objects.exclude(thumbnail="").count() == 2
+    assert not own_redis_db.exists(*[tasks._pending_key(pk) for pk in series_ids])
+    own_redis_db.delete(tasks.make_thumbnails.app.conf.task_default_queue)
+    assert tasks.make_thumbnails(series_ids) == {"made": 2}  # nothing queued: at once
+
+
 def test_a_plain_file_meta_is_read_in_one_pass_and_anything_else_goes_the_careful_way(tmp_path):
     ds = make(tmp_path)
     data = storage.absolute(stored(ds)).read_bytes()
