@@ -354,6 +354,25 @@ def http_json(url: str, timeout: float = 5.0):
         return json.loads(response.read())
 
 
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of a process, its live descendants and the children they reaped (user + system)."""
+    total = 0.0
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += sum(int(f) for f in fields[11:15]) / TICK
+            for task in Path(f"/proc/{current}/task").iterdir():
+                pending += [int(c) for c in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # ended meanwhile
+    return total
+
+
 def count_files(directory: Path, suffix: str = "") -> int:
     n = 0
     for _dirpath, _dirnames, filenames in os.walk(directory):
@@ -467,6 +486,10 @@ class Ours(Receiver):
     def stored_count(self) -> int:
         return count_files(self.storage, ".dcm")
 
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds so far of the Celery worker (all its processes) and of runscp (with its associations')."""
+        return {"worker": tree_cpu(self.worker.pid), "scp": tree_cpu(self.scp.pid)}
+
     def expect(self, series_uids: set[str]) -> None:
         self._db.execute("DELETE FROM want_series")
         self._db.executemany("INSERT INTO want_series (uid) VALUES (?)", [(u,) for u in series_uids])
@@ -549,6 +572,7 @@ def run_case(receiver: Receiver, parts: list[Path], n_images: int, series_uids: 
     before = receiver.stored_count()
     if receiver.indexes:
         receiver.expect(series_uids)
+    cpu_before = receiver.cpu() if hasattr(receiver, "cpu") else {}
     env = {**os.environ, **CLIENT_ENV}
     ended: dict[int, float] = {}
     procs = []
@@ -576,7 +600,7 @@ def run_case(receiver: Receiver, parts: list[Path], n_images: int, series_uids: 
     for t in threads:
         t.start()
 
-    indexed_at = None
+    indexed_at = findable_at = None
     state = (0, 0, 0)
     deadline = t0 + timeout
     while True:
@@ -584,6 +608,8 @@ def run_case(receiver: Receiver, parts: list[Path], n_images: int, series_uids: 
         if receiver.indexes and indexed_at is None:
             state = receiver.index_state()
             instances, series, with_thumb = state
+            if findable_at is None and instances >= n_images:
+                findable_at = time.monotonic()  # C-FIND and the study list see every image
             if instances >= n_images and series == len(series_uids) and with_thumb == series:
                 indexed_at = time.monotonic()
         if senders_done and (indexed_at is not None or not receiver.indexes):
@@ -620,6 +646,12 @@ def run_case(receiver: Receiver, parts: list[Path], n_images: int, series_uids: 
             result["indexed_seconds"] = indexed_at - t0
             result["indexed_ips"] = n_images / (indexed_at - t0)
             result["index_delay"] = max(indexed_at - t_sent, 0.0)
+            result["findable_ips"] = n_images / (findable_at - t0)
+            result["findable_delay"] = max(findable_at - t_sent, 0.0)
+    if cpu_before:
+        # Per image, until indexed (thumbnails included): what each process spent on it.
+        for name, seconds in receiver.cpu().items():
+            result[f"{name}_cpu_ms"] = (seconds - cpu_before[name]) * 1000 / n_images
     receiver.after_case()
     return result
 
@@ -658,7 +690,8 @@ def report(summary: dict, receivers: list[str], cases: list[str], args) -> str:
     )
     head = f"{'case':<16}"
     if "ours" in receivers:
-        head += f"{'ours stored':>12}{'ours indexed':>13}{'idx delay s':>12}"
+        head += f"{'ours stored':>12}{'ours findable':>14}{'fnd delay s':>12}{'ours indexed':>13}{'idx delay s':>12}"
+        head += f"{'worker ms/img':>14}{'scp ms/img':>11}"
     for r in receivers:
         if r != "ours":
             head += f"{r:>10}"
@@ -675,7 +708,9 @@ def report(summary: dict, receivers: list[str], cases: list[str], args) -> str:
         ours = row.get("ours", {}).get("stored_ips")
         if "ours" in receivers:
             o = row["ours"]
-            line += f"{fmt(ours):>12}{fmt(o.get('indexed_ips')):>13}{fmt(o.get('index_delay'), '.2f'):>12}"
+            line += f"{fmt(ours):>12}{fmt(o.get('findable_ips')):>14}{fmt(o.get('findable_delay'), '.2f'):>12}"
+            line += f"{fmt(o.get('indexed_ips')):>13}{fmt(o.get('index_delay'), '.2f'):>12}"
+            line += f"{fmt(o.get('worker_cpu_ms'), '.1f'):>14}{fmt(o.get('scp_cpu_ms'), '.1f'):>11}"
         for r in receivers:
             if r != "ours":
                 line += f"{fmt(row[r].get('stored_ips')):>10}"
@@ -695,8 +730,10 @@ def report(summary: dict, receivers: list[str], cases: list[str], args) -> str:
             f"(target <= {INDEX_TARGET_SECONDS:.0f} s): {verdict}"
         )
     lines.append(
-        "stored = images / wall time of the storescu run(s); indexed = images / time until every Instance row "
-        "exists and every Series has a thumbnail; idx delay = last storescu exit -> index complete."
+        "stored = images / wall time of the storescu run(s); findable = images / time until every Instance row "
+        "exists (C-FIND sees every image); indexed = until every Series has a thumbnail too; "
+        "fnd/idx delay = last storescu exit -> that moment; ms/img = CPU time of the Celery worker's processes "
+        "and of runscp's (associations included) per image, until indexed."
     )
     return "\n".join(lines)
 
@@ -799,7 +836,12 @@ def main(argv=None) -> int:
                     runs[case][name].append(result)
                     extra = ""
                     if "indexed_ips" in result:
-                        extra = f", indexed {result['indexed_ips']:.0f}/s, delay {result['index_delay']:.2f}s"
+                        extra = (
+                            f", findable {result['findable_ips']:.0f}/s, delay {result['findable_delay']:.2f}s"
+                            f", indexed {result['indexed_ips']:.0f}/s, delay {result['index_delay']:.2f}s"
+                            f"; CPU per image: worker {result['worker_cpu_ms']:.1f} ms"
+                            f", scp {result['scp_cpu_ms']:.1f} ms"
+                        )
                     status = "ok" if not result["errors"] else "ERROR " + "; ".join(result["errors"])
                     print(
                         f"  run {rep + 1}/{args.repeat} {CASE_LABELS[case]:<15} {name:<9} "
@@ -812,7 +854,16 @@ def main(argv=None) -> int:
             case: {
                 name: {
                     key: median_of(runs[case][name], key)
-                    for key in ("stored_ips", "indexed_ips", "index_delay", "stored_seconds")
+                    for key in (
+                        "stored_ips",
+                        "findable_ips",
+                        "findable_delay",
+                        "worker_cpu_ms",
+                        "scp_cpu_ms",
+                        "indexed_ips",
+                        "index_delay",
+                        "stored_seconds",
+                    )
                 }
                 for name in args.receivers
             }

@@ -3,7 +3,7 @@
 import os
 
 from celery import Celery
-from celery.signals import worker_process_init, worker_ready
+from celery.signals import worker_init, worker_process_init, worker_ready
 
 # The one place besides settings that touches the environment: Celery's own
 # bootstrap needs to know which settings module to load.
@@ -12,6 +12,18 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "imaging.settings")
 app = Celery("imaging")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks(["imaging", "network"])
+
+
+@worker_init.connect
+def _warm_up(**kwargs):
+    """Build once, before the pool forks, what each child would build on its first image.
+
+    The pinyin syllable table behind the name search keys took each indexing child
+    about half a second on its first patient (py-spy, docs/fastindex.md).
+    """
+    from records import pinyin
+
+    pinyin.split_pinyin("warmup")
 
 
 @worker_process_init.connect

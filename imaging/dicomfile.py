@@ -146,6 +146,57 @@ def _pixel_element(fp, ds: Dataset, implicit: bool, little: bool) -> tuple[int |
     return tag, length
 
 
+# The standard VRs: a file meta element with anything else is not the plain case.
+_VRS = frozenset(
+    b"AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL UN UR US UT UV".split()
+)
+_LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ UC UN UR UT UV".split())
+_SNIFF_BYTES = 4096
+
+
+def plain_transfer_syntax(head: bytes) -> str | None:
+    """The Transfer Syntax UID of a file that starts with ``head``, when its file meta is plain; else None.
+
+    Plain: a preamble and "DICM", then group 0002 elements in Explicit VR Little
+    Endian with standard VRs, all within ``head``, the Transfer Syntax UID once and not
+    Deflated. Then pydicom's own reading finds the same transfer syntax, and the data
+    set can be read in one pass; anything else (None) goes the careful way.
+    """
+    if head[128:132] != b"DICM":
+        return None
+    pos, found = 132, None
+    while pos + 8 <= len(head):
+        group, element = struct.unpack_from("<HH", head, pos)
+        if group != 2:
+            break
+        vr = head[pos + 4 : pos + 6]
+        if vr not in _VRS:
+            return None
+        if vr in _LONG_VRS:
+            if pos + 12 > len(head):
+                return None
+            (length,) = struct.unpack_from("<L", head, pos + 8)
+            start = pos + 12
+        else:
+            (length,) = struct.unpack_from("<H", head, pos + 6)
+            start = pos + 8
+        end = start + length
+        if end > len(head):
+            return None
+        if element == 0x0010:
+            value = head[start:end]
+            if found is not None or DeflatedExplicitVRLittleEndian.encode() in value:
+                return None
+            try:
+                found = value.decode("ascii").strip("\0 ")
+            except UnicodeDecodeError:
+                return None
+        pos = end
+    else:
+        return None  # the file meta goes on past ``head`` (or the file ends within it)
+    return found or None
+
+
 def read_header(path) -> Header:
     """The data set without its pixel data, and what its pixel data element declares.
 
@@ -157,6 +208,15 @@ def read_header(path) -> Header:
     try:
         size = len(path) if in_memory else os.path.getsize(path)
         with io.BytesIO(path) if in_memory else open(path, "rb") as fp:
+            if plain_transfer_syntax(fp.read(_SNIFF_BYTES)):
+                # The common case, read in one pass (the file meta parsed once, by pydicom).
+                fp.seek(0)
+                ds = pydicom.dcmread(fp, stop_before_pixels=True, force=True, defer_size=DEFER_SIZE)
+                implicit, little = ds.original_encoding
+                tag, length = _pixel_element(fp, ds, implicit, little)
+                available = max(size - fp.tell(), 0)
+                return Header(ds, tag, length, available if tag else 0, dicm=True)
+            fp.seek(0)
             preamble = read_preamble(fp, True)
             meta = _read_file_meta_info(fp)
             transfer_syntax = str(meta.get("TransferSyntaxUID", ImplicitVRLittleEndian))

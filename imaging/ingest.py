@@ -7,12 +7,13 @@ rows, never incremented, so re-indexing can never make them drift.
 
 import dataclasses
 import datetime as dt
+import functools
 import hashlib
 import logging
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.db import IntegrityError, OperationalError, transaction
+from django.db import IntegrityError, OperationalError, connection, transaction
 from django.db.models import Count, F
 from django.utils import timezone
 from pydicom.dataset import Dataset
@@ -140,6 +141,46 @@ def index_file(
     wrong with the file (IndexingFailure's docstring lists which).
     """
     cache = cache or RowCache()
+    parsed = parse_file(
+        relpath, source_ae=source_ae, received_at=received_at, cache=cache, fallback_charset=fallback_charset
+    )
+    return parsed.finish(upsert(parsed.record, cache, source_ae=parsed.source_ae))
+
+
+@dataclass
+class Parsed:
+    """A stored file read and turned into its index rows, not written yet."""
+
+    record: "IndexRecord"
+    source_ae: str
+    problem: tuple[str, str] | None
+    coerced: bool
+
+    def finish(self, indexed: Indexed) -> Indexed:
+        """``indexed`` (the rows written) with what the file itself told."""
+        return dataclasses.replace(
+            indexed,
+            problem=self.problem,
+            sop_instance_uid=self.record.sop_uid,
+            source_ae=self.source_ae,
+            coerced=self.coerced,
+        )
+
+
+def parse_file(
+    relpath: str,
+    *,
+    source_ae: str = "",
+    received_at: dt.datetime | None = None,
+    cache: "RowCache",
+    fallback_charset: str | None = None,
+    correct: bool = True,
+) -> Parsed:
+    """Read the file stored at ``relpath`` into its index rows (see ``index_file``).
+
+    With ``correct``, the front desk's corrections are applied (``apply_corrections``);
+    without, the caller applies them (to a whole batch, after ``prefetch_corrections``).
+    """
     path = storage.absolute(relpath)
     fallbacks = [fallback_charset]
     if fallback_charset is None:
@@ -228,9 +269,8 @@ def index_file(
     record = IndexRecord(
         patient_key, patient_fields, study_uid, study_fields, series_uid, series_fields, sop_uid, instance_fields
     )
-    coerced = apply_corrections(record, cache)
-    indexed = upsert(record, cache, source_ae=source_ae)
-    return dataclasses.replace(indexed, problem=problem, sop_instance_uid=sop_uid, source_ae=source_ae, coerced=coerced)
+    coerced = apply_corrections(record, cache) if correct else False
+    return Parsed(record, source_ae, problem, coerced)
 
 
 def apply_corrections(record: "IndexRecord", cache: "RowCache") -> bool:
@@ -292,6 +332,7 @@ class RowCache:
         self._studies: dict[str, tuple[int, int, tuple[str, str]] | None] = {}
         self._fallbacks: dict[str, str | None] = {}
         self._corrections: dict[tuple, object] = {}
+        self._held: dict[tuple, dict | None] = {}
 
     def get(self, key: tuple, fields: dict) -> int | None:
         hit = self._rows.get(key)
@@ -314,6 +355,19 @@ class RowCache:
     def put_study(self, study_uid: str, study_pk: int, patient_pk: int, patient_key: tuple[str, str]) -> None:
         self._studies[study_uid] = (study_pk, patient_pk, patient_key)
 
+    _ALIAS = (
+        "patient_id",
+        "patient__patient_id",
+        "patient__issuer",
+        "patient__name",
+        "patient__name_alphabetic",
+        "patient__name_ideographic",
+        "patient__name_phonetic",
+        "patient__birth_date",
+        "patient__sex",
+    )
+    _CORRECTED = ("fields", "study__accession_number", "study__description", "study__referring_physician")
+
     def alias(self, patient_id: str, issuer: str) -> tuple[int, tuple[str, str], dict] | None:
         """(pk, (patient ID, issuer), corrected values) of the patient a corrected key leads to, or None."""
         key = ("alias", patient_id, issuer)
@@ -322,22 +376,16 @@ class RowCache:
 
             row = (
                 PatientAlias.objects.filter(dicom_patient_id=patient_id, dicom_issuer=issuer)
-                .values_list(
-                    "patient_id",
-                    "patient__patient_id",
-                    "patient__issuer",
-                    "patient__name",
-                    "patient__name_alphabetic",
-                    "patient__name_ideographic",
-                    "patient__name_phonetic",
-                    "patient__birth_date",
-                    "patient__sex",
-                )
+                .values_list(*self._ALIAS)
                 .first()
             )
-            names = ("name", "name_alphabetic", "name_ideographic", "name_phonetic", "birth_date", "sex")
-            self._corrections[key] = (row[0], (row[1], row[2]), dict(zip(names, row[3:], strict=True))) if row else None
+            self._corrections[key] = self._alias(row)
         return self._corrections[key]
+
+    @staticmethod
+    def _alias(row) -> tuple[int, tuple[str, str], dict] | None:
+        names = ("name", "name_alphabetic", "name_ideographic", "name_phonetic", "birth_date", "sex")
+        return (row[0], (row[1], row[2]), dict(zip(names, row[3:], strict=True))) if row else None
 
     def corrected_study(self, study_uid: str) -> dict:
         """{field: value} of a study's corrected fields, as the index holds them ({} for most studies)."""
@@ -345,17 +393,85 @@ class RowCache:
         if key not in self._corrections:
             from records.models import CorrectedStudy
 
-            row = (
-                CorrectedStudy.objects.filter(study_instance_uid=study_uid)
-                .values_list("fields", "study__accession_number", "study__description", "study__referring_physician")
-                .first()
-            )
-            values = {}
-            if row:
-                current = dict(zip(("accession_number", "description", "referring_physician"), row[1:], strict=True))
-                values = {field: current[field] for field in row[0] if field in current}
-            self._corrections[key] = values
+            row = CorrectedStudy.objects.filter(study_instance_uid=study_uid).values_list(*self._CORRECTED).first()
+            self._corrections[key] = self._corrected(row)
         return self._corrections[key]
+
+    @staticmethod
+    def _corrected(row) -> dict:
+        if not row:
+            return {}
+        current = dict(zip(("accession_number", "description", "referring_physician"), row[1:], strict=True))
+        return {field: current[field] for field in row[0] if field in current}
+
+    def prefetch_corrections(self, records: list["IndexRecord"]) -> None:
+        """Read what ``alias`` and ``corrected_study`` answer for a whole batch in two queries."""
+        from records.models import CorrectedStudy, PatientAlias
+
+        keys = {("alias", r.patient_key["patient_id"], r.patient_key["issuer"]) for r in records}
+        keys = [key for key in keys if key not in self._corrections]
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            for key in chunk:
+                self._corrections[key] = None
+            rows = PatientAlias.objects.filter(dicom_patient_id__in={k[1] for k in chunk}).values_list(
+                "dicom_patient_id", "dicom_issuer", *self._ALIAS
+            )
+            for patient_id, issuer, *row in rows:
+                if ("alias", patient_id, issuer) in self._corrections:
+                    self._corrections[("alias", patient_id, issuer)] = self._alias(row)
+        uids = list({r.study_uid for r in records if ("study", r.study_uid) not in self._corrections})
+        for start in range(0, len(uids), 500):
+            chunk = uids[start : start + 500]
+            for uid in chunk:
+                self._corrections[("study", uid)] = {}
+            rows = CorrectedStudy.objects.filter(study_instance_uid__in=chunk).values_list(
+                "study_instance_uid", *self._CORRECTED
+            )
+            for uid, *row in rows:
+                self._corrections[("study", uid)] = self._corrected(row)
+
+    def prefetch_rows(self, records: list["IndexRecord"]) -> None:
+        """Read the patients, studies and series a batch names in three queries (``_upsert_row`` uses them).
+
+        Call inside the transaction that writes them: a row read here is used once, by the
+        first upsert of its key; after that the cache holds what was written.
+        """
+        wanted = [
+            (
+                Patient,
+                ("patient_id", "issuer"),
+                {(r.patient_key["patient_id"], r.patient_key["issuer"]) for r in records},
+            ),
+            (Study, ("study_instance_uid",), {(r.study_uid,) for r in records}),
+            (Series, ("series_instance_uid",), {(r.series_uid,) for r in records}),
+        ]
+        for model, key_fields, keys in wanted:
+            keys = [key for key in keys if (model.__name__, *key) not in self._rows]
+            columns = [f.attname for f in model._meta.concrete_fields]
+            for start in range(0, len(keys), 500):
+                chunk = keys[start : start + 500]
+                for key in chunk:
+                    self._held[(model.__name__, *key)] = None
+                lookup = {f"{key_fields[0]}__in": {key[0] for key in chunk}}
+                for row in model.objects.filter(**lookup).values(*columns):
+                    cache_key = (model.__name__, *(row[f] for f in key_fields))
+                    if cache_key in self._held:
+                        row["pk"] = row.pop("id")
+                        self._held[cache_key] = row
+        study_keys = [uid for (uid,) in {(r.study_uid,) for r in records} if uid not in self._studies]
+        patients = {row["pk"]: key[1:] for key, row in self._held.items() if key[0] == "Patient" and row}
+        for uid in study_keys:
+            row = self._held.get(("Study", uid))
+            if row is not None and row["patient_id"] not in patients:
+                continue  # a study of a patient the batch does not name: study() asks
+            self._studies[uid] = (row["pk"], row["patient_id"], patients[row["patient_id"]]) if row else None
+
+    def held(self, key: tuple) -> tuple[bool, dict | None]:
+        """(True, the row as read by ``prefetch_rows`` or None if absent), once; (False, None) if not read."""
+        if key in self._held:
+            return True, self._held.pop(key)
+        return False, None
 
     def node_fallback(self, ae_title: str) -> str | None:
         """The fallback character set of the node with this AE title ('' or None: none)."""
@@ -371,25 +487,32 @@ class RowCache:
         self._rows.clear()
         self._studies.clear()
         self._corrections.clear()
+        self._held.clear()
 
 
-def _upsert_row(model, cache: RowCache, key: dict, fields: dict) -> int:
+def _upsert_row(model, cache: RowCache, key: dict, fields: dict, *, savepoint: bool = True) -> int:
     """Insert or update one row by its natural key; returns its pk.
 
     Writes only what changed: re-sending a study whose header did not change
     updates nothing, so concurrent workers indexing the same series do not
-    contend for its row. Must run inside a transaction.
+    contend for its row. Must run inside a transaction. Without ``savepoint``, a
+    concurrent insert spoils the caller's transaction (``upsert_batch``: it starts over).
     """
     cache_key = (model.__name__, *key.values())
     pk = cache.get(cache_key, fields)
     if pk is not None:
         return pk
-    row = model.objects.filter(**key).values("pk", *fields).first()
+    read, row = cache.held(cache_key)
+    if not read:
+        row = model.objects.filter(**key).values("pk", *fields).first()
     if row is None:
-        with transaction.atomic():  # a savepoint: a concurrent insert must not spoil the outer transaction
+        if savepoint:
+            with transaction.atomic():  # a savepoint: a concurrent insert must not spoil the outer transaction
+                pk = model.objects.create(**key, **fields).pk
+        else:
             pk = model.objects.create(**key, **fields).pk
     else:
-        pk = row.pop("pk")
+        pk = row["pk"]
         changed = {name: value for name, value in fields.items() if row[name] != value}
         if changed and model in (Patient, Study):
             changed = _unprotected(model, pk, changed)
@@ -428,6 +551,47 @@ def _conflict(record: IndexRecord, source_ae: str, stored, resolution: str, deta
     )
     if conflict.detail == detail[:500]:
         log.warning("%s", detail)
+
+
+def _parents(record: IndexRecord, cache: RowCache, source_ae: str, *, savepoint: bool = True) -> tuple[int, int]:
+    """Upsert the patient, study and series of one instance, in that order; returns (series pk, study pk).
+
+    Must run inside a transaction (``savepoint``: see ``_upsert_row``).
+    """
+    incoming_key = (record.patient_key["patient_id"], record.patient_key["issuer"])
+    study = cache.study(record.study_uid)
+    if study is not None and study[2] != incoming_key:
+        # Never move a study (and every instance in it) because one instance
+        # names another patient: keep the study's patient, record it.
+        patient_pk = study[1]
+        stored = integrity.Identity(record.study_uid, *study[2])
+        _conflict(
+            record,
+            source_ae,
+            stored,
+            InstanceConflict.Resolution.KEPT_STUDY_PATIENT,
+            f"instance {record.sop_uid} names patient {incoming_key[0]!r} but its study "
+            f"{record.study_uid} belongs to {study[2][0]!r}: indexed in the study, which keeps its patient",
+        )
+    else:
+        patient_pk = _upsert_row(Patient, cache, record.patient_key, record.patient_fields, savepoint=savepoint)
+    study_pk = _upsert_row(
+        Study,
+        cache,
+        {"study_instance_uid": record.study_uid},
+        {"patient_id": patient_pk, **record.study_fields},
+        savepoint=savepoint,
+    )
+    if study is None:
+        cache.put_study(record.study_uid, study_pk, patient_pk, incoming_key)
+    series_pk = _upsert_row(
+        Series,
+        cache,
+        {"series_instance_uid": record.series_uid},
+        {"study_id": study_pk, **record.series_fields},
+        savepoint=savepoint,
+    )
+    return series_pk, study_pk
 
 
 def upsert(record: IndexRecord, cache: RowCache | None = None, *, source_ae: str = "") -> Indexed:
@@ -481,36 +645,7 @@ def upsert(record: IndexRecord, cache: RowCache | None = None, *, source_ae: str
                         InstanceConflict.Resolution.REPLACED,
                         f"{reason}; replaced (DICOM_UID_CONFLICT_POLICY=replace)",
                     )
-                study = cache.study(record.study_uid)
-                if study is not None and study[2] != incoming_key:
-                    # Never move a study (and every instance in it) because one instance
-                    # names another patient: keep the study's patient, record it.
-                    patient_pk = study[1]
-                    stored = integrity.Identity(record.study_uid, *study[2])
-                    _conflict(
-                        record,
-                        source_ae,
-                        stored,
-                        InstanceConflict.Resolution.KEPT_STUDY_PATIENT,
-                        f"instance {record.sop_uid} names patient {incoming_key[0]!r} but its study "
-                        f"{record.study_uid} belongs to {study[2][0]!r}: indexed in the study, which keeps its patient",
-                    )
-                else:
-                    patient_pk = _upsert_row(Patient, cache, record.patient_key, record.patient_fields)
-                study_pk = _upsert_row(
-                    Study,
-                    cache,
-                    {"study_instance_uid": record.study_uid},
-                    {"patient_id": patient_pk, **record.study_fields},
-                )
-                if study is None:
-                    cache.put_study(record.study_uid, study_pk, patient_pk, incoming_key)
-                series_pk = _upsert_row(
-                    Series,
-                    cache,
-                    {"series_instance_uid": record.series_uid},
-                    {"study_id": study_pk, **record.series_fields},
-                )
+                series_pk, study_pk = _parents(record, cache, source_ae)
                 if existing is None:
                     with transaction.atomic():
                         pk = Instance.objects.create(
@@ -541,25 +676,30 @@ def refresh_counts(*, series_ids=(), study_ids=()) -> None:
     if not study_ids:
         return
     with transaction.atomic():
-        locked = list(
-            Study.objects.select_for_update(no_key=True).filter(pk__in=study_ids).order_by("pk").values_list("pk")
-        )
+        # The locks and the counts as they stand, in one query.
+        current = {
+            pk: (ns, ni, mods)
+            for pk, ns, ni, mods in Study.objects.select_for_update(no_key=True)
+            .filter(pk__in=study_ids)
+            .order_by("pk")
+            .values_list("pk", "number_of_series", "number_of_instances", "modalities_in_study")
+        }
         rows = list(
-            Series.objects.filter(study_id__in=[pk for (pk,) in locked])
+            Series.objects.filter(study_id__in=list(current))
             .annotate(n=Count("instances"))
             .values_list("pk", "study_id", "modality", "n", "number_of_instances")
         )
-        per_study: dict[int, list] = {pk: [] for (pk,) in locked}
+        per_study: dict[int, list] = {pk: [] for pk in current}
+        # One UPDATE per distinct new value, not per row: a batch of small studies changes
+        # a dozen series at once, most of them to the same count (bulk_update's CASE costs more).
+        drifted: dict[int, list[int]] = {}
         for pk, study_id, modality, n, stored in rows:
             per_study[study_id].append((modality, n))
             if n != stored:
-                Series.objects.filter(pk=pk).update(number_of_instances=n)
-        current = {
-            pk: (ns, ni, mods)
-            for pk, ns, ni, mods in Study.objects.filter(pk__in=per_study).values_list(
-                "pk", "number_of_series", "number_of_instances", "modalities_in_study"
-            )
-        }
+                drifted.setdefault(n, []).append(pk)
+        for n, pks in drifted.items():
+            Series.objects.filter(pk__in=pks).update(number_of_instances=n)
+        changed: dict[tuple, list[int]] = {}
         for study_id, series in per_study.items():
             counts = (
                 len(series),
@@ -567,12 +707,94 @@ def refresh_counts(*, series_ids=(), study_ids=()) -> None:
                 "\\".join(sorted({m for m, _ in series if m}))[:200],
             )
             if current.get(study_id) != counts:
-                Study.objects.filter(pk=study_id).update(
-                    number_of_series=counts[0],
-                    number_of_instances=counts[1],
-                    modalities_in_study=counts[2],
-                    updated_at=timezone.now(),
+                changed.setdefault(counts, []).append(study_id)
+        now = timezone.now()
+        for counts, pks in changed.items():
+            Study.objects.filter(pk__in=pks).update(
+                number_of_series=counts[0],
+                number_of_instances=counts[1],
+                modalities_in_study=counts[2],
+                updated_at=now,
+            )
+
+
+# What upsert and upsert_batch read of an instance already held.
+_HELD = (
+    "pk",
+    "sop_instance_uid",
+    "series_id",
+    "series__study_id",
+    "series__study__study_instance_uid",
+    "series__study__patient__patient_id",
+    "series__study__patient__issuer",
+)
+
+
+def upsert_batch(items: list[Parsed], cache: RowCache) -> list[Indexed | None] | None:
+    """Write the rows of many instances in one transaction: the rows ``upsert`` writes for each in turn.
+
+    Parents go through the same checks as ``upsert``'s, in the batch's order; then the
+    new instances are inserted in one bulk insert, the re-sent ones updated in another
+    (an upsert on the SOP Instance UID). A batch costs one query for the instances
+    already held, the parents the cache does not hold, and two inserts, instead of a
+    transaction and three or four statements per instance. Returns each item's rows,
+    None for an instance held under another study or one already in the batch: those
+    (rare) go through ``upsert`` after this, as the caller does. Returns None with
+    nothing written when the batch cannot be written as a whole (another worker
+    inserted one of its rows meanwhile, or a value the database refuses): the caller
+    then indexes the batch one instance at a time, which says which file is at fault.
+    """
+    if not connection.features.can_return_rows_from_bulk_insert:
+        return None  # the new rows' pks are needed (SQLite 3.35+ and PostgreSQL give them)
+    results: list[Indexed | None] = [None] * len(items)
+    try:
+        with transaction.atomic():
+            uids = [item.record.sop_uid for item in items]
+            cache.prefetch_rows([item.record for item in items])
+            held = {}
+            for start in range(0, len(uids), 500):
+                for row in Instance.objects.filter(sop_instance_uid__in=uids[start : start + 500]).values(*_HELD):
+                    held[row["sop_instance_uid"]] = row
+            new: list[tuple[int, Instance, int]] = []
+            resent: list[tuple[int, Instance, int, dict]] = []
+            seen: set[str] = set()
+            for n, item in enumerate(items):
+                record = item.record
+                row = held.get(record.sop_uid)
+                if record.sop_uid in seen or (row and row["series__study__study_instance_uid"] != record.study_uid):
+                    continue  # upsert's: a conflict to record, or the second copy in this batch
+                seen.add(record.sop_uid)
+                series_pk, study_pk = _parents(record, cache, item.source_ae, savepoint=False)
+                instance = Instance(sop_instance_uid=record.sop_uid, series_id=series_pk, **record.instance_fields)
+                if row is None:
+                    new.append((n, instance, study_pk))
+                else:
+                    resent.append((n, instance, study_pk, row))
+            Instance.objects.bulk_create([instance for _, instance, _ in new])
+            if resent:
+                # As upsert's update: the same fields, indexed_at left as it was.
+                Instance.objects.bulk_create(
+                    [instance for _, instance, _, _ in resent],
+                    update_conflicts=True,
+                    unique_fields=["sop_instance_uid"],
+                    update_fields=["series", *items[resent[0][0]].record.instance_fields],
                 )
+    except OperationalError:
+        cache.clear()
+        raise  # the database, not a file: the task retries the batch
+    except Exception as exc:
+        # IntegrityError: a concurrent insert (upsert's retry handles it), anything
+        # else: one file's values; either way, one instance at a time.
+        cache.clear()
+        level = logging.INFO if isinstance(exc, IntegrityError) else logging.WARNING
+        log.log(level, "batch of %d indexed one by one: %s: %s", len(items), exc.__class__.__name__, exc)
+        return None
+    for n, instance, study_pk in new:
+        results[n] = Indexed(instance.pk, instance.series_id, study_pk, True)
+    for n, instance, study_pk, row in resent:
+        moved_from = row["series_id"] if row["series_id"] != instance.series_id else None
+        results[n] = Indexed(row["pk"], instance.series_id, study_pk, False, moved_from)
+    return results
 
 
 def index_files(
@@ -584,27 +806,28 @@ def index_files(
     IndexingFailure for that file, and the others are indexed. ``fallback_charset``
     (the sending node's) applies to data sets that declare no Specific Character
     Set, or an unknown one; without it, the fallback of the node named in each
-    file's meta, then DICOM_FALLBACK_CHARSET.
+    file's meta, then DICOM_FALLBACK_CHARSET. With INGEST_BULK, every file is read
+    first and the rows are written in one transaction (``upsert_batch``).
     """
-    done: list[Indexed] = []
+    done: list[tuple[str, Indexed]] = []
     failed: list[tuple[str, str]] = []
     failures: list[tuple[str, str, str, str, bool]] = []  # relpath, uid, category, reason, indexed
     missing: list[str] = []
     cache = RowCache()
-    for relpath in relpaths:
+
+    def attempt(relpath, work):
+        """``work()``, or None with what went wrong recorded against ``relpath``."""
         try:
-            indexed = index_file(relpath, source_ae=source_ae, cache=cache, fallback_charset=fallback_charset)
+            return work()
         except FileNotFoundError as exc:
             # Gone since it was queued (a spooled path, a rewrite): nothing to record.
             log.warning("not indexed: %s", exc)
             failed.append((relpath, str(exc)))
             missing.append(relpath)
-            continue
         except NotIndexable as exc:
             log.warning("not indexed: %s", exc)
             failed.append((relpath, str(exc)))
             failures.append((relpath, exc.sop_instance_uid, exc.category, exc.reason, False))
-            continue
         except Exception as exc:
             if isinstance(exc, OperationalError):
                 raise  # the database, not the file: the task retries the batch
@@ -613,16 +836,42 @@ def index_files(
             log.exception("not indexed: %s", relpath)
             failed.append((relpath, f"{relpath}: {exc.__class__.__name__}: {exc}"))
             failures.append((relpath, "", Category.UNREADABLE, f"{exc.__class__.__name__}: {exc}", False))
-            continue
-        done.append(indexed)
+        return None
+
+    def read(relpath, correct=True):
+        return parse_file(relpath, source_ae=source_ae, cache=cache, fallback_charset=fallback_charset, correct=correct)
+
+    if settings.INGEST_BULK:
+        parsed = [
+            (relpath, p) for relpath in relpaths if (p := attempt(relpath, functools.partial(read, relpath, False)))
+        ]
+        cache.prefetch_corrections([p.record for _, p in parsed])
+        for _, p in parsed:
+            p.coerced = apply_corrections(p.record, cache)
+        written = upsert_batch([p for _, p in parsed], cache) or [None] * len(parsed)
+        for (relpath, p), indexed in zip(parsed, written, strict=True):
+            if indexed is None:
+                indexed = attempt(relpath, lambda p=p: upsert(p.record, cache, source_ae=p.source_ae))
+            if indexed is not None:
+                done.append((relpath, p.finish(indexed)))
+    else:
+        for relpath in relpaths:
+            indexed = attempt(relpath, lambda relpath=relpath: read(relpath))
+            if indexed is not None:
+                indexed = attempt(relpath, lambda p=indexed: p.finish(upsert(p.record, cache, source_ae=p.source_ae)))
+            if indexed is not None:
+                done.append((relpath, indexed))
+    for relpath, indexed in done:
         if indexed.problem:
             category, reason = indexed.problem
             failures.append((relpath, indexed.sop_instance_uid, category, reason, True))
     clean = [relpath for relpath in relpaths if relpath not in {f[0] for f in failures}]
     record_failures(failures, source_ae=source_ae, clean=clean + missing)
-    touched = {i.series_id for i in done} | {i.moved_from_series_id for i in done if i.moved_from_series_id}
-    refresh_counts(series_ids=touched)
-    return done, failed
+    indexed = [i for _, i in done]
+    # The study of each instance, and the series a re-sent instance left (its study may be another).
+    moved_from = {i.moved_from_series_id for i in indexed if i.moved_from_series_id}
+    refresh_counts(series_ids=moved_from, study_ids={i.study_id for i in indexed})
+    return indexed, failed
 
 
 def record_failures(failures, *, source_ae: str = "", clean=()) -> None:

@@ -272,6 +272,9 @@ THUMBNAIL_SIZE = envint("THUMBNAIL_SIZE", 256)
 # A series' thumbnail is rendered this long after its latest images were indexed,
 # so a CT streaming in is rendered a few times, not once per batch.
 THUMBNAIL_DELAY_SECONDS = envint("THUMBNAIL_DELAY_SECONDS", 1)
+# While indexing tasks wait in the queue, a thumbnail waits too (findable first), at
+# most this long in all before it is rendered anyway.
+THUMBNAIL_MAX_DEFER_SECONDS = envint("THUMBNAIL_MAX_DEFER_SECONDS", 30)
 # fsync each stored file (and its directory) before answering Success. Turning it
 # off trades durability after a power cut for speed; only benchmarks should.
 STORAGE_FSYNC = envbool("STORAGE_FSYNC", True)
@@ -291,6 +294,13 @@ STORAGE_MIN_FREE_MB = envint("STORAGE_MIN_FREE_MB", 1024)
 DICOM_UID_CONFLICT_POLICY = envstr("DICOM_UID_CONFLICT_POLICY", "reject")
 if DICOM_UID_CONFLICT_POLICY not in ("reject", "replace"):
     raise ImproperlyConfigured(f"DICOM_UID_CONFLICT_POLICY={DICOM_UID_CONFLICT_POLICY!r}: use reject or replace")
+# Index a batch of stored files in one transaction with bulk inserts of the
+# instances (imaging/ingest.py, docs/fastindex.md); 0 writes each instance in a
+# transaction of its own, as before. Same rows either way.
+INGEST_BULK = envbool("INGEST_BULK", True)
+# The SCP gathers stored paths this long (at most 64) before sending them to the
+# indexer as one task (network/handoff.py); the end of an association sends at once.
+INDEX_HANDOFF_LINGER_MS = envint("INDEX_HANDOFF_LINGER_MS", 200)
 
 # --- STOW-RS (network/dicomweb/stow.py) -------------------------------------------
 # Largest STOW-RS request body, all parts together, in bytes; beyond it the request

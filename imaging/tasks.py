@@ -29,26 +29,41 @@ def _pending_key(series_id: int) -> str:
     return f"imaging:thumbnail-pending:{series_id}"
 
 
-def schedule_thumbnail(series_id: int) -> None:
-    """Queue one thumbnail render per series, a moment after its latest images.
+def schedule_thumbnails(series_ids) -> list[int]:
+    """Queue one thumbnail render per series, a moment after its latest images; one task for them all.
 
     While a CT streams in, every indexed batch changes the series' middle image;
     rendering after each would waste the worker. One render is pending per series
-    at a time; a batch indexed after it started schedules the next.
+    at a time; a batch indexed after it started schedules the next. The series of a
+    batch not pending yet go in one task (a batch of small studies names a dozen);
+    returns them.
     """
+    series_ids = sorted(set(series_ids))
+    due = series_ids
     try:
-        if not _redis().set(_pending_key(series_id), 1, nx=True, ex=300):
-            return
+        pipe = _redis().pipeline(transaction=False)
+        for series_id in series_ids:
+            pipe.set(_pending_key(series_id), 1, nx=True, ex=300)
+        due = [series_id for series_id, fresh in zip(series_ids, pipe.execute(), strict=True) if fresh]
     except redis.RedisError:
         log.warning("cannot debounce thumbnails (Redis unreachable); rendering anyway")
-    make_thumbnail.apply_async((series_id,), countdown=settings.THUMBNAIL_DELAY_SECONDS)
+    if due:
+        make_thumbnails.apply_async((due,), countdown=settings.THUMBNAIL_DELAY_SECONDS)
+    return due
+
+
+def _index_backlog() -> int:
+    """Tasks waiting in the default queue (indexing batches, mostly); 0 if Redis cannot say."""
+    try:
+        return _redis().llen(make_thumbnails.app.conf.task_default_queue)
+    except redis.RedisError:
+        return 0
 
 
 def _index(relpaths: list[str], source_ae: str) -> tuple[int, int]:
     # The node of ``source_ae`` gives the fallback character set (ingest looks it up).
     done, failed = ingest.index_files(relpaths, source_ae=source_ae)
-    for series_id in sorted({i.series_id for i in done}):
-        schedule_thumbnail(series_id)
+    schedule_thumbnails(i.series_id for i in done)
     late = [i.instance_id for i in done if i.coerced]
     if late:  # indexed with a correction the files do not carry yet
         rewrite.plan_late(late)
@@ -68,8 +83,36 @@ def drain_index_spool() -> dict:
     return spool.drain(_index).as_dict()
 
 
+@shared_task(name="imaging.tasks.make_thumbnails", acks_late=True, **_RETRY)
+def make_thumbnails(series_ids: list[int], deferred: float = 0) -> dict:
+    """Bring these series' thumbnails up to date; later while stored files wait to be indexed.
+
+    Findable first: a thumbnail waits (THUMBNAIL_DELAY_SECONDS at a time, up to
+    THUMBNAIL_MAX_DEFER_SECONDS in all) while indexing tasks are queued, so that it
+    never takes the CPU from them.
+    """
+    if deferred < settings.THUMBNAIL_MAX_DEFER_SECONDS and _index_backlog():
+        delay = max(settings.THUMBNAIL_DELAY_SECONDS, 1)
+        make_thumbnails.apply_async((series_ids, deferred + delay), countdown=delay)
+        return {"deferred": len(series_ids)}
+    try:
+        _redis().delete(*[_pending_key(series_id) for series_id in series_ids])
+    except redis.RedisError:
+        pass
+    made = 0
+    for series_id in series_ids:
+        try:
+            made += bool(thumbnails.update_series_thumbnail(series_id))
+        except OperationalError:
+            raise  # the database: the task retries them all (rendering again is harmless)
+        except Exception:
+            log.exception("thumbnail of series %s failed", series_id)
+    return {"made": made}
+
+
 @shared_task(name="imaging.tasks.make_thumbnail", acks_late=True, **_RETRY)
 def make_thumbnail(series_id: int) -> str:
+    """One series' thumbnail (tasks queued before make_thumbnails existed, and by hand)."""
     try:
         _redis().delete(_pending_key(series_id))
     except redis.RedisError:

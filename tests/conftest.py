@@ -157,6 +157,13 @@ def pipeline(django_db_setup, django_db_blocker, redis_url, logs_dir):
     procs.stop(worker)
 
 
+@pytest.fixture(params=[True, False], ids=["bulk", "one-by-one"])
+def ingest_bulk(request, settings) -> bool:
+    """Each way of writing a batch of index rows (INGEST_BULK): the same rows must come out."""
+    settings.INGEST_BULK = request.param
+    return request.param
+
+
 @pytest.fixture
 def system(pipeline, transactional_db):
     """The running system with a database the subprocesses can see (no wrapping transaction).

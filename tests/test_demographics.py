@@ -233,6 +233,7 @@ def _resend(ds, **changes) -> ingest.Indexed:
     return done[0]
 
 
+@pytest.mark.usefixtures("ingest_bulk")
 def test_a_late_arrival_with_the_old_name_is_indexed_with_the_corrected_one(zhang, clerk):
     correct({"name": "Zhang^Wei=张^伟", "sex": "M"}, who=clerk)
     indexed = _resend(zhang[0], PatientName="ZHANG^WEI", PatientSex="F")
@@ -241,6 +242,7 @@ def test_a_late_arrival_with_the_old_name_is_indexed_with_the_corrected_one(zhan
     assert indexed.coerced
 
 
+@pytest.mark.usefixtures("ingest_bulk")
 def test_a_late_arrival_under_a_merged_id_goes_to_the_patient_who_stays(zhang, temporary, clerk, tmp_path):
     keep = patient()
     demographics.merge_patients(keep=keep, duplicate=patient("TMP0042"), reason="r", user=clerk, address=ADDRESS)
@@ -251,6 +253,7 @@ def test_a_late_arrival_under_a_merged_id_goes_to_the_patient_who_stays(zhang, t
     assert PatientAlias.objects.get(dicom_patient_id="TMP0042").patient == keep
 
 
+@pytest.mark.usefixtures("ingest_bulk")
 def test_a_late_arrival_keeps_a_corrected_study_description(zhang, clerk):
     study = Study.objects.get()
     demographics.correct_study(study=study, changes={"description": "CT 胸部"}, reason="r", user=clerk, address=None)
@@ -259,6 +262,7 @@ def test_a_late_arrival_keeps_a_corrected_study_description(zhang, clerk):
     assert study.description == "CT 胸部"
 
 
+@pytest.mark.usefixtures("ingest_bulk")
 def test_an_uncorrected_resend_is_not_coerced(zhang):
     assert not _resend(zhang[0]).coerced
     assert store(zhang[1])  # indexed as before

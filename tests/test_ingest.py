@@ -4,13 +4,15 @@ import datetime as dt
 
 import pydicom
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from pydicom.uid import generate_uid
 
-from imaging import ingest, storage
-from records.models import Instance, Patient, Series, Study
+from imaging import dicomfile, ingest, storage
+from records.models import IndexingFailure, Instance, Patient, Series, Study, name_keys
 from tests import dicomgen
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("ingest_bulk")]
 
 
 def stored(ds) -> str:
@@ -100,6 +102,131 @@ def test_a_changed_header_updates_the_row(tmp_path):
     ds.StudyDescription = "CT HEAD WITH CONTRAST"
     ingest.index_files([stored(ds)])
     assert Study.objects.get().description == "CT HEAD WITH CONTRAST"
+
+
+def small_batch(tmp_path, studies: int, per_series: int = 5, patient_id: str = "P1") -> list[str]:
+    """Stored paths of ``studies`` studies of 2 series of ``per_series`` 8x8 images, one patient."""
+    relpaths = []
+    for s in range(studies):
+        study_uid = generate_uid()
+        for k in range(2):
+            series_uid = generate_uid()
+            for j in range(per_series):
+                path = dicomgen.small_image(
+                    tmp_path, f"{s}-{k}-{j}.dcm", study_uid, series_uid, j, patient_id=patient_id
+                )
+                relpaths.append(stored(pydicom.dcmread(path)))
+    return relpaths
+
+
+def test_a_batch_of_new_and_re_sent_instances_writes_the_rows_of_each(tmp_path, settings):
+    relpaths = small_batch(tmp_path, 2)
+    first = ingest.index_files(relpaths[:7])[0]
+    # A re-send of 3 (one of them now in another series), the 13 others new, one of them twice.
+    moved = pydicom.dcmread(storage.absolute(relpaths[0]))
+    old_series, moved.SeriesInstanceUID = moved.SeriesInstanceUID, generate_uid()
+    stored(moved)
+    batch = relpaths[:3] + relpaths[7:] + [relpaths[12]]
+
+    done, failed = ingest.index_files(batch)
+
+    assert failed == [] and len(done) == len(batch)
+    assert [i.created for i in done] == [False] * 3 + [True] * 13 + [False]
+    assert [i.instance_id for i in done[:3]] == [i.instance_id for i in first[:3]]
+    assert done[-1].instance_id == done[batch.index(relpaths[12])].instance_id
+    assert done[0].moved_from_series_id == first[0].series_id and done[1].moved_from_series_id is None
+    assert all(i.sop_instance_uid and i.source_ae == "" and i.problem is None for i in done)
+    assert Instance.objects.count() == 20 and Series.objects.count() == 5 and Study.objects.count() == 2
+    assert Series.objects.get(series_instance_uid=old_series).number_of_instances == 4
+    assert Series.objects.get(series_instance_uid=moved.SeriesInstanceUID).number_of_instances == 1
+    assert sorted(Study.objects.values_list("number_of_instances", flat=True)) == [10, 10]
+    instance = Instance.objects.get(sop_instance_uid=moved.SOPInstanceUID)
+    assert instance.file_path == relpaths[0] and instance.checksum == ingest.sha256_file(storage.absolute(relpaths[0]))
+    patient = Patient.objects.get()
+    assert patient.name_search and patient.name_initials == name_keys(patient.name_alphabetic)["name_initials"]
+
+
+def test_a_file_whose_path_another_row_holds_is_recorded_and_the_batch_indexed(tmp_path):
+    relpaths = small_batch(tmp_path, 1)
+    ingest.index_files(relpaths[:1])
+    # An index row claims the path of the next file (a hand-edited database, an old bug):
+    # its insert fails, which the bulk insert finds out only for the batch as a whole.
+    Instance.objects.update(file_path=relpaths[1])
+
+    done, failed = ingest.index_files(relpaths[1:])
+
+    assert [relpath for relpath, _ in failed] == [relpaths[1]]
+    assert len(done) == 8 and Instance.objects.count() == 9
+    assert IndexingFailure.objects.get().file_path == relpaths[1]
+
+
+def test_a_batch_takes_a_handful_of_queries_in_bulk(tmp_path, ingest_bulk):
+    relpaths = small_batch(tmp_path, 4)  # 40 images, 8 series, 4 studies, 1 patient
+    ingest.index_files(relpaths[:1])
+    with CaptureQueriesContext(connection) as new:
+        done, _ = ingest.index_files(relpaths)
+    with CaptureQueriesContext(connection) as again:
+        ingest.index_files(relpaths)  # re-sent: nothing changes
+    assert len(done) == 40
+    if ingest_bulk:
+        # An insert per new study and series (11 here), the rest per batch: corrections (2),
+        # rows held (4), the instances' inserts (2), failures (1), counts (3), savepoints in
+        # this test (4): none per instance.
+        assert len(new) <= 27 and len(again) <= 14
+    else:
+        # A transaction (a savepoint here) and a query or more of each instance.
+        assert len(new) > 4 * 40 and len(again) > 3 * 40
+
+
+@pytest.fixture
+def own_redis_db(settings, redis_url):
+    """tasks._redis() on a database of the session's Redis that no test worker reads (Celery still publishes on 0)."""
+    from imaging import tasks
+
+    settings.CELERY_BROKER_URL = redis_url.rsplit("/", 1)[0] + "/7"
+    tasks._redis.cache_clear()
+    tasks._redis().flushdb()
+    yield tasks._redis()
+    tasks._redis().flushdb()
+    tasks._redis.cache_clear()
+
+
+def test_a_batch_queues_one_thumbnail_task_and_it_waits_while_indexing_is_queued(tmp_path, settings, own_redis_db):
+    from imaging import tasks
+
+    done, _ = ingest.index_files(small_batch(tmp_path, 1))
+    series_ids = sorted({i.series_id for i in done})
+
+    assert tasks.schedule_thumbnails(i.series_id for i in done) == series_ids  # one task for both
+    assert tasks.schedule_thumbnails(i.series_id for i in done) == []  # still pending: nothing more
+
+    # An indexing batch waits in the queue: the thumbnails wait too (queued again).
+    own_redis_db.lpush(tasks.make_thumbnails.app.conf.task_default_queue, "an indexing batch")
+    assert tasks.make_thumbnails(series_ids) == {"deferred": 2}
+    assert not Series.objects.exclude(thumbnail="").exists()
+    # Waited THUMBNAIL_MAX_DEFER_SECONDS in all: rendered anyway, no longer pending.
+    assert tasks.make_thumbnails(series_ids, settings.THUMBNAIL_MAX_DEFER_SECONDS) == {"made": 2}
+    assert Series.objects.exclude(thumbnail="").count() == 2
+    assert not own_redis_db.exists(*[tasks._pending_key(pk) for pk in series_ids])
+    own_redis_db.delete(tasks.make_thumbnails.app.conf.task_default_queue)
+    assert tasks.make_thumbnails(series_ids) == {"made": 2}  # nothing queued: at once
+
+
+def test_a_plain_file_meta_is_read_in_one_pass_and_anything_else_goes_the_careful_way(tmp_path):
+    ds = make(tmp_path)
+    data = storage.absolute(stored(ds)).read_bytes()
+    assert dicomfile.plain_transfer_syntax(data[:4096]) == ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+    # Deflated (inflated in bounded memory by dicomfile, never by pydicom), no preamble,
+    # a file meta longer than what was read, a non-standard VR: not plain.
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
+    ds.save_as(tmp_path / "deflated.dcm", enforce_file_format=True)
+    assert dicomfile.plain_transfer_syntax((tmp_path / "deflated.dcm").read_bytes()[:4096]) is None
+    assert dicomfile.read_header(tmp_path / "deflated.dcm").inflated_size > 0  # inflated by dicomfile
+    assert dicomfile.plain_transfer_syntax(data[132:4096]) is None
+    assert dicomfile.plain_transfer_syntax(data[:150]) is None
+    assert dicomfile.plain_transfer_syntax(data[:136] + b"ZZ" + data[138:4096]) is None
+    header = dicomfile.read_header(storage.absolute(storage.instance_relpath(ds.SOPInstanceUID)))
+    assert header.dicm and header.pixel_tag == 0x7FE00010 and header.ds.SOPInstanceUID == ds.SOPInstanceUID
 
 
 @pytest.mark.parametrize("missing", ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"])

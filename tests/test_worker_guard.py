@@ -31,6 +31,7 @@ def _empty_store():
 
     for folder in (storage.INSTANCES, storage.THUMBNAILS, "spool"):
         shutil.rmtree(storage.root() / folder, ignore_errors=True)
+    storage._made_dirs.clear()  # the folders it remembers making are gone (a test run twice writes there again)
     yield
 
 
@@ -78,6 +79,7 @@ def assert_indexed(relpaths):
 # --- character sets -------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("ingest_bulk")
 @pytest.mark.parametrize("declared", ["hex", "base64", "NO-SUCH-CHARSET"])
 def test_a_bogus_character_set_is_read_with_the_fallback_and_hides_no_other_file(tmp_path, settings, declared, caplog):
     settings.DICOM_FALLBACK_CHARSET = "GB18030"
@@ -121,6 +123,7 @@ def test_the_aliases_devices_write_are_accepted(tmp_path, alias):
     assert not IndexingFailure.objects.exists()
 
 
+@pytest.mark.usefixtures("ingest_bulk")
 def test_a_failure_row_goes_once_the_file_is_indexed_cleanly(tmp_path):
     ds = image(tmp_path)
     relpath = stored(ds, declared="hex")
@@ -163,6 +166,7 @@ def test_a_deflate_bomb_is_not_indexed_and_memory_stays_bounded(tmp_path, settin
     assert not Instance.objects.filter(sop_instance_uid=header.SOPInstanceUID).exists()
 
 
+@pytest.mark.usefixtures("ingest_bulk")
 def test_a_file_pydicom_cannot_parse_is_recorded_and_the_batch_goes_on(tmp_path):
     relpath = storage.instance_relpath("1.2.3.4.999")
     storage.write_atomic(relpath, [b"\0" * 128 + b"DICM" + os.urandom(64) + b"\x02\x00\x10\x00UI\xff\xff"])
@@ -177,6 +181,7 @@ def test_a_file_pydicom_cannot_parse_is_recorded_and_the_batch_goes_on(tmp_path)
     assert failure.category in (Category.UNREADABLE, Category.NO_UIDS)
 
 
+@pytest.mark.usefixtures("ingest_bulk")
 def test_a_file_without_uids_is_recorded_as_such(tmp_path):
     ds = image(tmp_path)
     relpath = stored(ds)
@@ -193,6 +198,7 @@ def test_a_file_without_uids_is_recorded_as_such(tmp_path):
 # --- pixel data: the header is indexed, the problem recorded, no thumbnail ---------------
 
 
+@pytest.mark.usefixtures("ingest_bulk")
 @pytest.mark.parametrize("kind", ["65535x65535", "truncated"])
 def test_unusable_pixel_data_is_indexed_recorded_and_gets_no_thumbnail(tmp_path, kind, caplog):
     ds = image(tmp_path, PatientID="PIXELS")
@@ -280,6 +286,7 @@ def test_reindex_uses_the_sending_nodes_fallback(tmp_path, settings):
     assert Instance.objects.get().source_ae == "US_CN"
 
 
+@pytest.mark.usefixtures("ingest_bulk")
 def test_the_index_rows_never_move_a_study_for_one_instance_of_another_patient(tmp_path):
     study_uid, series_uid = generate_uid(), generate_uid()
     first = [
@@ -305,6 +312,7 @@ def test_the_index_rows_never_move_a_study_for_one_instance_of_another_patient(t
     assert InstanceConflict.objects.count() == 1
 
 
+@pytest.mark.usefixtures("ingest_bulk")
 @pytest.mark.parametrize("policy", ["reject", "replace"])
 def test_a_re_indexed_instance_that_names_another_study_follows_the_policy(tmp_path, settings, policy):
     from records.models import InstanceConflict
