@@ -377,6 +377,11 @@ DICOM_ASSOCIATE_TIMEOUT = envint("DICOM_ASSOCIATE_TIMEOUT", 5)
 DICOM_MAX_ASSOCIATIONS_PER_PEER = envint("DICOM_MAX_ASSOCIATIONS_PER_PEER", 12)
 # Connections the kernel queues for accept() (socketserver's default is 5).
 DICOM_LISTEN_BACKLOG = envint("DICOM_LISTEN_BACKLOG", 256)
+# Let several runscp processes on one host listen on the same address and port
+# (Linux SO_REUSEPORT): the kernel spreads new connections among them, and each
+# peer's own address is kept for the node checks (a TCP proxy in front would hide
+# it). Every instance must set it; see docs/performance.md, "Scaling out".
+DICOM_REUSE_PORT = envbool("DICOM_REUSE_PORT", False)
 # Seconds the spares keep the active nodes' addresses (host names resolved) before
 # reading them again: an administrator's change applies within this long.
 DICOM_PEER_CACHE_SECONDS = envint("DICOM_PEER_CACHE_SECONDS", 5)

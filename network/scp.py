@@ -246,6 +246,9 @@ class ForkingAssociationServer(AssociationServer):
         )
 
     def server_bind(self) -> None:
+        if settings.DICOM_REUSE_PORT:
+            # Before bind: a second runscp bound with it too shares the port.
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         super().server_bind()
         # Accepted sockets inherit nothing useful from the listener's timeout.
         self.socket.settimeout(None)
@@ -515,10 +518,11 @@ def serve(
         max(settings.DICOM_MAX_ASSOCIATIONS, 1),
     )
     log.info(
-        "DICOM SCP %s listening on %s:%s (one process per association, at most %d)",
+        "DICOM SCP %s listening on %s:%s (one process per association, at most %d%s)",
         ae.ae_title,
         *server.server_address[:2],
         server.max_children,
+        "; port shared with other instances" if settings.DICOM_REUSE_PORT else "",
     )
     if ready is not None:
         ready.set()

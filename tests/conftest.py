@@ -99,15 +99,20 @@ def service_env(redis_url: str, **extra: str) -> dict[str, str]:
     }
 
 
-def start_scp(env: dict, logs: Path, name: str = "runscp", ae_title: str = "IMAGING"):
-    port = procs.free_port()
+def start_scp(env: dict, logs: Path, name: str = "runscp", ae_title: str = "IMAGING", port: int | None = None):
+    """A runscp answering on ``port`` (a free one by default; a shared one with DICOM_REUSE_PORT)."""
+    port = port or procs.free_port()
+    log = logs / f"{name}.log"
     proc = procs.start(
-        procs.manage("runscp", "--port", str(port), "--host", "127.0.0.1", "--ae-title", ae_title),
-        env,
-        logs / f"{name}.log",
+        procs.manage("runscp", "--port", str(port), "--host", "127.0.0.1", "--ae-title", ae_title), env, log
     )
+
+    def listening() -> bool:
+        # Another instance may already answer on a shared port: this one must say it listens.
+        return "listening on" in log.read_text(errors="replace") and procs.dicom_answers(port)
+
     try:
-        procs.wait_for(lambda: procs.dicom_answers(port) or proc.poll() is not None, 30, "runscp to answer")
+        procs.wait_for(lambda: listening() or proc.poll() is not None, 30, "runscp to answer")
     except TimeoutError:
         procs.stop(proc)
         raise
