@@ -528,7 +528,7 @@ def compose_environment(dotenv: dict[str, str]) -> dict[str, str]:
     """What docker/compose.yml's app services get: env_file (.env) under their environment: block."""
     lines = (procs.ROOT / "docker" / "compose.yml").read_text().splitlines()
     start = lines.index("x-app: &app")
-    block = lines.index("  environment:", start)
+    block = next(i for i in range(start, len(lines)) if lines[i].startswith("  environment:"))
     env = dict(dotenv)
     for line in lines[block + 1 :]:
         if not line.startswith("    "):
