@@ -19,9 +19,12 @@ from dataclasses import dataclass
 
 import pydicom
 from django.conf import settings
-from pydicom.dataset import Dataset, FileDataset
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
-from pydicom.uid import DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.tag import BaseTag
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 # Float Pixel Data, Double Float Pixel Data, Pixel Data: where pydicom's
 # stop_before_pixels stops too.
@@ -344,3 +347,153 @@ def pixel_data_span(path) -> tuple[Dataset, int | None, int | None]:
         if isinstance(exc, FileNotFoundError):
             raise
         raise Unreadable(f"cannot be parsed as DICOM: {exc}") from exc
+
+
+# --- The common case, scanned by us (INGEST_SCAN_HEADER) -----------------------------------
+# How much of a file the scan reads: a header longer than this goes the pydicom way.
+SCAN_BYTES = 64 * 1024
+_ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+_EXPLICIT_LE, _IMPLICIT_LE = "1.2.840.10008.1.2.1", "1.2.840.10008.1.2"
+
+
+class _NotPlain(Exception):
+    """The scan met something it leaves to pydicom (the caller reads the file the careful way)."""
+
+
+def _element_at(head: bytes, pos: int, implicit: bool) -> tuple[int, bytes | None, int, int]:
+    """(tag, VR or None, value length, value offset) of the element at ``pos``."""
+    if pos + 8 > len(head):
+        raise _NotPlain
+    group, element, length = struct.unpack_from("<HHL", head, pos)
+    tag = group << 16 | element
+    if implicit or group == 0xFFFE:  # items and delimiters have no VR in any encoding
+        return tag, None, length, pos + 8
+    vr = head[pos + 4 : pos + 6]
+    if vr not in _VRS:
+        raise _NotPlain
+    if vr in _LONG_VRS:
+        if pos + 12 > len(head):
+            raise _NotPlain
+        (length,) = struct.unpack_from("<L", head, pos + 8)
+        return tag, vr, length, pos + 12
+    return tag, vr, length >> 16, pos + 8  # the 16-bit length after the VR
+
+
+def _skip_sequence(head: bytes, pos: int, implicit: bool) -> int:
+    """Where an undefined-length sequence whose items start at ``pos`` ends (after its delimiter)."""
+    while True:
+        tag, _, length, pos = _element_at(head, pos, implicit)
+        if tag == _SEQUENCE_END:
+            return pos
+        if tag != _ITEM:
+            raise _NotPlain
+        if length != UNDEFINED_LENGTH:
+            pos += length
+            continue
+        while True:  # an undefined-length item: its elements, up to the item delimiter
+            tag, vr, length, pos = _element_at(head, pos, implicit)
+            if tag == _ITEM_END:
+                break
+            if length == UNDEFINED_LENGTH:
+                if not (implicit or vr in (b"SQ", b"UN")):
+                    raise _NotPlain
+                pos = _skip_sequence(head, pos, implicit)
+            else:
+                pos += length
+
+
+def _raw_elements(head: bytes, pos: int, end: int, implicit: bool, stop_at_pixels: bool) -> tuple[dict, int, int]:
+    """The top-level elements from ``pos`` as raw elements; (elements, stop, next position).
+
+    ``stop`` is the tag of the pixel data element reached (0 when ``end`` came first).
+    Sequences are skipped: nothing indexed is inside one.
+    """
+    elements = {}
+    while pos < end:
+        tag, vr, length, start = _element_at(head, pos, implicit)
+        if stop_at_pixels and tag in PIXEL_TAGS:
+            return elements, tag, pos
+        if tag >> 16 == 0xFFFE:
+            raise _NotPlain  # an item or delimiter outside any sequence
+        if length == UNDEFINED_LENGTH:
+            if not (implicit or vr in (b"SQ", b"UN")):
+                raise _NotPlain
+            pos = _skip_sequence(head, start, implicit)
+            continue
+        pos = start + length
+        if pos > len(head):
+            raise _NotPlain
+        if vr == b"SQ" or (vr is None and _implicit_sequence(tag)):
+            continue
+        elements[tag] = RawDataElement(
+            BaseTag(tag), None if vr is None else vr.decode(), length, head[start:pos], start, implicit, True
+        )
+    return elements, 0, pos
+
+
+def _implicit_sequence(tag: int) -> bool:
+    try:
+        return dictionary_VR(tag) == "SQ"
+    except KeyError:
+        return False  # private or unknown: pydicom keeps it as it is too
+
+
+def scan_header(path) -> Header | None:  # noqa: PLR0911 - each None is a case left to pydicom
+    """``read_header`` for the common file, by a scan of ours; None when the file is not that case.
+
+    The common file: a preamble and "DICM", a plain file meta (``plain_transfer_syntax``),
+    an Explicit or Implicit VR Little Endian data set (the header of a compressed
+    transfer syntax is Explicit VR Little Endian too) whose header ends within
+    SCAN_BYTES. Its elements become pydicom raw elements (converted when asked, as
+    pydicom's own reading leaves them), without the sequences; the pixel data's
+    element header is read as ``read_header`` reads it. Anything else, or anything
+    the scan cannot follow (a length past what it read, an unknown VR, an item out
+    of place), is None: the caller reads the file the careful way, whose bounds and
+    errors apply unchanged.
+    """
+    with open(path, "rb") as fp:
+        size = os.fstat(fp.fileno()).st_size
+        head = fp.read(SCAN_BYTES)
+    transfer_syntax = plain_transfer_syntax(head)
+    if transfer_syntax is None:
+        return None
+    syntax = UID(transfer_syntax)
+    if transfer_syntax != _IMPLICIT_LE and not (
+        syntax.is_transfer_syntax and not syntax.is_implicit_VR and syntax.is_little_endian
+    ):
+        return None  # Big Endian, or one pydicom does not know (it guesses; so do we: the careful way)
+    try:
+        meta, _, at = _file_meta(head)
+        implicit = transfer_syntax == _IMPLICIT_LE
+        elements, pixel_tag, at = _raw_elements(head, at, min(size, len(head)), implicit, True)
+    except _NotPlain:
+        return None
+    if not pixel_tag and size > len(head):
+        return None  # the header goes on past what was read
+    ds = Dataset(elements)
+    ds.file_meta = FileMetaDataset(meta)
+    ds.set_original_encoding(implicit, True, None)
+    if not pixel_tag:
+        return Header(ds)
+    if implicit:
+        length_at = at + 4
+    elif head[at + 4 : at + 6] in _LONG_VRS:
+        length_at = at + 8
+    else:
+        return None  # pixel data with a short VR: leave it to pydicom
+    if length_at + 4 > len(head):
+        return None
+    (length,) = struct.unpack_from("<L", head, length_at)
+    return Header(ds, pixel_tag, length, max(size - (length_at + 4), 0))
+
+
+def _file_meta(head: bytes) -> tuple[dict, int, int]:
+    """The file meta's raw elements (already found plain by ``plain_transfer_syntax``) and where it ends."""
+    pos, elements = 132, {}
+    while True:
+        group, _ = struct.unpack_from("<HH", head, pos)
+        if group != 2:
+            return elements, 0, pos
+        tag, vr, length, start = _element_at(head, pos, False)
+        pos = start + length
+        elements[tag] = RawDataElement(BaseTag(tag), vr.decode(), length, head[start:pos], start, False, True)

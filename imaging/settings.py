@@ -298,9 +298,14 @@ if DICOM_UID_CONFLICT_POLICY not in ("reject", "replace"):
 # instances (imaging/ingest.py, docs/fastindex.md); 0 writes each instance in a
 # transaction of its own, as before. Same rows either way.
 INGEST_BULK = envbool("INGEST_BULK", True)
+# Read the header of a common file (preamble, plain file meta, Little Endian, header
+# within 64 KB) by a scan of ours into raw elements (imaging/dicomfile.scan_header)
+# instead of pydicom's reader; anything else is read by pydicom as before. 0: always pydicom.
+INGEST_SCAN_HEADER = envbool("INGEST_SCAN_HEADER", True)
 # The SCP gathers stored paths this long (at most 64) before sending them to the
 # indexer as one task (network/handoff.py); the end of an association sends at once.
 INDEX_HANDOFF_LINGER_MS = envint("INDEX_HANDOFF_LINGER_MS", 200)
+INDEX_HANDOFF_MAX_PATHS = envint("INDEX_HANDOFF_MAX_PATHS", 64)
 
 # --- STOW-RS (network/dicomweb/stow.py) -------------------------------------------
 # Largest STOW-RS request body, all parts together, in bytes; beyond it the request

@@ -18,7 +18,6 @@ from django.conf import settings
 
 log = logging.getLogger(__name__)
 
-MAX_BATCH = 64
 _STOP = object()
 
 
@@ -77,7 +76,7 @@ class IndexHandoff:
                     stopping = True
                 else:
                     batch.append(item)
-                if stopping or len(batch) >= MAX_BATCH:
+                if stopping or len(batch) >= max(settings.INDEX_HANDOFF_MAX_PATHS, 1):
                     break
                 try:
                     item = self._queue.get(timeout=max(deadline - time.monotonic(), 0))

@@ -169,6 +169,13 @@ def ingest_bulk(request, settings) -> bool:
     return request.param
 
 
+@pytest.fixture(params=[True, False], ids=["scan", "pydicom"])
+def header_scan(request, settings) -> bool:
+    """Each way of reading a stored file's header (INGEST_SCAN_HEADER): the same index must come out."""
+    settings.INGEST_SCAN_HEADER = request.param
+    return request.param
+
+
 @pytest.fixture
 def system(pipeline, transactional_db):
     """The running system with a database the subprocesses can see (no wrapping transaction).

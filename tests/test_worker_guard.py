@@ -25,8 +25,8 @@ Category = IndexingFailure.Category
 
 
 @pytest.fixture(autouse=True)
-def _empty_store():
-    """The archive this test walks holds only what it stored."""
+def _empty_store(header_scan):
+    """The archive this test walks holds only what it stored; each test reads headers both ways."""
     import shutil
 
     for folder in (storage.INSTANCES, storage.THUMBNAILS, "spool"):
