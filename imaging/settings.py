@@ -302,10 +302,12 @@ INGEST_BULK = envbool("INGEST_BULK", True)
 # within 64 KB) by a scan of ours into raw elements (imaging/dicomfile.scan_header)
 # instead of pydicom's reader; anything else is read by pydicom as before. 0: always pydicom.
 INGEST_SCAN_HEADER = envbool("INGEST_SCAN_HEADER", True)
-# The SCP gathers stored paths this long (at most 64) before sending them to the
-# indexer as one task (network/handoff.py); the end of an association sends at once.
-INDEX_HANDOFF_LINGER_MS = envint("INDEX_HANDOFF_LINGER_MS", 200)
-INDEX_HANDOFF_MAX_PATHS = envint("INDEX_HANDOFF_MAX_PATHS", 64)
+# The SCP gathers stored paths this long (at most INDEX_HANDOFF_MAX_PATHS) before
+# sending them to the indexer as one task (network/handoff.py); the end of an
+# association sends at once, so only images inside a long association wait. The
+# indexer pays about 14 ms per batch besides each image (docs/performance.md).
+INDEX_HANDOFF_LINGER_MS = envint("INDEX_HANDOFF_LINGER_MS", 1000)
+INDEX_HANDOFF_MAX_PATHS = envint("INDEX_HANDOFF_MAX_PATHS", 256)
 
 # --- STOW-RS (network/dicomweb/stow.py) -------------------------------------------
 # Largest STOW-RS request body, all parts together, in bytes; beyond it the request
