@@ -203,9 +203,11 @@ def parse_file(
     header, charset_problem, declared_charset = _read(path, fallbacks)
     ds = header.ds
 
-    study_uid = str(ds.get("StudyInstanceUID", "")).strip()
-    series_uid = str(ds.get("SeriesInstanceUID", "")).strip()
-    sop_uid = str(ds.get("SOPInstanceUID", "")).strip()
+    # Our own decoding of the few UIDs and numbers with the scan, pydicom's without.
+    get = dicomfile.quick_get if settings.INGEST_SCAN_HEADER else Dataset.get
+    study_uid = str(get(ds, "StudyInstanceUID", "")).strip()
+    series_uid = str(get(ds, "SeriesInstanceUID", "")).strip()
+    sop_uid = str(get(ds, "SOPInstanceUID", "")).strip()
     for what, uid in (("Study", study_uid), ("Series", series_uid), ("SOP", sop_uid)):
         if not storage.is_valid_uid(uid):
             if not header.dicm:
@@ -218,10 +220,10 @@ def parse_file(
             )
 
     meta = getattr(ds, "file_meta", None) or Dataset()
-    sop_class_uid = str(ds.get("SOPClassUID", "") or meta.get("MediaStorageSOPClassUID", "")).strip()
-    transfer_syntax = str(meta.get("TransferSyntaxUID", "1.2.840.10008.1.2")).strip()
+    sop_class_uid = str(get(ds, "SOPClassUID", "") or get(meta, "MediaStorageSOPClassUID", "")).strip()
+    transfer_syntax = str(get(meta, "TransferSyntaxUID", "1.2.840.10008.1.2")).strip()
     if not source_ae:
-        source_ae = str(meta.get("SourceApplicationEntityTitle", "") or "").strip()
+        source_ae = str(get(meta, "SourceApplicationEntityTitle", "") or "").strip()
     stat = path.stat()
     if received_at is None:
         received_at = dt.datetime.fromtimestamp(stat.st_mtime, tz=dt.UTC)
@@ -257,17 +259,17 @@ def parse_file(
     }
     series_fields = {
         "modality": _clip(charsets.text(ds, "Modality"), 16),
-        "series_number": _int(ds.get("SeriesNumber")),
+        "series_number": _int(get(ds, "SeriesNumber")),
         "description": _clip(charsets.text(ds, "SeriesDescription"), 200),
         "body_part": _clip(charsets.text(ds, "BodyPartExamined"), 64),
     }
     instance_fields = {
         "sop_class_uid": sop_class_uid[:64],
-        "instance_number": _int(ds.get("InstanceNumber")),
+        "instance_number": _int(get(ds, "InstanceNumber")),
         "transfer_syntax_uid": transfer_syntax[:64],
-        "rows": _int(ds.get("Rows")),
-        "columns": _int(ds.get("Columns")),
-        "number_of_frames": max(_int(ds.get("NumberOfFrames")) or 1, 1),
+        "rows": _int(get(ds, "Rows")),
+        "columns": _int(get(ds, "Columns")),
+        "number_of_frames": max(_int(get(ds, "NumberOfFrames")) or 1, 1),
         "specific_character_set": _clip(declared_charset, 128),
         "file_path": relpath,
         "file_size": stat.st_size,

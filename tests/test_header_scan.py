@@ -180,3 +180,49 @@ def test_odd_and_hostile_files_are_declined_or_read_exactly_as_pydicom(tmp_path,
         assert either == parsed(relpath), name
     # The common cases are read by the scan; everything odd is left to pydicom.
     assert taken == {"good", "undefined-length sequences"}, taken
+
+
+QUICK = (
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SOPInstanceUID",
+    "SOPClassUID",
+    "SeriesNumber",
+    "InstanceNumber",
+    "Rows",
+    "Columns",
+    "NumberOfFrames",
+    "SamplesPerPixel",
+    "BitsAllocated",
+)
+QUICK_META = ("MediaStorageSOPClassUID", "TransferSyntaxUID", "SourceApplicationEntityTitle")
+
+
+def as_used(value):
+    """What the indexer makes of a value: text stripped, or the number (str(), then int() when it can)."""
+    text = str(value).strip()
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+def test_quick_get_gives_what_pydicom_gives():
+    compared = 0
+    for path in FILES:
+        try:
+            slow = dicomfile.read_header(path)
+        except dicomfile.Unreadable:
+            continue
+        fast = dicomfile.scan_header(path)
+        for header in filter(None, (slow, dicomfile.read_header(path), fast)):
+            # A fresh pydicom read each time: pydicom's get converts the element in place.
+            reference = dicomfile.read_header(path).ds
+            for keyword in QUICK:
+                quick = dicomfile.quick_get(header.ds, keyword, "")
+                assert as_used(quick) == as_used(reference.get(keyword, "")), (path.name, keyword)
+                compared += 1
+            for keyword in QUICK_META:
+                quick = dicomfile.quick_get(header.ds.file_meta, keyword, "")
+                assert as_used(quick) == as_used(reference.file_meta.get(keyword, "")), (path.name, keyword)
+    assert compared > 2000
