@@ -371,7 +371,7 @@ def _idle_connections(port, count, source=ATTACKER) -> list[socket.socket]:
 
 
 def test_100_idle_connections_from_an_unknown_address_take_no_slot(system, node, tmp_path):
-    server = Server(system.procs["runscp"], system.port, system.logs / "runscp.log")
+    server = Server(system.procs["runscp"], system.port, system.logs / f"{system.scp_log}.log")
     node.append(server)
     lines_before = server.log().count("refused at accept")
     idle = _idle_connections(system.port, 100)
