@@ -137,14 +137,8 @@ def _parse(pdu: bytes, request: Request) -> None:
         return
     request.called_ae = pdu[10:26].decode("ascii").strip()
     request.calling_ae = pdu[26:42].decode("ascii").strip()
-    offset = 74
     application_context = None
-    while offset < len(pdu):
-        item_type, _, length = struct.unpack(">BBH", pdu[offset : offset + 4])
-        body = pdu[offset + 4 : offset + 4 + length]
-        if len(body) != length:
-            raise ValueError("an item longer than the PDU")
-        offset += 4 + length
+    for item_type, body in _items(pdu[74:]):
         if item_type == 0x10:
             application_context = body.decode("ascii")
         elif item_type == 0x20:
@@ -175,7 +169,7 @@ def _items(body: bytes):
         item_type, _, length = struct.unpack(">BBH", body[offset : offset + 4])
         value = body[offset + 4 : offset + 4 + length]
         if len(value) != length:
-            raise ValueError("a sub-item longer than its item")
+            raise ValueError("an item longer than what holds it")
         offset += 4 + length
         yield item_type, value
 
@@ -640,12 +634,7 @@ class Association:
 
     def discard_spools(self) -> None:
         """Remove every temporary file no C-STORE committed (an association that ended mid-message)."""
-        for spool in self.spools:
-            try:
-                spool.discard()
-            except OSError:
-                log.exception("cannot remove a partly received data set")
-        self.spools.clear()
+        store.discard_spools(self.spools)
 
 
 def serve(sock, address, request: Request, *, ae, handoff, shutdown) -> None:

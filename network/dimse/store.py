@@ -182,6 +182,16 @@ class Spool:
             self.partial.discard()
 
 
+def discard_spools(spools: list) -> None:
+    """Remove the temporary file of every spool in ``spools`` not committed, and empty the list."""
+    for spool in spools:
+        try:
+            spool.discard()
+        except OSError:
+            log.exception("cannot remove a partly received data set")
+    spools.clear()
+
+
 def open_spool(*, sop_class: str, sop_instance: str, transfer_syntax: str, calling_ae: str, may_store: bool) -> Spool:
     """Where the fragments of a large C-STORE data set go as they arrive; never raises."""
     spool = Spool(None, str(transfer_syntax), str(sop_class), str(sop_instance))
