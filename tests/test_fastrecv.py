@@ -121,10 +121,12 @@ def proposed(rq: bytes) -> dict[int, str]:
     return {cx.context_id: cx.abstract_syntax for cx in fastrecv.parse_request(rq).contexts}
 
 
+def associations(server_proc) -> list[int]:
+    return [p for p in procs.children(server_proc.pid) if procs.name(p) == ASSOCIATION_NAME]
+
+
 def threads_of_association(server_proc) -> int:
-    [pid] = procs.wait_for(
-        lambda: [p for p in procs.children(server_proc.pid) if procs.name(p) == ASSOCIATION_NAME], 10, "its process"
-    )
+    [pid] = procs.wait_for(lambda: associations(server_proc), 10, "its process")
     return len(list(Path(f"/proc/{pid}/task").iterdir()))
 
 
@@ -165,6 +167,8 @@ def converse(port, server_proc, rq: bytes, image: Path | None) -> dict:
                 path.unlink()  # the other server stores it afresh
         sock.sendall(b"\x05\x00\x00\x00\x00\x04\x00\x00\x00\x00")
         got["rp"] = read_pdu(sock)
+    # The next conversation counts the threads of its own association's process.
+    procs.wait_for(lambda: not associations(server_proc), 20, "the association's process to end")
     return got
 
 
