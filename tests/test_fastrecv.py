@@ -236,3 +236,24 @@ def test_the_fast_path_is_off_with_its_setting(settings):
     assert not fastrecv.servable(request)
     settings.DICOM_FAST_RECEIVE = True
     assert fastrecv.servable(request)
+
+
+def test_a_message_our_path_does_not_serve_aborts_the_association_and_is_logged(system, servers):
+    from network.models import AssociationLog
+
+    rq = capture_request(pynetdicom_request([(CTImageStorage,), (Verification,)]))
+    with socket.create_connection(("127.0.0.1", servers[True]), timeout=10) as sock:
+        sock.sendall(rq)
+        ac = read_pdu(sock)
+        [ct_context] = [cx for cx, syntax in proposed(rq).items() if syntax == CTImageStorage and cx in accepted(ac)]
+        find = fastsend.command_set(
+            {"AffectedSOPClassUID": CTImageStorage, "CommandField": 0x0020, "MessageID": 3, "Priority": 0}
+            | {"CommandDataSetType": 0x0101}
+        )
+        sock.sendall(fastrecv.command_pdus(ct_context, find, 16384))
+        abort = read_pdu(sock)
+        assert abort[0] == 0x07 and abort[8:10] == b"\x00\x00"  # A-ABORT by the service user
+        assert sock.recv(1) == b""  # and closed
+    entry = procs.wait_for(lambda: AssociationLog.objects.filter(calling_ae="MODALITY").first(), 20, "the log")
+    assert entry.outcome == AssociationLog.Outcome.ABORTED
+    assert "0x0020" in entry.reason and "we do not serve" in entry.reason
