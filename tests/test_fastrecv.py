@@ -41,6 +41,8 @@ def servers(pipeline):
         for fast in (True, False):
             env = {**pipeline.env, "DICOM_FAST_RECEIVE": "1" if fast else "0"}
             started[fast] = start_scp(env, pipeline.logs, name=f"runscp-fastrecv-{int(fast)}")
+            # Conversations count the threads of their association's process: not the readiness probe's.
+            procs.wait_for(lambda: not associations(started[fast][0]), 20, "the readiness probe's process to end")
         yield {fast: port for fast, (_proc, port) in started.items()} | {"procs": started}
     finally:
         for proc, _port in started.values():
@@ -257,3 +259,29 @@ def test_a_message_our_path_does_not_serve_aborts_the_association_and_is_logged(
     entry = procs.wait_for(lambda: AssociationLog.objects.filter(calling_ae="MODALITY").first(), 20, "the log")
     assert entry.outcome == AssociationLog.Outcome.ABORTED
     assert "0x0020" in entry.reason and "we do not serve" in entry.reason
+
+
+def test_an_association_idle_past_the_network_timeout_is_aborted_and_logged(system, pipeline):
+    from network.models import AssociationLog
+
+    env = {**pipeline.env, "DICOM_FAST_RECEIVE": "1", "DICOM_NETWORK_TIMEOUT": "1"}
+    scp, port = start_scp(env, pipeline.logs, name="runscp-fastrecv-idle")
+    try:
+        rq = capture_request(pynetdicom_request([(CTImageStorage,), (Verification,)]))
+        procs.wait_for(lambda: not associations(scp), 20, "the readiness probe's process to end")
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(rq)
+            assert read_pdu(sock)[0] == 0x02
+            assert threads_of_association(scp) == 1  # our path
+            abort = read_pdu(sock)  # nothing sent: within a few seconds, an A-ABORT
+            assert abort[0] == 0x07 and abort[8] == 0x02  # by the service provider
+        entry = procs.wait_for(
+            lambda: AssociationLog.objects.filter(
+                calling_ae="MODALITY", outcome=AssociationLog.Outcome.ABORTED
+            ).first(),
+            20,
+            "the log",
+        )
+        assert "DICOM_NETWORK_TIMEOUT" in entry.reason
+    finally:
+        procs.stop(scp)
