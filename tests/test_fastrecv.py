@@ -42,7 +42,8 @@ def servers(pipeline):
             env = {**pipeline.env, "DICOM_FAST_RECEIVE": "1" if fast else "0"}
             started[fast] = start_scp(env, pipeline.logs, name=f"runscp-fastrecv-{int(fast)}")
             # Conversations count the threads of their association's process: not the readiness probe's.
-            procs.wait_for(lambda: not associations(started[fast][0]), 20, "the readiness probe's process to end")
+            proc = started[fast][0]
+            procs.wait_for(lambda p=proc: not associations(p), 20, "the readiness probe's process to end")
         yield {fast: port for fast, (_proc, port) in started.items()} | {"procs": started}
     finally:
         for proc, _port in started.values():
