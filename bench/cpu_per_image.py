@@ -10,7 +10,9 @@ own Redis (no worker: nothing is indexed), sends the set with one ``storescu``
 association (TCP_NODELAY=1), and reports the CPU seconds of the association
 processes per image (the listener's cutime + cstime: the children it reaped)
 and the images/s of that run. Sets: ``ct`` 300 slices 512x512 (512 KB each),
-``small`` 500 images 64x64 (8 KB), ``big`` 20 images 2048x2048 (8 MiB).
+``small`` 500 images 64x64 (8 KB), ``big`` 20 images 2048x2048 (8 MiB); ``echo``
+is 50 ``echoscu`` runs one after the other instead (process start included: the
+column is then CPU ms and wall ms per C-ECHO association, and echoes/s).
 Configurations take turns, round after round.
 """
 
@@ -29,6 +31,7 @@ sys.path.insert(0, str(REPO))
 from tests import dicomgen, procs  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
+ECHOES = 50
 
 
 def reaped_children_cpu(pid: int) -> float:
@@ -66,7 +69,9 @@ def parse_config(text: str) -> tuple[str, Path, dict]:
     return label, Path(tree or REPO).resolve(), env
 
 
-def run_one(tree: Path, env_extra: dict, files: list, redis_port: int, root: Path) -> tuple[float, float]:
+def run_one(
+    tree: Path, env_extra: dict, files: list, redis_port: int, root: Path, echoes: bool = False
+) -> tuple[float, float]:
     var = Path(tempfile.mkdtemp(dir=root))
     env = {
         **os.environ,
@@ -102,16 +107,17 @@ def run_one(tree: Path, env_extra: dict, files: list, redis_port: int, root: Pat
         procs.wait_for(lambda: only_spares_left(scp.pid), 30, "the probe's process to be reaped")
         before = reaped_children_cpu(scp.pid)
         started = time.monotonic()
-        result = procs.dcmtk("storescu", "-aet", "MODALITY", "-aec", "IMAGING", "127.0.0.1", str(port), *files)
+        for tool, args in [("echoscu", [])] * len(files) if echoes else [("storescu", files)]:
+            result = procs.dcmtk(tool, "-aet", "MODALITY", "-aec", "IMAGING", "127.0.0.1", str(port), *args)
+            if result.returncode != 0:
+                raise SystemExit(result.stderr)
         wall = time.monotonic() - started
-        if result.returncode != 0:
-            raise SystemExit(result.stderr)
         procs.wait_for(lambda: only_spares_left(scp.pid), 30, "the association's process to be reaped")
         cpu = reaped_children_cpu(scp.pid) - before
     finally:
         procs.stop(scp)
     stored = sum(1 for _ in (var / "storage" / "instances").rglob("*.dcm"))
-    if stored != len(files):
+    if not echoes and stored != len(files):
         raise SystemExit(f"{stored} of {len(files)} images stored")
     return cpu, wall
 
@@ -132,6 +138,8 @@ def main(argv=None) -> int:
                 sets[name] = dicomgen.ct_series(root / "ct", 300, size=512, patient_id="BENCHCT")
             elif name == "small":
                 sets[name] = [f for i in range(10) for f in dicomgen.ct_series(root / f"s{i}", 50, size=64)]
+            elif name == "echo":
+                sets[name] = [""] * ECHOES
             elif name == "big":
                 sets[name] = dicomgen.ct_series(root / "big", 20, size=2048, patient_id="BENCHBIG")
             else:
@@ -146,11 +154,14 @@ def main(argv=None) -> int:
         for _ in range(args.rounds):
             for label, tree, env in configs:
                 for name, files in sets.items():
-                    cpu, wall = run_one(tree, {"STORAGE_FSYNC": "1", **env}, [str(f) for f in files], redis_port, root)
+                    cpu, wall = run_one(
+                        tree, {"STORAGE_FSYNC": "1", **env}, [str(f) for f in files], redis_port, root, name == "echo"
+                    )
                     load = Path("/proc/loadavg").read_text().split()[0]
+                    latency = f"  {1000 * wall / len(files):.1f} ms per echoscu" if name == "echo" else ""
+                    per_item = 1000 * cpu / len(files)
                     print(
-                        f"{label:32s} {name:6s} {1000 * cpu / len(files):12.2f} {len(files) / wall:9.0f}  {load}",
-                        flush=True,
+                        f"{label:32s} {name:6s} {per_item:12.2f} {len(files) / wall:9.0f}  {load}{latency}", flush=True
                     )
     finally:
         if redis is not None:

@@ -401,6 +401,9 @@ DICOM_EVENT_DRIVEN_LOOPS = envbool("DICOM_EVENT_DRIVEN_LOOPS", True)
 # Write our C-STORE requests (C-MOVE/C-GET sub-operations, sends to nodes) to the
 # socket in one piece (network/fastsend.py); 0 leaves them to pynetdicom.
 DICOM_FAST_SEND = envbool("DICOM_FAST_SEND", True)
+# Serve associations that only store and verify (a modality's storescu) with our own
+# single-threaded receive path (network/fastrecv.py); 0 leaves every one to pynetdicom.
+DICOM_FAST_RECEIVE = envbool("DICOM_FAST_RECEIVE", True)
 # --- Our own sends (C-MOVE/C-GET sub-operations, sends to nodes; network/sendguard.py) ---
 # Each C-STORE response we wait for gets DICOM_DIMSE_TIMEOUT; these bound the rest.
 # A write to a peer that takes no byte of it for this many seconds (its TCP window

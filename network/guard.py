@@ -38,6 +38,8 @@ from pynetdicom.dsutils import decode
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.utils import make_target
 
+from network.dimse.store import discard_spools
+
 log = logging.getLogger(__name__)
 
 SUPPORTED_VERSIONS = {"3.0.4"}
@@ -247,12 +249,7 @@ class Guard:
 
     def discard_spools(self) -> None:
         """Remove every temporary file no handler committed (an association that ended mid-message)."""
-        for spool in self.spools:
-            try:
-                spool.discard()
-            except OSError:
-                log.exception("cannot remove a partly received data set")
-        self.spools.clear()
+        discard_spools(self.spools)
 
 
 def install(assoc, **limits) -> Guard | None:

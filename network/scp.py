@@ -57,7 +57,7 @@ from pynetdicom.sop_class import (
 )
 from pynetdicom.transport import AssociationServer, RequestHandler
 
-from network import access, admission, fastsend, guard, reactor
+from network import access, admission, fastrecv, fastsend, guard, reactor
 from network.dimse.association import handle_requested, session_of
 from network.dimse.echo import handle_echo
 from network.dimse.find import handle_find
@@ -159,6 +159,8 @@ class AssociationProcessHandler(RequestHandler):
         except OSError:
             pass
         accepted_at = time.monotonic()
+        if settings.DICOM_FAST_RECEIVE and self._serve_fast(accepted_at):
+            return
         assoc = self._create_association()
         bounds = guard.install(
             assoc,
@@ -180,6 +182,33 @@ class AssociationProcessHandler(RequestHandler):
                 bounds.discard_spools()
         if ended:
             self._finish(assoc, bounds)
+
+    def _serve_fast(self, accepted_at: float) -> bool:
+        """Serve the association on our own receive path (network/fastrecv.py) if it is one for it."""
+        pdu = fastrecv.peek_request(
+            self.request,
+            limit=settings.DICOM_MAX_ASSOCIATE_PDU,
+            deadline=accepted_at + settings.DICOM_ASSOCIATE_TIMEOUT,
+        )
+        if pdu is None:
+            return False  # pynetdicom's path drops, aborts or times it out as before
+        request = fastrecv.parse_request(pdu)
+        if not fastrecv.servable(request):
+            log.debug("association from %s left to pynetdicom: %s", self.client_address[0], request.odd)
+            return False
+        _adopt_connection()
+        try:
+            fastrecv.serve(
+                self.request,
+                self.client_address,
+                request,
+                ae=self.server.ae,
+                handoff=self.server.handoff,
+                shutdown=_Shutdown,
+            )
+        finally:
+            self.server.release_slot()
+        return True
 
     def _serve(self, assoc, bounds, accepted_at: float) -> bool:
         """Until the association ends (True), or there is none to wait for (False)."""

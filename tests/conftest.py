@@ -1,6 +1,7 @@
 """Shared fixtures: a real Redis, a real Celery worker and a real runscp process."""
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import sys
@@ -80,8 +81,10 @@ class Pipeline:
     env: dict[str, str]
     logs: Path
     procs: dict = field(default_factory=dict)
+    scp_log: str = "runscp"  # the name of procs["runscp"]'s log
 
     def log(self, name: str) -> str:
+        name = self.scp_log if name == "runscp" else name
         return (self.logs / f"{name}.log").read_text(errors="replace")
 
 
@@ -162,6 +165,33 @@ def pipeline(django_db_setup, django_db_blocker, redis_url, logs_dir):
     procs.stop(worker)
 
 
+@pytest.fixture(scope="session")
+def pynetdicom_pipeline(pipeline):
+    """The pipeline with a runscp of its own that leaves every association to pynetdicom (DICOM_FAST_RECEIVE=0)."""
+    env = {**pipeline.env, "DICOM_FAST_RECEIVE": "0"}
+    scp, port = start_scp(env, pipeline.logs, name="runscp-pynetdicom-receive")
+    yield dataclasses.replace(
+        pipeline, port=port, env=env, procs={**pipeline.procs, "runscp": scp}, scp_log="runscp-pynetdicom-receive"
+    )
+    procs.stop(scp)
+
+
+@pytest.fixture(scope="session")
+def fast_receive() -> str:
+    """DICOM_FAST_RECEIVE of the runscp ``system`` is: a module that tests both ways overrides this (RECEIVE_PATHS)."""
+    return "1"
+
+
+# For a module's ``fast_receive`` fixture: its tests run against our receive path and against pynetdicom's.
+RECEIVE_PATHS = {"scope": "module", "params": ["1", "0"], "ids": ["fastrecv", "pynetdicom-receive"]}
+
+
+@pytest.fixture
+def receive_pipeline(request, fast_receive):
+    """``pipeline`` (our receive path, the default) or ``pynetdicom_pipeline``, as ``fast_receive`` says."""
+    return request.getfixturevalue("pipeline" if fast_receive == "1" else "pynetdicom_pipeline")
+
+
 @pytest.fixture(params=[True, False], ids=["bulk", "one-by-one"])
 def ingest_bulk(request, settings) -> bool:
     """Each way of writing a batch of index rows (INGEST_BULK): the same rows must come out."""
@@ -177,7 +207,7 @@ def header_scan(request, settings) -> bool:
 
 
 @pytest.fixture
-def system(pipeline, transactional_db):
+def system(receive_pipeline, transactional_db):
     """The running system with a database the subprocesses can see (no wrapping transaction).
 
     Each test starts with an empty store, as the database is emptied after each
@@ -185,6 +215,7 @@ def system(pipeline, transactional_db):
     """
     from network.models import ModalityNode
 
+    pipeline = receive_pipeline
     ModalityNode.objects.create(ae_title="MODALITY", host="127.0.0.1", port=procs.free_port())
     yield pipeline
     # An association's process logs it after the peer has released: let every one

@@ -7,8 +7,15 @@ from pynetdicom.sop_class import Verification
 
 from network.models import AssociationLog, ModalityNode
 from tests import dicomgen, procs
+from tests.conftest import RECEIVE_PATHS
 
 pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(**RECEIVE_PATHS)
+def fast_receive(request) -> str:
+    """Access checks and the association log hold on our receive path (network/fastrecv.py) and on pynetdicom's."""
+    return request.param
 
 
 def storescu(port, *files, calling="MODALITY", called="IMAGING"):

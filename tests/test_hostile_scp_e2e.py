@@ -22,7 +22,7 @@ from imaging import storage
 from network.models import AssociationLog, ModalityNode
 from network.scp import ASSOCIATION_NAME, SPARE_NAME
 from tests import dicomgen, procs
-from tests.conftest import start_scp
+from tests.conftest import RECEIVE_PATHS, start_scp
 
 pytestmark = pytest.mark.e2e
 
@@ -55,17 +55,25 @@ class Server:
         return not procs.children(self.proc.pid, but=SPARE_NAME)
 
 
-def _server(pipeline, name, **env) -> Server:
-    proc, port = start_scp({**pipeline.env, **env}, pipeline.logs, name=name)
+@pytest.fixture(**RECEIVE_PATHS)
+def fast_receive(request) -> str:
+    """Every attack here is made on our receive path (network/fastrecv.py) and on pynetdicom's."""
+    return request.param
+
+
+def _server(pipeline, name, fast_receive, **env) -> Server:
+    name = f"{name}-fastrecv{fast_receive}"
+    proc, port = start_scp({**pipeline.env, "DICOM_FAST_RECEIVE": fast_receive, **env}, pipeline.logs, name=name)
     return Server(proc, port, pipeline.logs / f"{name}.log")
 
 
 @pytest.fixture(scope="module")
-def guarded(pipeline):
+def guarded(pipeline, fast_receive):
     """Host checks on; a short A-ASSOCIATE timeout, a small maximum PDU and data set, streaming past 1 MiB."""
     server = _server(
         pipeline,
         "runscp-guarded",
+        fast_receive,
         DICOM_ASSOCIATE_TIMEOUT="2",
         DICOM_MAX_PDU=str(MAX_PDU),
         DICOM_MAX_DATASET_BYTES=str(MAX_DATASET),
@@ -76,11 +84,12 @@ def guarded(pipeline):
 
 
 @pytest.fixture(scope="module")
-def unchecked(pipeline):
+def unchecked(pipeline, fast_receive):
     """DICOM_CHECK_HOST=0, 6 associations at most, 2 per peer, a long A-ASSOCIATE timeout."""
     server = _server(
         pipeline,
         "runscp-unchecked",
+        fast_receive,
         DICOM_CHECK_HOST="0",
         DICOM_MAX_ASSOCIATIONS="6",
         DICOM_MAX_ASSOCIATIONS_PER_PEER="2",
@@ -91,11 +100,12 @@ def unchecked(pipeline):
 
 
 @pytest.fixture(scope="module")
-def polling(pipeline):
+def polling(pipeline, fast_receive):
     """As guarded, with pynetdicom's own loops and reads (DICOM_EVENT_DRIVEN_LOOPS=0)."""
     server = _server(
         pipeline,
         "runscp-polling",
+        fast_receive,
         DICOM_EVENT_DRIVEN_LOOPS="0",
         DICOM_ASSOCIATE_TIMEOUT="2",
         DICOM_MAX_PDU=str(MAX_PDU),
@@ -361,7 +371,7 @@ def _idle_connections(port, count, source=ATTACKER) -> list[socket.socket]:
 
 
 def test_100_idle_connections_from_an_unknown_address_take_no_slot(system, node, tmp_path):
-    server = Server(system.procs["runscp"], system.port, system.logs / "runscp.log")
+    server = Server(system.procs["runscp"], system.port, system.logs / f"{system.scp_log}.log")
     node.append(server)
     lines_before = server.log().count("refused at accept")
     idle = _idle_connections(system.port, 100)
@@ -472,9 +482,9 @@ def test_a_retrieving_node_that_may_not_store_keeps_only_the_scp_role_for_c_get(
 
 
 def test_below_the_free_space_watermark_c_store_answers_out_of_resources_and_keeps_what_is_stored(
-    pipeline, system, node, tmp_path
+    pipeline, system, node, tmp_path, fast_receive
 ):
-    full = _server(pipeline, "runscp-full", STORAGE_MIN_FREE_MB=str(1024**4))
+    full = _server(pipeline, "runscp-full", fast_receive, STORAGE_MIN_FREE_MB=str(1024**4))
     node.append(full)
     try:
         [path] = dicomgen.ct_series(tmp_path, 1, size=32)

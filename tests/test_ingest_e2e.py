@@ -17,7 +17,7 @@ from pynetdicom.sop_class import CTImageStorage, Verification
 from imaging import storage
 from records.models import Instance, Patient, Series, Study
 from tests import dicomgen, procs
-from tests.conftest import service_env, start_scp
+from tests.conftest import RECEIVE_PATHS, service_env, start_scp
 
 pytestmark = pytest.mark.e2e
 
@@ -90,6 +90,12 @@ def data_elements(path) -> dict:
     ds = pydicom.dcmread(path)
     # Group lengths and trailing padding are legitimately dropped by a sender.
     return {elem.tag: elem.value for elem in ds if elem.tag.element != 0 and elem.tag != 0xFFFCFFFC}
+
+
+@pytest.fixture(**RECEIVE_PATHS)
+def fast_receive(request) -> str:
+    """Every test here runs against our receive path (network/fastrecv.py) and against pynetdicom's."""
+    return request.param
 
 
 def test_it_answers_echoscu(system):
@@ -329,7 +335,8 @@ def test_files_stored_while_the_broker_is_down_are_indexed_by_reindex(system, tm
     from django.core.management import call_command
 
     dead_broker = f"redis://127.0.0.1:{procs.free_port()}/0"
-    scp, port = start_scp(service_env(dead_broker), system.logs, name="runscp-nobroker")
+    receive = system.env.get("DICOM_FAST_RECEIVE", "1")
+    scp, port = start_scp(service_env(dead_broker, DICOM_FAST_RECEIVE=receive), system.logs, name="runscp-nobroker")
     try:
         files = dicomgen.ct_series(tmp_path / "ct", 5, size=64, patient_id="NOBROKER")
         result = storescu(port, *files)

@@ -19,14 +19,18 @@ def session_of(assoc) -> access.Session | None:
 
 def permitted(event, service: str, permission: str) -> bool:
     """Record that ``service`` was used; False (failure counted and logged) if the node may not use it."""
-    session = session_of(event.assoc)
+    return session_permits(session_of(event.assoc), event.assoc.requestor.ae_title.strip(), service, permission)
+
+
+def session_permits(session: access.Session | None, calling_ae: str, service: str, permission: str) -> bool:
+    """``permitted`` for an association's session (network/fastrecv.py has no pynetdicom event)."""
     if session is None:
         return True
     session.services.add(service)
     if session.allows(permission):
         return True
     session.failures += 1
-    log.warning("%s from %s refused: the node lacks %s", service, event.assoc.requestor.ae_title.strip(), permission)
+    log.warning("%s from %s refused: the node lacks %s", service, calling_ae, permission)
     return False
 
 
@@ -85,15 +89,16 @@ def handle_requested(event) -> None:
         contexts = access.contexts_for(decision.node, assoc.acceptor.supported_contexts, assoc.requestor.role_selection)
         if contexts is not None:
             assoc.acceptor.supported_contexts = contexts
-            _log_refused_storage(session, request, contexts)
+            log_refused_storage(session, request.presentation_context_definition_list, contexts)
     except Exception:
         log.exception("cannot limit the presentation contexts of %s; rejecting it", request.calling_ae_title)
         _reject(assoc, REJECT_TRANSIENT)
 
 
-def _log_refused_storage(session, request, contexts) -> None:
+def log_refused_storage(session, proposed_contexts, contexts) -> None:
+    """Log and count the storage SOP classes proposed that ``contexts`` (access.contexts_for) leaves out."""
     kept = {context.abstract_syntax for context in contexts}
-    proposed = {context.abstract_syntax for context in request.presentation_context_definition_list}
+    proposed = {context.abstract_syntax for context in proposed_contexts}
     refused = (proposed & access.STORAGE_SOP_CLASSES) - kept
     if refused:
         session.services.add("C-STORE")

@@ -182,6 +182,16 @@ class Spool:
             self.partial.discard()
 
 
+def discard_spools(spools: list) -> None:
+    """Remove the temporary file of every spool in ``spools`` not committed, and empty the list."""
+    for spool in spools:
+        try:
+            spool.discard()
+        except OSError:
+            log.exception("cannot remove a partly received data set")
+    spools.clear()
+
+
 def open_spool(*, sop_class: str, sop_instance: str, transfer_syntax: str, calling_ae: str, may_store: bool) -> Spool:
     """Where the fragments of a large C-STORE data set go as they arrive; never raises."""
     spool = Spool(None, str(transfer_syntax), str(sop_class), str(sop_instance))
@@ -251,34 +261,43 @@ def handle_store(event, handoff) -> int:
     """EVT_C_STORE handler: never raises, every failure is a DICOM status."""
     calling_ae = event.assoc.requestor.ae_title.strip()
     request = event.request
+    spool = getattr(request, "imaging_spool", None)  # set by network/guard.py for a data set received to disk
     if not permitted(event, "C-STORE", "may_store"):
-        spool = getattr(request, "imaging_spool", None)
         if spool is not None:
             spool.discard()
         return access.NOT_AUTHORIZED
-    session = session_of(event.assoc)
-    spool = getattr(request, "imaging_spool", None)  # set by network/guard.py for a data set received to disk
+    return store_received(
+        session=session_of(event.assoc),
+        calling_ae=calling_ae,
+        sop_instance=request.AffectedSOPInstanceUID,
+        handoff=handoff,
+        spool=spool,
+        received=lambda: (event.file_meta, event.encoded_dataset(include_meta=False)),
+    )
+
+
+def store_received(*, session, calling_ae: str, sop_instance: str, handoff, spool: Spool | None, received) -> int:
+    """Store one C-STORE data set the node may store (pynetdicom's handler and network/fastrecv.py); its status.
+
+    The data set is ``spool`` (received to disk) or, without one, ``received()``:
+    (file meta, encoded data set). Never raises: a refusal is logged and counted in
+    ``session``; a stored file is handed to the indexer.
+    """
     try:
         if spool is not None:
             relpath = store_spooled(spool, calling_ae)
         else:
-            stream = event.encoded_dataset(include_meta=False)
-            relpath = store(event.file_meta, stream, calling_ae)
+            file_meta, stream = received()
+            relpath = store(file_meta, stream, calling_ae)
     except Rejected as exc:
         if session is not None:
             session.failures += 1
-        log.warning(
-            "C-STORE from %s of %s refused (0x%04X): %s",
-            calling_ae,
-            request.AffectedSOPInstanceUID,
-            exc.status,
-            exc.reason,
-        )
+        log.warning("C-STORE from %s of %s refused (0x%04X): %s", calling_ae, sop_instance, exc.status, exc.reason)
         return exc.status
     except Exception:
         if session is not None:
             session.failures += 1
-        log.exception("C-STORE from %s of %s failed", calling_ae, request.AffectedSOPInstanceUID)
+        log.exception("C-STORE from %s of %s failed", calling_ae, sop_instance)
         return OUT_OF_RESOURCES
     finally:
         if spool is not None:

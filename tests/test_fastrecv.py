@@ -1,0 +1,288 @@
+"""Our receive path (network/fastrecv.py) against pynetdicom's, byte for byte, with real runscp processes.
+
+The same A-ASSOCIATE-RQ (captured from pynetdicom's SCU and from DCMTK's storescu
+and echoscu) goes to a runscp with DICOM_FAST_RECEIVE=1 and to one with =0: the
+A-ASSOCIATE-AC, the C-ECHO and C-STORE responses, the A-RELEASE-RP and the stored
+file must be the same bytes.
+"""
+
+import socket
+import struct
+import threading
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, build_context, build_role
+from pynetdicom.dsutils import encode
+from pynetdicom.pdu_primitives import AsynchronousOperationsWindowNegotiation
+from pynetdicom.sop_class import (
+    CTImageStorage,
+    MRImageStorage,
+    StudyRootQueryRetrieveInformationModelFind,
+    Verification,
+)
+
+from imaging import storage
+from network import fastrecv, fastsend
+from network.scp import ASSOCIATION_NAME
+from tests import dicomgen, procs
+from tests.conftest import start_scp
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def servers(pipeline):
+    """{True: runscp with our receive path, False: runscp with pynetdicom's}."""
+    started = {}
+    try:
+        for fast in (True, False):
+            env = {**pipeline.env, "DICOM_FAST_RECEIVE": "1" if fast else "0"}
+            started[fast] = start_scp(env, pipeline.logs, name=f"runscp-fastrecv-{int(fast)}")
+            # Conversations count the threads of their association's process: not the readiness probe's.
+            proc = started[fast][0]
+            procs.wait_for(lambda p=proc: not associations(p), 20, "the readiness probe's process to end")
+        yield {fast: port for fast, (_proc, port) in started.items()} | {"procs": started}
+    finally:
+        for proc, _port in started.values():
+            procs.stop(proc)
+
+
+def capture_request(send) -> bytes:
+    """The first PDU an SCU sends: ``send(port)`` runs the SCU against a listener that only records it."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    captured = []
+
+    def accept():
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(10)
+            header = read_exactly(conn, 6)
+            captured.append(header + read_exactly(conn, struct.unpack(">L", header[2:])[0]))
+
+    thread = threading.Thread(target=accept)
+    thread.start()
+    try:
+        send(port)
+    finally:
+        thread.join(15)
+        listener.close()
+    [request] = captured
+    return request
+
+
+def read_exactly(sock, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        piece = sock.recv(size - len(data))
+        assert piece, f"closed after {len(data)} of {size} bytes"
+        data += piece
+    return data
+
+
+def read_pdu(sock) -> bytes:
+    header = read_exactly(sock, 6)
+    return header + read_exactly(sock, struct.unpack(">L", header[2:])[0])
+
+
+def pynetdicom_request(contexts, *, max_pdu=16384, ext_neg=None):
+    def send(port):
+        ae = AE(ae_title="MODALITY")
+        ae.acse_timeout = ae.network_timeout = 2
+        ae.maximum_pdu_size = max_pdu
+        for context in contexts:
+            ae.add_requested_context(*context)
+        ae.associate("127.0.0.1", port, ae_title="IMAGING", ext_neg=ext_neg)
+
+    return send
+
+
+def dcmtk_request(tool, *files):
+    def send(port):
+        procs.dcmtk(tool, "-aet", "MODALITY", "-aec", "IMAGING", "-to", "2", "-ta", "2", "127.0.0.1", str(port), *files)
+
+    return send
+
+
+def accepted(ac: bytes) -> dict[int, str]:
+    """{context ID: transfer syntax} of the contexts an A-ASSOCIATE-AC accepts."""
+    contexts, offset = {}, 74
+    while offset < len(ac):
+        item_type, _, length = struct.unpack(">BBH", ac[offset : offset + 4])
+        body = ac[offset + 4 : offset + 4 + length]
+        if item_type == 0x21 and body[2] == 0:
+            contexts[body[0]] = body[8:].decode()
+        offset += 4 + length
+    return contexts
+
+
+def proposed(rq: bytes) -> dict[int, str]:
+    """{context ID: abstract syntax} of an A-ASSOCIATE-RQ."""
+    return {cx.context_id: cx.abstract_syntax for cx in fastrecv.parse_request(rq).contexts}
+
+
+def associations(server_proc) -> list[int]:
+    return [p for p in procs.children(server_proc.pid) if procs.name(p) == ASSOCIATION_NAME]
+
+
+def threads_of_association(server_proc) -> int:
+    [pid] = procs.wait_for(lambda: associations(server_proc), 10, "its process")
+    return len(list(Path(f"/proc/{pid}/task").iterdir()))
+
+
+def converse(port, server_proc, rq: bytes, image: Path | None) -> dict:
+    """Associate with ``rq``, echo and store ``image`` where the contexts allow it, release; every PDU we got."""
+    got = {}
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(rq)
+        got["ac"] = read_pdu(sock)
+        assert got["ac"][0] == 0x02, got["ac"]
+        got["threads"] = threads_of_association(server_proc)
+        contexts = accepted(got["ac"])
+        syntaxes = proposed(rq)
+        for context_id, transfer_syntax in contexts.items():
+            if syntaxes[context_id] == Verification and "echo" not in got:
+                command = fastsend.command_set(
+                    {
+                        "AffectedSOPClassUID": Verification,
+                        "CommandField": 0x0030,
+                        "MessageID": 7,
+                        "CommandDataSetType": 0x0101,
+                    }
+                )
+                sock.sendall(fastrecv.command_pdus(context_id, command, 16384))
+                got["echo"] = read_pdu(sock)
+            elif syntaxes[context_id] == CTImageStorage and image is not None and "store" not in got:
+                if transfer_syntax not in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
+                    continue
+                ds = pydicom.dcmread(image)
+                data_set = encode(ds, transfer_syntax == ImplicitVRLittleEndian, True, False)
+                command = fastsend.c_store_rq(
+                    sop_class=CTImageStorage, sop_instance=ds.SOPInstanceUID, message_id=9, priority=0
+                )
+                fastsend.send_all(sock, fastsend.p_data_pdus(context_id, command, data_set, 16384))
+                got["store"] = read_pdu(sock)
+                path = storage.absolute(storage.instance_relpath(ds.SOPInstanceUID))
+                got["file"] = path.read_bytes()
+                path.unlink()  # the other server stores it afresh
+        sock.sendall(b"\x05\x00\x00\x00\x00\x04\x00\x00\x00\x00")
+        got["rp"] = read_pdu(sock)
+    # The next conversation counts the threads of its own association's process.
+    procs.wait_for(lambda: not associations(server_proc), 20, "the association's process to end")
+    return got
+
+
+REQUESTS = {
+    "pynetdicom-ct-echo": pynetdicom_request([(Verification,), (CTImageStorage,)]),
+    "pynetdicom-implicit-first-unlimited-pdu": pynetdicom_request(
+        [(CTImageStorage, [ImplicitVRLittleEndian, ExplicitVRLittleEndian]), (MRImageStorage,), (Verification,)],
+        max_pdu=0,
+    ),
+    "pynetdicom-unsupported-transfer-syntax": pynetdicom_request(
+        [(MRImageStorage, ["1.2.3.4.5.6"]), (CTImageStorage, [ExplicitVRLittleEndian])], max_pdu=4096
+    ),
+    "pynetdicom-async-ops-window": pynetdicom_request(
+        [(CTImageStorage,), (Verification,)], ext_neg=[AsynchronousOperationsWindowNegotiation()]
+    ),
+    "dcmtk-echoscu": dcmtk_request("echoscu"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REQUESTS))
+def test_our_receive_path_answers_byte_for_byte_as_pynetdicom(system, servers, name, tmp_path):
+    rq = capture_request(REQUESTS[name])
+    assert fastrecv.servable(fastrecv.parse_request(rq)), fastrecv.parse_request(rq).odd
+    [image] = dicomgen.ct_series(tmp_path, 1, size=32)
+    fast = converse(servers[True], servers["procs"][True][0], rq, image)
+    slow = converse(servers[False], servers["procs"][False][0], rq, image)
+    assert fast["threads"] == 1  # served by our path: no DUL thread, no association thread
+    assert slow["threads"] > 1
+    for key in ("ac", "echo", "store", "file", "rp"):
+        assert fast.get(key) == slow.get(key), key
+    assert "echo" in fast or "store" in fast
+
+
+def test_dcmtk_storescus_request_is_answered_byte_for_byte(system, servers, tmp_path):
+    [image] = dicomgen.ct_series(tmp_path, 1, size=32)
+    rq = capture_request(dcmtk_request("storescu", str(image)))
+    assert fastrecv.servable(fastrecv.parse_request(rq))
+    fast = converse(servers[True], servers["procs"][True][0], rq, image)
+    slow = converse(servers[False], servers["procs"][False][0], rq, image)
+    assert (fast["threads"], slow["threads"] > 1) == (1, True)
+    assert [fast.get(k) for k in ("ac", "store", "file", "rp")] == [slow.get(k) for k in ("ac", "store", "file", "rp")]
+    assert fast["store"][0] == 0x04 and fast["file"]  # stored, and answered
+
+
+@pytest.mark.parametrize(
+    "contexts, ext_neg",
+    [
+        ([(CTImageStorage,), (StudyRootQueryRetrieveInformationModelFind,)], None),
+        ([(CTImageStorage,)], [build_role(CTImageStorage, scp_role=True)]),
+    ],
+    ids=["a-query-context", "a-role-selection-item"],
+)
+def test_anything_but_storage_and_verification_is_left_to_pynetdicom(system, servers, contexts, ext_neg):
+    rq = capture_request(pynetdicom_request(contexts, ext_neg=ext_neg))
+    assert not fastrecv.servable(fastrecv.parse_request(rq))
+    fast = converse(servers[True], servers["procs"][True][0], rq, None)
+    slow = converse(servers[False], servers["procs"][False][0], rq, None)
+    assert fast["threads"] > 1 and slow["threads"] > 1
+    assert fast["ac"] == slow["ac"]
+
+
+def test_the_fast_path_is_off_with_its_setting(settings):
+    settings.DICOM_FAST_RECEIVE = False
+    request = fastrecv.Request(0, "IMAGING", "MODALITY", contexts=[build_context(CTImageStorage)])
+    assert not fastrecv.servable(request)
+    settings.DICOM_FAST_RECEIVE = True
+    assert fastrecv.servable(request)
+
+
+def test_a_message_our_path_does_not_serve_aborts_the_association_and_is_logged(system, servers):
+    from network.models import AssociationLog
+
+    rq = capture_request(pynetdicom_request([(CTImageStorage,), (Verification,)]))
+    with socket.create_connection(("127.0.0.1", servers[True]), timeout=10) as sock:
+        sock.sendall(rq)
+        ac = read_pdu(sock)
+        [ct_context] = [cx for cx, syntax in proposed(rq).items() if syntax == CTImageStorage and cx in accepted(ac)]
+        find = fastsend.command_set(
+            {"AffectedSOPClassUID": CTImageStorage, "CommandField": 0x0020, "MessageID": 3, "Priority": 0}
+            | {"CommandDataSetType": 0x0101}
+        )
+        sock.sendall(fastrecv.command_pdus(ct_context, find, 16384))
+        abort = read_pdu(sock)
+        assert abort[0] == 0x07 and abort[8:10] == b"\x00\x00"  # A-ABORT by the service user
+        assert sock.recv(1) == b""  # and closed
+    entry = procs.wait_for(lambda: AssociationLog.objects.filter(calling_ae="MODALITY").first(), 20, "the log")
+    assert entry.outcome == AssociationLog.Outcome.ABORTED
+    assert "0x0020" in entry.reason and "we do not serve" in entry.reason
+
+
+def test_an_association_idle_past_the_network_timeout_is_aborted_and_logged(system, pipeline):
+    from network.models import AssociationLog
+
+    env = {**pipeline.env, "DICOM_FAST_RECEIVE": "1", "DICOM_NETWORK_TIMEOUT": "1"}
+    scp, port = start_scp(env, pipeline.logs, name="runscp-fastrecv-idle")
+    try:
+        rq = capture_request(pynetdicom_request([(CTImageStorage,), (Verification,)]))
+        procs.wait_for(lambda: not associations(scp), 20, "the readiness probe's process to end")
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(rq)
+            assert read_pdu(sock)[0] == 0x02
+            assert threads_of_association(scp) == 1  # our path
+            abort = read_pdu(sock)  # nothing sent: within a few seconds, an A-ABORT
+            assert abort[0] == 0x07 and abort[8] == 0x02  # by the service provider
+        entry = procs.wait_for(
+            lambda: AssociationLog.objects.filter(
+                calling_ae="MODALITY", outcome=AssociationLog.Outcome.ABORTED
+            ).first(),
+            20,
+            "the log",
+        )
+        assert "DICOM_NETWORK_TIMEOUT" in entry.reason
+    finally:
+        procs.stop(scp)
