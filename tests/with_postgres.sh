@@ -12,6 +12,13 @@ if [ "$(id -u)" = 0 ]; then
   as_pg=(runuser -u postgres --)
 fi
 cleanup() {
+  status=$?
+  if [ "$status" != 0 ] && [ -f "$data/server.log" ]; then
+    # Deadlocks and lost connections, before the server's log goes (kept short: the
+    # test summary above is what a reader of CI's last lines needs first).
+    echo "=== PostgreSQL's deadlocks and fatal errors (exit $status) ==="
+    grep -E -A3 "deadlock detected|FATAL|PANIC" "$data/server.log" | tail -n 16 || true
+  fi
   "${as_pg[@]}" "$bindir/pg_ctl" -D "$data/db" -m immediate stop >/dev/null 2>&1 || true
   rm -rf "$data"
 }
