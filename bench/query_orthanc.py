@@ -7,18 +7,23 @@ Generates ``--studies`` one-image studies with pydicom (the names, IDs and dates
 of bench/query.py: 2.5 studies a patient, ten years of dates), sends them with
 storescu to our runscp (indexed by ``manage.py reindex``) and to Orthanc 1.10.1,
 then times the same three STUDY-level queries as bench/query.py with DCMTK's
-findscu against both, the two taking turns query by query. bench/query.py
-measures ours alone at 100,000 studies, which would take hours to send to Orthanc.
+findscu against both, and a C-ECHO with DCMTK's echoscu (process start included,
+as for findscu), the two taking turns query by query. bench/query.py measures
+ours alone at 100,000 studies, which would take hours to send to Orthanc.
+``--env KEY=VALUE`` (repeatable) sets our runscp's environment, e.g.
+``--env DICOM_FAST_RECEIVE=0`` for pynetdicom's receive path.
 """
 
 import argparse
 import datetime as dt
+import os
 import random
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -77,10 +82,30 @@ def send(aet: str, port: int, folder: Path) -> None:
         raise RuntimeError(f"storescu to {aet} failed: {result.stderr}")
 
 
+ECHO = "C-ECHO (echoscu)"
+
+
+def echoscu(port: int, called: str) -> tuple[float, int]:
+    """One echoscu run, process start included: (ms, 1)."""
+    started = time.perf_counter()
+    result = subprocess.run(
+        ["echoscu", "-aet", "BENCH", "-aec", called, "127.0.0.1", str(port)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TCP_NODELAY": "1"},
+        check=False,
+        timeout=60,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(result.stderr)
+    return (time.perf_counter() - started) * 1000, 1
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--studies", type=int, default=2000)
     parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for our runscp (repeatable)")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench-query-orthanc-"))
     running = []
@@ -97,6 +122,7 @@ def main() -> int:
             "DATABASE_URL": f"sqlite:///{var / 'db.sqlite3'}",
             "CELERY_BROKER_URL": f"redis://127.0.0.1:{orthanc.free_port()}/0",  # none: reindex does the index
             "LOG_LEVEL": "WARNING",
+            **dict(item.split("=", 1) for item in args.env),
         }
         subprocess.run(procs.manage("migrate", "-v0"), env=env, cwd=REPO, check=True)
         subprocess.run(
@@ -117,12 +143,16 @@ def main() -> int:
         subprocess.run(procs.manage("reindex"), env=env, cwd=REPO, check=True, capture_output=True)
 
         servers = {"ours": ("IMAGING", ours_port), "Orthanc": (orthanc.AE_TITLE, theirs_port)}
+        probes[ECHO] = None
         times = {name: {query: [] for query in probes} for name in servers}
         matches = {name: {} for name in servers}
         for _ in range(args.runs + 1):  # the first round warms up
             for name, (aet, port) in servers.items():
                 for query, keys in probes.items():
-                    ms, matches[name][query] = findscu(port, keys, called=aet)
+                    if keys is None:
+                        ms, matches[name][query] = echoscu(port, aet)
+                    else:
+                        ms, matches[name][query] = findscu(port, keys, called=aet)
                     times[name][query].append(ms)
         print(f"\n| query, {args.studies:,} studies | ours: median / p95 ms (matches) | Orthanc 1.10.1 | ratio |")
         print("|---|---|---|---|")

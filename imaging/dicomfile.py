@@ -433,6 +433,48 @@ def _raw_elements(head: bytes, pos: int, end: int, implicit: bool, stop_at_pixel
     return elements, 0, pos
 
 
+def scan_values(data, last_tag: int, implicit: bool) -> dict[int, tuple[bytes | None, bytes]] | None:
+    """The top-level elements of a Little Endian data set up to ``last_tag``: {tag: (VR or None, value bytes)}.
+
+    What pydicom's ``read_dataset`` with ``stop_when`` past ``last_tag`` reads
+    (the first element beyond it ends the scan, a later duplicate wins), without
+    building a Dataset: for the few UIDs the C-STORE hot path checks. Sequences
+    are skipped; only the first SCAN_BYTES are looked at. None when the scan
+    cannot follow the data set (a length past its end or past SCAN_BYTES, an
+    unknown VR, an item out of place): the caller reads it with pydicom.
+    """
+    head = bytes(data[:SCAN_BYTES])
+    whole = len(data) <= SCAN_BYTES
+    values = {}
+    pos = 0
+    try:
+        while pos < len(head):
+            tag, vr, length, start = _element_at(head, pos, implicit)
+            if tag > last_tag:
+                return values
+            if tag >> 16 == 0xFFFE:
+                return None
+            if length == UNDEFINED_LENGTH:
+                if not (implicit or vr in (b"SQ", b"UN")):
+                    return None
+                pos = _skip_sequence(head, start, implicit)
+                continue
+            pos = start + length
+            if pos > len(head):
+                return None
+            values[tag] = (vr, head[start:pos])
+    except _NotPlain:
+        return None
+    return values if whole else None
+
+
+def ui_value(value: bytes) -> str | None:
+    """A UI element's one value as pydicom decodes it (without trailing NULs and spaces); None if several."""
+    if b"\\" in value:
+        return None
+    return value.decode("latin-1").rstrip("\0 ")
+
+
 def _implicit_sequence(tag: int) -> bool:
     try:
         return dictionary_VR(tag) == "SQ"
@@ -522,7 +564,7 @@ def quick_get(ds: Dataset, keyword: str, default=None):
         value = elem.value
         vr = elem.VR or _dictionary_vr(elem.tag)
         if vr == "UI" and b"\\" not in value:
-            return value.decode("latin-1").rstrip("\0 ")
+            return ui_value(value)
         if vr == "US" and len(value) == 2 and elem.is_little_endian:
             return value[0] | value[1] << 8
         if vr == "IS" and _WHOLE_NUMBER.fullmatch(value.strip(b" \0")):

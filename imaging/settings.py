@@ -300,7 +300,8 @@ if DICOM_UID_CONFLICT_POLICY not in ("reject", "replace"):
 INGEST_BULK = envbool("INGEST_BULK", True)
 # Read the header of a common file (preamble, plain file meta, Little Endian, header
 # within 64 KB) by a scan of ours into raw elements (imaging/dicomfile.scan_header)
-# instead of pydicom's reader; anything else is read by pydicom as before. 0: always pydicom.
+# instead of pydicom's reader, and the UIDs the SCP checks in a received Little Endian
+# data set (dicomfile.scan_values); anything else is read by pydicom as before. 0: always pydicom.
 INGEST_SCAN_HEADER = envbool("INGEST_SCAN_HEADER", True)
 # The SCP gathers stored paths this long (at most INDEX_HANDOFF_MAX_PATHS) before
 # sending them to the indexer as one task (network/handoff.py); the end of an

@@ -46,7 +46,6 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 from pydicom.uid import UID
-from pynetdicom.dsutils import create_file_meta
 from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
 from pynetdicom.sop_class import Verification
 
@@ -615,12 +614,7 @@ class Association:
                 sop_instance=sop_instance,
                 handoff=self.handoff,
                 spool=message.spool,
-                received=lambda: (
-                    create_file_meta(
-                        sop_class_uid=sop_class, sop_instance_uid=sop_instance, transfer_syntax=transfer_syntax
-                    ),
-                    message.data,
-                ),
+                received=lambda: (store.Meta(sop_class, sop_instance, transfer_syntax), message.data),
             )
         response = {
             "AffectedSOPClassUID": sop_class,

@@ -226,3 +226,40 @@ def test_quick_get_gives_what_pydicom_gives():
                 quick = dicomfile.quick_get(header.ds.file_meta, keyword, "")
                 assert as_used(quick) == as_used(reference.file_meta.get(keyword, "")), (path.name, keyword)
     assert compared > 2000
+
+
+def _data_set_bytes(path: Path) -> tuple[str, bytes] | None:
+    """(transfer syntax, the data set as a modality would send it) of a Part 10 file, or None."""
+    with open(path, "rb") as fp:
+        try:
+            pydicom.filereader.read_preamble(fp, False)
+            meta = pydicom.filereader._read_file_meta_info(fp)
+        except Exception:
+            return None
+        return str(meta.get("TransferSyntaxUID", "")), fp.read()
+
+
+def test_the_c_store_checks_read_the_same_uids_either_way(settings):
+    """network/dimse/store.header_identifiers: our scan (INGEST_SCAN_HEADER) or pydicom, the same UIDs or refusal."""
+    from network.dimse import store as dimse_store
+
+    def identifiers(transfer_syntax, data, scan):
+        settings.INGEST_SCAN_HEADER = scan
+        try:
+            return dimse_store.header_identifiers(data, transfer_syntax)
+        except dimse_store.Rejected as exc:
+            return ("refused", exc.status)
+
+    compared = scanned = 0
+    for path in FILES:
+        found = _data_set_bytes(path)
+        if found is None or not found[0]:
+            continue
+        transfer_syntax, data = found
+        cuts = [data, data[: len(data) // 2], data[:200]]  # whole, and cut short as a broken sender would
+        for cut in cuts:
+            assert identifiers(transfer_syntax, cut, True) == identifiers(transfer_syntax, cut, False), path.name
+            compared += 1
+        implicit = transfer_syntax == "1.2.840.10008.1.2"
+        scanned += dicomfile.scan_values(data, 0x0020000E, implicit) is not None
+    assert compared > 300 and scanned > 100, (compared, scanned)

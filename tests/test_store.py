@@ -1,6 +1,7 @@
 """The C-STORE hot path as a plain function: what it checks and what it refuses."""
 
 import io
+import warnings
 import zlib
 from pathlib import Path
 
@@ -196,3 +197,47 @@ def test_a_spool_whose_disk_fails_answers_out_of_resources_and_leaves_no_file(tm
     with pytest.raises(store.Rejected) as refused:
         store.store_spooled(spool)
     assert refused.value.status == 0xA700
+
+
+def _pydicoms_header(sop_class, sop_instance, transfer_syntax, calling_ae):
+    from pynetdicom.dsutils import create_file_meta, encode_file_meta
+
+    meta = create_file_meta(sop_class_uid=sop_class, sop_instance_uid=sop_instance, transfer_syntax=transfer_syntax)
+    if calling_ae:
+        meta.SourceApplicationEntityTitle = calling_ae
+    return b"\x00" * 128 + b"DICM" + encode_file_meta(meta)
+
+
+@pytest.mark.parametrize(
+    "uids",
+    [
+        ("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4", "1.2.840.10008.1.2.1"),  # even, even, odd lengths
+        ("1.2.840.10008.5.1.4.1.1.7", "1.2.3.45", "1.2.840.10008.1.2"),  # odd, odd, even
+        ("1.2.840.10008.5.1.4.1.1.4", "1." + "2" * 62, "1.2.840.10008.1.2.4.50"),  # a 64-character UID
+        ("1.2.840.10008.5.1.4.1.1.2", "2.25.339023904629870712463123406427125409876", "1.2.840.10008.1.2.5"),
+    ],
+)
+@pytest.mark.parametrize("calling_ae", ["", "CT_ROOM_1", "MR", "A" * 16, "DR 7", "US-1 ", "A" * 15])
+def test_our_file_meta_is_pydicoms_byte_for_byte(uids, calling_ae):
+    ours = store.file_header(store.Meta(*uids), calling_ae)
+    assert ours == _pydicoms_header(*uids, calling_ae)
+    read = pydicom.filereader._read_file_meta_info(io.BytesIO(ours[132:]))
+    assert read.MediaStorageSOPInstanceUID == uids[1]
+    assert read.get("SourceApplicationEntityTitle", "") == calling_ae.rstrip()
+
+
+@pytest.mark.parametrize(
+    "uids, calling_ae",
+    [
+        (("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4", "1.2.840.10008.1.2.1"), "CT\\ROOM"),  # a backslash: two values
+        (("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4", "1.2.840.10008.1.2.1"), "CT_ROOM_ONE_TWO_3"),  # 17 characters
+        (("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4", "1.2.840.10008.1.2.1"), "CT\x07"),  # a control character
+        (("1.2.840.10008.5.1.4.1.1.2 ", "1.2.3.4", "1.2.840.10008.1.2.1"), "CT"),  # a UID with a space
+        (("1.2.840.10008.5.1.4.1.1.02", "1.2.3.4", "1.2.840.10008.1.2.1"), "CT"),  # a leading zero
+    ],
+)
+def test_a_file_meta_value_we_do_not_encode_ourselves_is_left_to_pydicom(uids, calling_ae):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns of the invalid values, and writes them
+        expected = _pydicoms_header(*uids, calling_ae)
+        assert store.file_header(store.Meta(*uids), calling_ae) == expected

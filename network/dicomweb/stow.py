@@ -26,7 +26,6 @@ from django.conf import settings
 from django.http import HttpResponse
 from django.utils.http import parse_header_parameters
 from pydicom.filereader import _read_file_meta_info
-from pynetdicom.dsutils import create_file_meta
 from rest_framework.exceptions import APIException, UnsupportedMediaType
 
 from imaging import storage
@@ -202,11 +201,7 @@ class Part:
                 )
                 return
         # Our file meta, from the part's UIDs: what pynetdicom builds for a C-STORE.
-        self.meta = create_file_meta(
-            sop_class_uid=uids["sop_class_uid"],
-            sop_instance_uid=uids["sop_instance_uid"],
-            transfer_syntax=uids["transfer_syntax"],
-        )
+        self.meta = dimse_store.Meta(uids["sop_class_uid"], uids["sop_instance_uid"], uids["transfer_syntax"])
         self.data_offset = fp.tell()
 
     def _to_disk(self) -> None:

@@ -14,15 +14,18 @@ the same, byte for byte.
 
 import io
 import logging
+import struct
 import zlib
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from django.conf import settings
 from pydicom.filereader import read_dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
+from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 from pynetdicom.dsutils import create_file_meta, encode_file_meta
 
-from imaging import integrity, storage
+from imaging import dicomfile, integrity, storage
 from network import access
 from network.dimse.association import permitted, session_of
 
@@ -40,6 +43,12 @@ CANNOT_UNDERSTAND = 0xC000  # the data set cannot be parsed
 DUPLICATE_SOP_INSTANCE = 0x0111
 
 _LAST_TAG_NEEDED = 0x0020000E  # Series Instance UID; the UIDs we check all come before it
+_IDENTIFIERS = {
+    0x00080016: "SOPClassUID",
+    0x00080018: "SOPInstanceUID",
+    0x0020000D: "StudyInstanceUID",
+    0x0020000E: "SeriesInstanceUID",
+}
 
 
 class Rejected(Exception):
@@ -72,17 +81,35 @@ def header_identifiers(stream, transfer_syntax: str) -> dict[str, str]:
             if not isinstance(stream, bytes | bytearray | memoryview):
                 stream = stream.read(2 * _INFLATED_PREFIX)
             stream = zlib.decompressobj(-zlib.MAX_WBITS).decompress(stream, _INFLATED_PREFIX)
-        fp = io.BytesIO(stream) if isinstance(stream, bytes | bytearray | memoryview) else stream
-        ds = read_dataset(fp, implicit, little, stop_when=_stop_after_uids, defer_size=_DEFER_SIZE)
-        ids = {
-            "SOPClassUID": ds.get("SOPClassUID", ""),
-            "SOPInstanceUID": ds.get("SOPInstanceUID", ""),
-            "StudyInstanceUID": ds.get("StudyInstanceUID", ""),
-            "SeriesInstanceUID": ds.get("SeriesInstanceUID", ""),
-        }
+        in_memory = isinstance(stream, bytes | bytearray | memoryview)
+        scan = settings.INGEST_SCAN_HEADER and in_memory and little
+        ids = _scanned_identifiers(stream, implicit) if scan else None
+        if ids is None:
+            fp = io.BytesIO(stream) if in_memory else stream
+            ds = read_dataset(fp, implicit, little, stop_when=_stop_after_uids, defer_size=_DEFER_SIZE)
+            ids = {keyword: ds.get(keyword, "") for keyword in _IDENTIFIERS.values()}
     except Exception as exc:
         raise Rejected(CANNOT_UNDERSTAND, f"data set cannot be parsed: {exc}") from exc
     return {k: str(v).strip().rstrip("\x00") for k, v in ids.items()}
+
+
+def _scanned_identifiers(stream, implicit: bool) -> dict[str, str] | None:
+    """The identifiers read by our scan (imaging/dicomfile.scan_values), as pydicom reads them; None: ask pydicom.
+
+    0.1 ms less per image than pydicom's reader and conversions, a fifth of the
+    store's own work. INGEST_SCAN_HEADER=0 leaves it to pydicom, as for the index.
+    """
+    values = dicomfile.scan_values(stream, _LAST_TAG_NEEDED, implicit)
+    if values is None:
+        return None
+    ids = {}
+    for tag, keyword in _IDENTIFIERS.items():
+        vr, value = values.get(tag, (None, b""))
+        text = dicomfile.ui_value(value) if vr in (None, b"UI") else None
+        if text is None:  # another VR, or several values: pydicom's reading says what they are
+            return None
+        ids[keyword] = text
+    return ids
 
 
 def check_identifiers(ids: dict[str, str], affected_sop_class: str, affected_sop_instance: str) -> None:
@@ -108,11 +135,61 @@ def check_identifiers(ids: dict[str, str], affected_sop_class: str, affected_sop
         )
 
 
-def file_header(file_meta, calling_ae: str) -> bytes:
-    """Preamble, prefix and our file meta (with the calling AE as Source Application Entity Title)."""
+class Meta(NamedTuple):
+    """What a stored file's meta says of its data set: pynetdicom's file meta for a C-STORE, from the request.
+
+    The names are pynetdicom's ``FileMetaDataset`` attributes; building that
+    Dataset and encoding it with pydicom's writer took 0.5 ms, half of what the
+    store function costs per image (``file_header`` encodes the same bytes).
+    """
+
+    MediaStorageSOPClassUID: str
+    MediaStorageSOPInstanceUID: str
+    TransferSyntaxUID: str
+
+
+_PREAMBLE = b"\x00" * 128 + b"DICM"
+
+
+def _short_element(element: int, vr: bytes, value: bytes, pad: bytes) -> bytes:
+    """An Explicit VR Little Endian element of group 0002 with a 2-byte length, padded to even length."""
+    if len(value) % 2:
+        value += pad
+    return struct.pack("<HH2sH", 0x0002, element, vr, len(value)) + value
+
+
+def _plain_text(value: str) -> bool:
+    """Printable ASCII without a backslash (one value), at most 16 characters: an AE or SH as pydicom writes it."""
+    return len(value) <= 16 and value.isascii() and value.isprintable() and "\\" not in value
+
+
+def file_header(meta: Meta, calling_ae: str) -> bytes:
+    """Preamble, prefix and our file meta (with the calling AE as Source Application Entity Title).
+
+    The bytes pydicom writes for pynetdicom's file meta (tests/test_store.py
+    compares them), encoded here when every value is one pydicom writes as it is:
+    valid UIDs and a plain AE title; anything else is left to pydicom's writer.
+    """
+    uids = (meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID, meta.TransferSyntaxUID)
+    uids = tuple(str(uid) for uid in uids)
+    if all(storage.is_valid_uid(uid) for uid in uids) and _plain_text(calling_ae):
+        sop_class, sop_instance, transfer_syntax = (uid.encode() for uid in uids)
+        elements = b"".join(
+            (
+                struct.pack("<HH2sHL", 0x0002, 0x0001, b"OB", 0, 2) + b"\x00\x01",
+                _short_element(0x0002, b"UI", sop_class, b"\x00"),
+                _short_element(0x0003, b"UI", sop_instance, b"\x00"),
+                _short_element(0x0010, b"UI", transfer_syntax, b"\x00"),
+                _short_element(0x0012, b"UI", PYNETDICOM_IMPLEMENTATION_UID.encode(), b"\x00"),
+                _short_element(0x0013, b"SH", PYNETDICOM_IMPLEMENTATION_VERSION.encode(), b" "),
+                _short_element(0x0016, b"AE", calling_ae.encode(), b" ") if calling_ae else b"",
+            )
+        )
+        return _PREAMBLE + struct.pack("<HH2sHL", 0x0002, 0x0000, b"UL", 4, len(elements)) + elements
+    file_meta = create_file_meta(sop_class_uid=uids[0], sop_instance_uid=uids[1], transfer_syntax=uids[2])
     if calling_ae:
         file_meta.SourceApplicationEntityTitle = calling_ae
-    return b"\x00" * 128 + b"DICM" + encode_file_meta(file_meta)
+    return _PREAMBLE + encode_file_meta(file_meta)
 
 
 def check_conflict(relpath: str, stream, transfer_syntax: str, sop_instance_uid: str, calling_ae: str) -> None:
@@ -129,7 +206,7 @@ def check_space() -> None:
         raise Rejected(OUT_OF_RESOURCES, reason)
 
 
-def store(file_meta, stream: bytes, calling_ae: str, group: storage.GroupCommit | None = None) -> str:
+def store(meta: Meta, stream: bytes, calling_ae: str, group: storage.GroupCommit | None = None) -> str:
     """Check and write one received data set; returns its path relative to STORAGE_DIR.
 
     Raises ``Rejected`` with the DICOM status to answer when the data set must not
@@ -139,14 +216,14 @@ def store(file_meta, stream: bytes, calling_ae: str, group: storage.GroupCommit 
     if len(stream) > settings.DICOM_MAX_DATASET_BYTES:
         raise Rejected(OUT_OF_RESOURCES, f"data set of {len(stream)} bytes exceeds DICOM_MAX_DATASET_BYTES")
     check_space()
-    ids = header_identifiers(stream, str(file_meta.TransferSyntaxUID))
-    check_identifiers(ids, str(file_meta.MediaStorageSOPClassUID), str(file_meta.MediaStorageSOPInstanceUID))
+    ids = header_identifiers(stream, str(meta.TransferSyntaxUID))
+    check_identifiers(ids, str(meta.MediaStorageSOPClassUID), str(meta.MediaStorageSOPInstanceUID))
     relpath = storage.instance_relpath(ids["SOPInstanceUID"])
     if group is not None:
         group.settle(storage.absolute(relpath))  # the same instance twice in one request: the first is there
-    check_conflict(relpath, stream, str(file_meta.TransferSyntaxUID), ids["SOPInstanceUID"], calling_ae)
+    check_conflict(relpath, stream, str(meta.TransferSyntaxUID), ids["SOPInstanceUID"], calling_ae)
     try:
-        storage.write_atomic(relpath, (file_header(file_meta, calling_ae), stream), group=group)
+        storage.write_atomic(relpath, (file_header(meta, calling_ae), stream), group=group)
     except OSError as exc:
         raise Rejected(OUT_OF_RESOURCES, f"cannot write {relpath}: {exc}") from exc
     return relpath
@@ -203,8 +280,7 @@ def open_spool(*, sop_class: str, sop_instance: str, transfer_syntax: str, calli
             relpath = storage.instance_relpath(spool.sop_instance)
         except storage.InvalidUID as exc:
             raise Rejected(DATASET_DOES_NOT_MATCH_SOP_CLASS, str(exc)) from exc
-        meta = create_file_meta(sop_class_uid=sop_class, sop_instance_uid=sop_instance, transfer_syntax=transfer_syntax)
-        header = file_header(meta, calling_ae)
+        header = file_header(Meta(sop_class, sop_instance, transfer_syntax), calling_ae)
         try:
             spool.partial = storage.PartialFile(relpath)
             spool.partial.write(header)
@@ -272,7 +348,10 @@ def handle_store(event, handoff) -> int:
         sop_instance=request.AffectedSOPInstanceUID,
         handoff=handoff,
         spool=spool,
-        received=lambda: (event.file_meta, event.encoded_dataset(include_meta=False)),
+        received=lambda: (
+            Meta(request.AffectedSOPClassUID, request.AffectedSOPInstanceUID, event.context.transfer_syntax),
+            event.encoded_dataset(include_meta=False),
+        ),
     )
 
 
@@ -287,8 +366,8 @@ def store_received(*, session, calling_ae: str, sop_instance: str, handoff, spoo
         if spool is not None:
             relpath = store_spooled(spool, calling_ae)
         else:
-            file_meta, stream = received()
-            relpath = store(file_meta, stream, calling_ae)
+            meta, stream = received()
+            relpath = store(meta, stream, calling_ae)
     except Rejected as exc:
         if session is not None:
             session.failures += 1
