@@ -328,6 +328,10 @@ def _decode(raw: bytes, terms: Sequence[str], *, vr: str, problems: list[str]) -
         # "\GB18030" is not a valid declaration (GB18030 has no code
         # extensions), but it cannot mean anything else.
         first = standalone[0]
+    if first.g0 is None and raw.isascii() and b"\x1b" not in raw:
+        # Most values: every set we decode is ASCII in its lower half, and with no escape
+        # sequence the G0 stays ASCII; what the loops below would give, a tenth of an image's indexing.
+        return raw.decode("ascii")
     if first.standalone:
         decoded = _decode_codec(raw, first.standalone, problems)
         if "\x1b" in decoded:

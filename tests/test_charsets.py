@@ -340,3 +340,21 @@ def test_it_encodes_ir58_with_escape_sequences(tmp_path):
 def test_it_refuses_to_encode_what_the_character_sets_cannot_hold():
     with pytest.raises(UnicodeEncodeError):
         charsets.encode_person_name("김", ["", "ISO 2022 IR 58"])
+
+
+ASCII_VALUES = [b"", b"ZHANG^WEI", b"Wang^Xiao Ming=^=", b"CT\\MR\\DR", b"1.2.840\\3.4", b"tab\there ~ `{|}", b"yen\\back"]
+DECLARATIONS = ["", "ISO_IR 100", "ISO_IR 192", "GB18030", "GBK", "\\ISO 2022 IR 58", "ISO 2022 IR 6\\ISO 2022 IR 58"]
+DECLARATIONS += ["ISO_IR 13", "\\ISO 2022 IR 87", "\\ISO 2022 IR 149", "ISO_IR 144", "ISO_IR 166", "ISO_IR 13\\ISO 2022 IR 87"]
+
+
+@pytest.mark.parametrize("vr", ["PN", "LO", "SH", "LT", "UC"])
+@pytest.mark.parametrize("declared", DECLARATIONS)
+def test_plain_ascii_values_read_as_pydicom_reads_them_under_every_declaration(declared, vr):
+    """The ASCII shortcut of ``charsets._decode`` gives what pydicom's own decoder gives (and so the long way)."""
+    from pydicom.charset import convert_encodings, decode_bytes
+
+    encodings = convert_encodings(declared.split("\\"))
+    delimiters = {"PN": {"\\", "^", "="}, "LT": set(), "UC": set()}.get(vr, {"\\"})
+    for raw in ASCII_VALUES:
+        expected = decode_bytes(raw, encodings, delimiters)
+        assert charsets.decode(raw, declared, vr=vr) == expected, (raw, declared)
