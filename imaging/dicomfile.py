@@ -13,6 +13,7 @@ MB on disk can become gigabytes), and trusts every length it reads. Here:
 
 import functools
 import io
+import logging
 import os
 import re
 import struct
@@ -30,6 +31,8 @@ from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ImplicitVRLittleEnd
 
 # Float Pixel Data, Double Float Pixel Data, Pixel Data: where pydicom's
 # stop_before_pixels stops too.
+log = logging.getLogger(__name__)
+
 PIXEL_TAGS = (0x7FE00008, 0x7FE00009, 0x7FE00010)
 UNDEFINED_LENGTH = 0xFFFFFFFF
 # Header values larger than this are skipped, not read (nothing we index is that long).
@@ -431,6 +434,25 @@ def _raw_elements(head: bytes, pos: int, end: int, implicit: bool, stop_at_pixel
             BaseTag(tag), None if vr is None else vr.decode(), length, head[start:pos], start, implicit, True
         )
     return elements, 0, pos
+
+
+def header(path) -> Header:
+    """``read_header``, by our scan (``scan_header``) when INGEST_SCAN_HEADER is on and the file is its case.
+
+    A scan that trips over odd bytes loses nothing: the careful way reads the file,
+    and its bounds and errors apply. The indexer and the thumbnails read headers so.
+    """
+    if settings.INGEST_SCAN_HEADER and not isinstance(path, bytes | bytearray | memoryview):
+        try:
+            found = scan_header(path)
+        except OSError:
+            raise  # gone or unreadable: read_header would say the same
+        except Exception:
+            log.debug("header scan of %s failed; reading it with pydicom", path, exc_info=True)
+            found = None
+        if found is not None:
+            return found
+    return read_header(path)
 
 
 def scan_values(data, last_tag: int, implicit: bool) -> dict[int, tuple[bytes | None, bytes]] | None:

@@ -66,7 +66,7 @@ def _read(path, fallbacks: list[str | None]) -> tuple[dicomfile.Header, str | No
     the file wrote it.
     """
     try:
-        header = _scanned(path) or dicomfile.read_header(path)
+        header = dicomfile.header(path)
     except dicomfile.DeflateBomb as exc:
         raise NotIndexable(path, str(exc), Category.DEFLATE_BOMB) from exc
     except dicomfile.Unreadable as exc:
@@ -76,20 +76,6 @@ def _read(path, fallbacks: list[str | None]) -> tuple[dicomfile.Header, str | No
     charset_problem = charsets.replace_unknown(header.ds, fallbacks)
     charsets.apply_fallback(header.ds, next((f for f in fallbacks if f), None))
     return header, charset_problem, declared
-
-
-def _scanned(path) -> dicomfile.Header | None:
-    """The header by our own scan (INGEST_SCAN_HEADER), or None: then pydicom's careful reading."""
-    if not settings.INGEST_SCAN_HEADER or isinstance(path, bytes | bytearray | memoryview):
-        return None
-    try:
-        return dicomfile.scan_header(path)
-    except OSError:
-        raise  # gone or unreadable: read_header would say the same
-    except Exception:
-        # A scan that trips over odd bytes loses nothing: the careful way reads the file.
-        log.debug("header scan of %s failed; reading it with pydicom", path, exc_info=True)
-        return None
 
 
 def parse_date(value: str) -> dt.date | None:

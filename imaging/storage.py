@@ -79,7 +79,6 @@ def absolute(relpath: str) -> Path:
     return path
 
 
-_made_dirs: set[str] = set()
 _counter = itertools.count()
 
 
@@ -107,13 +106,15 @@ class PartialFile:
         self.fsync = settings.STORAGE_FSYNC if fsync is None else fsync
         self.dest = absolute(relpath)
         self.folder = str(self.dest.parent)
-        if self.folder not in _made_dirs:
-            os.makedirs(self.folder, exist_ok=True)
-            _made_dirs.add(self.folder)
         self.path = (
             f"{self.folder}/.{self.dest.name}.{os.getpid()}.{threading.get_ident()}.{next(_counter)}{PARTIAL_SUFFIX}"
         )
-        self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        try:
+            self._fd: int | None = os.open(self.path, flags, 0o640)
+        except FileNotFoundError:  # the folder's first file: make it (a tenth of the store's work if always asked)
+            os.makedirs(self.folder, exist_ok=True)
+            self._fd = os.open(self.path, flags, 0o640)
         self.size = 0
         self.done = False
 

@@ -24,7 +24,7 @@ def representative_instance(series: Series) -> Instance | None:
 def pixel_problem(path) -> str | None:
     """Why the file's pixel data must not be rendered (dicomfile.pixel_problem), or None."""
     try:
-        return dicomfile.pixel_problem(dicomfile.read_header(path))
+        return dicomfile.pixel_problem(dicomfile.header(path))
     except (dicomfile.Unreadable, OSError) as exc:
         return f"an unreadable file ({exc})"
 

@@ -1,6 +1,7 @@
 """Indexing a stored file: rows, idempotency, counts, character sets."""
 
 import datetime as dt
+import time
 
 import pydicom
 import pytest
@@ -210,6 +211,21 @@ def test_a_batch_queues_one_thumbnail_task_and_it_waits_while_indexing_is_queued
     assert not own_redis_db.exists(*[tasks._pending_key(pk) for pk in series_ids])
     own_redis_db.delete(tasks.make_thumbnails.app.conf.task_default_queue)
     assert tasks.make_thumbnails(series_ids) == {"made": 2}  # nothing queued: at once
+
+
+def test_thumbnails_wait_while_a_batch_is_indexed_but_not_for_a_worker_that_died(tmp_path, own_redis_db):
+    from imaging import tasks
+
+    done, _ = ingest.index_files(small_batch(tmp_path, 1))
+    series_ids = sorted({i.series_id for i in done})
+    with tasks._indexing():  # as a worker process does around its batch
+        assert own_redis_db.zcard(tasks._INDEXING) == 1
+        assert tasks.make_thumbnails(series_ids) == {"deferred": 2}
+    assert own_redis_db.zcard(tasks._INDEXING) == 0
+    # A process killed mid-batch leaves its member behind: it stops counting when it expires.
+    own_redis_db.zadd(tasks._INDEXING, {"elsewhere:4242": time.time() - 1})
+    assert tasks.make_thumbnails(series_ids) == {"made": 2}
+    assert Series.objects.exclude(thumbnail="").count() == 2
 
 
 def test_a_plain_file_meta_is_read_in_one_pass_and_anything_else_goes_the_careful_way(tmp_path):

@@ -31,7 +31,6 @@ def _empty_store(header_scan):
 
     for folder in (storage.INSTANCES, storage.THUMBNAILS, "spool"):
         shutil.rmtree(storage.root() / folder, ignore_errors=True)
-    storage._made_dirs.clear()  # the folders it remembers making are gone (a test run twice writes there again)
     yield
 
 
