@@ -1,7 +1,7 @@
 """CPU the indexer spends per image, in-process: ``ingest.index_files`` on generated small files.
 
     nice -n 19 .venv/bin/python bench/index_cpu.py [--small 1000 | --ct 300] [--batch 64] [--rounds 3] \
-        [--profile out.prof] [--env VAR=value ...]
+        [--profile out.prof] [--env VAR=value ...] [--thumbnails]
 
 In a temporary directory (its own STORAGE_DIR and a fresh SQLite database,
 ``manage.py migrate``) it writes ``--small`` 64x64 MR images as bench/ingest.py
@@ -38,6 +38,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--profile")
     p.add_argument("--env", action="append", default=[], help="VAR=value, set before Django starts")
+    p.add_argument("--thumbnails", action="store_true", help="then time the thumbnails of the series indexed")
     args = p.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="index-cpu-"))
@@ -105,12 +106,13 @@ def index_all(relpaths: list[str], batch: int) -> tuple[float, float, int]:
 def run(work: Path, args) -> None:
     from django.conf import settings
 
+    from imaging import thumbnails
     from records.models import Instance
 
     count = args.ct or args.small
     what = f"{count} CT slices" if args.ct else f"{count} small images"
     print(f"database {settings.DATABASES['default']['ENGINE']}, {what}, batches of {args.batch}")
-    new, again = [], []
+    new, again, thumbs = [], [], []
     for r in range(args.rounds):
         relpaths = generate(work, count, f"r{r}", ct=bool(args.ct))
         profiler = None
@@ -131,10 +133,29 @@ def run(work: Path, args) -> None:
             f"round {r + 1}: new {cpu / n * 1e3:.2f} ms CPU, {wall / n * 1e3:.2f} ms wall per image "
             f"({n / wall:.0f}/s); re-sent {cpu2 / n * 1e3:.2f} ms CPU, {wall2 / n * 1e3:.2f} ms wall"
         )
+        if args.thumbnails:
+            series = sorted(set(Instance.objects.filter(file_path__in=relpaths).values_list("series_id", flat=True)))
+            started = time.process_time()
+            profiler = None
+            if args.profile and r == args.rounds - 1:
+                import cProfile
+
+                profiler = cProfile.Profile()
+                profiler.enable()
+            for series_id in series:
+                thumbnails.update_series_thumbnail(series_id)
+            if profiler:
+                profiler.disable()
+                profiler.dump_stats(args.profile + ".thumbnails")
+            spent = time.process_time() - started
+            thumbs.append(spent / n)
+            print(f"  thumbnails: {spent / len(series) * 1e3:.2f} ms CPU per series, {spent / n * 1e3:.2f} per image")
     for label, rows in (("new", new), ("re-sent", again)):
         cpu = statistics.median(c for c, _ in rows)
         wall = statistics.median(w for _, w in rows)
         print(f"median {label}: {cpu * 1e3:.2f} ms CPU per image, {wall * 1e3:.2f} ms wall, {1 / wall:.0f} images/s")
+    if thumbs:
+        print(f"median thumbnails: {statistics.median(thumbs) * 1e3:.2f} ms CPU per image")
 
 
 if __name__ == "__main__":

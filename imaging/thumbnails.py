@@ -14,7 +14,9 @@ log = logging.getLogger(__name__)
 
 def representative_instance(series: Series) -> Instance | None:
     """The middle image of the series by instance number (what a doctor scrolls to first)."""
-    instances = series.instances.order_by("instance_number", "sop_instance_uid")
+    # Not ``series.instances``: the related manager would set each row's series, loading
+    # the deferred series_id with one more query per thumbnail.
+    instances = Instance.objects.filter(series_id=series.pk).order_by("instance_number", "sop_instance_uid")
     middle = (instances.count() - 1) // 2
     if middle < 0:
         return None
