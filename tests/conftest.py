@@ -28,7 +28,6 @@ def pytest_configure(config):
     # A developer's disk may be fuller than production's watermark allows.
     settings.STORAGE_MIN_FREE_MB = 1
 
-
     _retry_flush_on_deadlock()
 
 

@@ -20,7 +20,9 @@ from pynetdicom.pdu_primitives import AsynchronousOperationsWindowNegotiation
 from pynetdicom.sop_class import (
     CTImageStorage,
     MRImageStorage,
+    PatientRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelMove,
     Verification,
 )
 
@@ -95,7 +97,7 @@ def pynetdicom_request(contexts, *, max_pdu=16384, ext_neg=None):
         ae.maximum_pdu_size = max_pdu
         for context in contexts:
             ae.add_requested_context(*context)
-        ae.associate("127.0.0.1", port, ae_title="IMAGING", ext_neg=ext_neg)
+        ae.associate("127.0.0.1", port, ae_title="IMAGING", ext_neg=ext_neg, max_pdu=max_pdu)
 
     return send
 
@@ -219,18 +221,49 @@ def test_dcmtk_storescus_request_is_answered_byte_for_byte(system, servers, tmp_
 @pytest.mark.parametrize(
     "contexts, ext_neg",
     [
-        ([(CTImageStorage,), (StudyRootQueryRetrieveInformationModelFind,)], None),
+        ([(CTImageStorage,), (StudyRootQueryRetrieveInformationModelMove,)], None),
+        ([(StudyRootQueryRetrieveInformationModelFind,)], [build_role(CTImageStorage, scp_role=True)]),
         ([(CTImageStorage,)], [build_role(CTImageStorage, scp_role=True)]),
     ],
-    ids=["a-query-context", "a-role-selection-item"],
+    ids=["a-move-context", "find-with-a-role-selection-item", "a-role-selection-item"],
 )
-def test_anything_but_storage_and_verification_is_left_to_pynetdicom(system, servers, contexts, ext_neg):
+def test_anything_but_storage_verification_and_find_is_left_to_pynetdicom(system, servers, contexts, ext_neg):
     rq = capture_request(pynetdicom_request(contexts, ext_neg=ext_neg))
     assert not fastrecv.servable(fastrecv.parse_request(rq))
     fast = converse(servers[True], servers["procs"][True][0], rq, None)
     slow = converse(servers[False], servers["procs"][False][0], rq, None)
     assert fast["threads"] > 1 and slow["threads"] > 1
     assert fast["ac"] == slow["ac"]
+
+
+@pytest.mark.parametrize(
+    "contexts, served",
+    [
+        ([StudyRootQueryRetrieveInformationModelFind], True),
+        ([PatientRootQueryRetrieveInformationModelFind, StudyRootQueryRetrieveInformationModelFind], True),
+        ([StudyRootQueryRetrieveInformationModelFind, CTImageStorage, Verification], True),
+        ([StudyRootQueryRetrieveInformationModelFind, StudyRootQueryRetrieveInformationModelMove], False),
+        ([StudyRootQueryRetrieveInformationModelMove], False),
+        (["1.2.840.10008.5.1.4.1.2.2.3"], False),  # Study Root Get
+    ],
+    ids=["find", "both-finds", "find-storage-echo", "find-and-move", "move", "get"],
+)
+def test_it_serves_find_alone_or_with_storage_and_leaves_retrieves_to_pynetdicom(settings, contexts, served):
+    settings.DICOM_FAST_RECEIVE = True
+    request = fastrecv.parse_request(capture_request(pynetdicom_request([(uid,) for uid in contexts])))
+    assert [cx.abstract_syntax for cx in request.contexts] == contexts
+    assert fastrecv.servable(request) is served, request.odd
+
+
+def test_dcmtk_findscus_request_is_served_here():
+    for model in ("-S", "-P"):
+        rq = capture_request(dcmtk_request("findscu", model, "-k", "QueryRetrieveLevel=STUDY"))
+        request = fastrecv.parse_request(rq)
+        assert fastrecv.servable(request), request.odd
+        assert {cx.abstract_syntax for cx in request.contexts} <= {
+            StudyRootQueryRetrieveInformationModelFind,
+            PatientRootQueryRetrieveInformationModelFind,
+        }
 
 
 def test_the_fast_path_is_off_with_its_setting(settings):
@@ -286,3 +319,139 @@ def test_an_association_idle_past_the_network_timeout_is_aborted_and_logged(syst
         assert "DICOM_NETWORK_TIMEOUT" in entry.reason
     finally:
         procs.stop(scp)
+
+
+# --- C-FIND ------------------------------------------------------------------------------------
+
+
+def find_rq(context_id: int, model: str, identifier: bytes, message_id: int) -> list:
+    command = fastsend.command_set(
+        {"AffectedSOPClassUID": model, "CommandField": 0x0020, "MessageID": message_id, "Priority": 0}
+        | {"CommandDataSetType": 0x0001}
+    )
+    return fastsend.p_data_pdus(context_id, command, identifier, 16384)
+
+
+def read_find_responses(sock) -> tuple[list[bytes], list[int]]:
+    """Every PDU of a C-FIND's responses, up to its final status; and the statuses."""
+    pdus, statuses, command = [], [], b""
+    while not statuses or statuses[-1] in (0xFF00, 0xFF01):
+        pdu = read_pdu(sock)
+        assert pdu[0] == 0x04, pdu
+        pdus.append(pdu)
+        offset = 6
+        while offset < len(pdu):
+            (length,) = struct.unpack(">L", pdu[offset : offset + 4])
+            control, value = pdu[offset + 5], pdu[offset + 6 : offset + 4 + length]
+            offset += 4 + length
+            if control & 1:
+                command += value
+                if control & 2:
+                    statuses.append(struct.unpack("<H", fastrecv.decode_command(command)[0x0900])[0])
+                    command = b""
+    return pdus, statuses
+
+
+def query(level: str, charset: str = "", **keys) -> pydicom.Dataset:
+    ds = pydicom.Dataset()
+    if charset:
+        ds.SpecificCharacterSet = charset
+    ds.QueryRetrieveLevel = level
+    for keyword, value in keys.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+def converse_find(port, server_proc, rq: bytes, queries: list) -> dict:
+    """Associate with ``rq``, send each (model, identifier bytes) as a C-FIND, release: the PDUs and statuses."""
+    got = {"responses": [], "statuses": []}
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(rq)
+        got["ac"] = read_pdu(sock)
+        assert got["ac"][0] == 0x02, got["ac"]
+        got["threads"] = threads_of_association(server_proc)
+        contexts = accepted(got["ac"])
+        syntaxes = proposed(rq)
+        for n, (model, identifier) in enumerate(queries):
+            [(context_id, transfer_syntax)] = [(cx, ts) for cx, ts in contexts.items() if syntaxes[cx] == model][:1]
+            raw = (
+                identifier
+                if isinstance(identifier, bytes)
+                else encode(identifier, transfer_syntax == ImplicitVRLittleEndian, True, False)
+            )
+            fastsend.send_all(sock, find_rq(context_id, model, raw, message_id=n + 1))
+            pdus, statuses = read_find_responses(sock)
+            got["responses"].append(pdus)
+            got["statuses"].append(statuses)
+        sock.sendall(b"\x05\x00\x00\x00\x00\x04\x00\x00\x00\x00")
+        got["rp"] = read_pdu(sock)
+    procs.wait_for(lambda: not associations(server_proc), 20, "the association's process to end")
+    return got
+
+
+@pytest.fixture
+def find_archive(system, tmp_path):
+    from records.models import Patient
+    from tests.test_find_e2e import index
+
+    Patient.objects.bulk_create(Patient(patient_id=f"MANY{n:03d}", name=f"MANY^{n}") for n in range(40))
+    return {
+        "wang": index(
+            tmp_path, patient_id="P-WANG", patient_name="WANG^XIAOMING=王^小明", study_date="20240301", images=3
+        ),
+        "li": index(tmp_path, patient_id="P-LI", patient_name="LI^NA", study_date="20240302", modality="CT"),
+    }
+
+
+STUDY, PATIENT = StudyRootQueryRetrieveInformationModelFind, PatientRootQueryRetrieveInformationModelFind
+UNREADABLE = (
+    b"\x08\x00\x52\x00CS\x06\x00STUDY \x20\x00\x0d\x00UI\x00\x00"
+    b"\x08\x00\x15\x11SQ\x00\x00\xff\xff\xff\xff\xfe\xff\x00\xe0\x08\x00\x00\x00abcdefgh"
+)
+
+
+def find_queries(archive) -> list:
+    study_uid, series_uid = archive["wang"]
+    return [
+        (PATIENT, query("PATIENT", PatientID="P-WANG", PatientName="", NumberOfPatientRelatedStudies="")),
+        (STUDY, query("STUDY", StudyInstanceUID="", PatientName="wang^xi*", StudyDate="", ModalitiesInStudy="")),
+        (STUDY, query("STUDY", "ISO_IR 192", StudyInstanceUID="", PatientName="王*", PatientAge="")),
+        (STUDY, query("SERIES", StudyInstanceUID=study_uid, SeriesInstanceUID="", NumberOfSeriesRelatedInstances="")),
+        (STUDY, query("IMAGE", StudyInstanceUID=study_uid, SeriesInstanceUID=series_uid, SOPInstanceUID="")),
+        (STUDY, query("STUDY", StudyInstanceUID="", PatientID="NOBODY")),  # zero matches
+        (STUDY, query("SOMEWHERE", StudyInstanceUID="")),  # a bad level: a failure status
+        (STUDY, query("STUDY", StudyInstanceUID="", StudyDate="20241399")),  # 0xC000
+        # A sequence item that cannot be read (pydicom reads it when the query does): a failure status.
+        (STUDY, UNREADABLE),
+        (PATIENT, query("PATIENT", PatientID="MANY*", PatientName="")),  # many matches
+    ]
+
+
+FIND_REQUESTS = {
+    "pynetdicom-both-models": pynetdicom_request([(STUDY,), (PATIENT,)]),
+    "pynetdicom-implicit-small-pdu": pynetdicom_request(
+        [(STUDY, [ImplicitVRLittleEndian]), (PATIENT, [ImplicitVRLittleEndian]), (CTImageStorage,)], max_pdu=100
+    ),
+    "pynetdicom-unlimited-pdu": pynetdicom_request([(PATIENT,), (STUDY,), (Verification,)], max_pdu=0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FIND_REQUESTS))
+def test_our_receive_path_answers_c_find_byte_for_byte_as_pynetdicom(system, servers, find_archive, name):
+    rq = capture_request(FIND_REQUESTS[name])
+    assert fastrecv.servable(fastrecv.parse_request(rq))
+    queries = find_queries(find_archive)
+    fast = converse_find(servers[True], servers["procs"][True][0], rq, queries)
+    slow = converse_find(servers[False], servers["procs"][False][0], rq, queries)
+    assert (fast["threads"], slow["threads"] > 1) == (1, True)
+    assert fast["statuses"] == slow["statuses"]
+    for n, (ours, theirs) in enumerate(zip(fast["responses"], slow["responses"], strict=True)):
+        assert ours == theirs, (n, queries[n])
+    assert (fast["ac"], fast["rp"]) == (slow["ac"], slow["rp"])
+    finals = [statuses[-1] for statuses in fast["statuses"]]
+    assert finals[:6] == [0x0000] * 6 and finals[7] == 0xC000 and finals[9] == 0x0000
+    assert finals[6] >> 12 in (0xA, 0xC) and finals[8] >> 12 in (0xA, 0xC)  # failures, and it went on serving
+    assert [len(statuses) - 1 for statuses in fast["statuses"]] == [1, 1, 1, 1, 3, 0, 0, 0, 0, 40]
+    if name.endswith("small-pdu"):
+        sizes = {len(pdu) for pdus in fast["responses"] for pdu in pdus}
+        assert max(sizes) == 106, sorted(sizes)  # the peer's 100 bytes of PDVs, and the PDU header
