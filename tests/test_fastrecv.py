@@ -455,3 +455,66 @@ def test_our_receive_path_answers_c_find_byte_for_byte_as_pynetdicom(system, ser
     if name.endswith("small-pdu"):
         sizes = {len(pdu) for pdus in fast["responses"] for pdu in pdus}
         assert max(sizes) == 106, sorted(sizes)  # the peer's 100 bytes of PDVs, and the PDU header
+
+
+@pytest.mark.parametrize("interruption", ["c-cancel", "c-echo", "a-release-rq", "a-abort"])
+def test_while_a_c_find_is_answered_only_its_c_cancel_is_served(system, servers, interruption):
+    from network.models import AssociationLog
+    from records.models import Patient
+
+    Patient.objects.bulk_create(Patient(patient_id=f"C{n:04d}", name=f"CANCEL^{n}") for n in range(990))
+    rq = capture_request(pynetdicom_request([(PATIENT,), (Verification,)]))
+    with socket.socket() as sock:
+        # A small receive window: the server blocks in its sends, mid-result, until we read.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(10)
+        sock.connect(("127.0.0.1", servers[True]))
+        sock.sendall(rq)
+        contexts = accepted(read_pdu(sock))
+        syntaxes = proposed(rq)
+        [find_context] = [cx for cx in contexts if syntaxes[cx] == PATIENT]
+        [echo_context] = [cx for cx in contexts if syntaxes[cx] == Verification]
+        identifier = encode(query("PATIENT", PatientID="C*", PatientName=""), False, True, False)
+        fastsend.send_all(sock, find_rq(find_context, PATIENT, identifier, message_id=4))
+        assert read_pdu(sock)[0] == 0x04  # the first match: the C-FIND is being answered
+        if interruption == "c-cancel":
+            cancel = fastsend.command_set(
+                {"CommandField": 0x0FFF, "MessageIDBeingRespondedTo": 4} | {"CommandDataSetType": 0x0101}
+            )
+            sock.sendall(fastrecv.command_pdus(echo_context, cancel, 16384))
+            _pdus, statuses = read_find_responses(sock)
+            assert statuses[-1] == 0xFE00 and len(statuses) < 990
+            # The association goes on.
+            echo = fastsend.command_set(
+                {"AffectedSOPClassUID": Verification, "CommandField": 0x0030, "MessageID": 5}
+                | {"CommandDataSetType": 0x0101}
+            )
+            sock.sendall(fastrecv.command_pdus(echo_context, echo, 16384))
+            assert read_pdu(sock)[0] == 0x04
+            sock.sendall(b"\x05\x00\x00\x00\x00\x04\x00\x00\x00\x00")
+            assert read_pdu(sock)[0] == 0x06
+            outcome = AssociationLog.Outcome.RELEASED
+        else:
+            if interruption == "c-echo":
+                echo = fastsend.command_set(
+                    {"AffectedSOPClassUID": Verification, "CommandField": 0x0030, "MessageID": 5}
+                    | {"CommandDataSetType": 0x0101}
+                )
+                sock.sendall(fastrecv.command_pdus(echo_context, echo, 16384))
+            elif interruption == "a-release-rq":
+                sock.sendall(b"\x05\x00\x00\x00\x00\x04\x00\x00\x00\x00")
+            else:
+                sock.sendall(fastrecv.abort_pdu(0x00, 0x00))
+            matches, last = 0, None
+            while (header := sock.recv(6, socket.MSG_WAITALL)) and header[0] == 0x04:
+                read_exactly(sock, struct.unpack(">L", header[2:])[0])
+                matches += 1
+            last = header[:1]
+            assert matches < 989, "the interruption came after the last match"
+            # We abort the association for a C-ECHO or a release; after the peer's A-ABORT, we close.
+            assert last == (b"" if interruption == "a-abort" else b"\x07")
+            outcome = AssociationLog.Outcome.ABORTED
+    entry = procs.wait_for(lambda: AssociationLog.objects.filter(calling_ae="MODALITY").first(), 20, "the log")
+    assert entry.outcome == outcome and "C-FIND" in entry.services
+    reasons = {"c-echo": "0x0030 we do not serve", "a-release-rq": "unexpected PDU of type 0x05"}
+    assert reasons.get(interruption, "") in entry.reason
