@@ -518,3 +518,32 @@ def test_while_a_c_find_is_answered_only_its_c_cancel_is_served(system, servers,
     assert entry.outcome == outcome and "C-FIND" in entry.services
     reasons = {"c-echo": "0x0030 we do not serve", "a-release-rq": "unexpected PDU of type 0x05"}
     assert reasons.get(interruption, "") in entry.reason
+
+
+def test_an_identifier_that_cannot_be_decoded_is_answered_unable_to_process_and_counted():
+    from network import access
+    from network.dimse import find
+    from network.models import ModalityNode
+
+    def undecodable():
+        raise ValueError("not a data set")
+
+    session = access.Session(ModalityNode(ae_title="MODALITY", may_query=True), "MODALITY", "IMAGING", "127.0.0.1", 1)
+    responses = find.find_responses(
+        session=session,
+        calling_ae="MODALITY",
+        sop_class=STUDY,
+        identifier=undecodable,
+        implicit_vr=False,
+        cancelled=lambda: False,
+    )
+    assert list(responses) == [(0xC000, None)]
+    assert session.failures == 1 and session.services == {"C-FIND"}
+
+
+def test_an_identifier_is_decoded_as_pynetdicom_decodes_it():
+    for syntax in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
+        ds = query("STUDY", "ISO_IR 192", PatientName="王*", StudyInstanceUID="")
+        decoded = fastrecv.decode_identifier(encode(ds, syntax == ImplicitVRLittleEndian, True, False), syntax)
+        assert decoded == ds and decoded.original_encoding == (syntax == ImplicitVRLittleEndian, True)
+    assert fastrecv.decode_identifier(b"", ExplicitVRLittleEndian) == pydicom.Dataset()
