@@ -9,6 +9,7 @@ file must be the same bytes.
 import socket
 import struct
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import pydicom
@@ -135,27 +136,42 @@ def threads_of_association(server_proc) -> int:
     return len(list(Path(f"/proc/{pid}/task").iterdir()))
 
 
-def converse(port, server_proc, rq: bytes, image: Path | None) -> dict:
-    """Associate with ``rq``, echo and store ``image`` where the contexts allow it, release; every PDU we got."""
-    got = {}
+RELEASE_RQ = b"\x05\x00\x00\x00\x00\x04\x00\x00\x00\x00"
+
+
+@contextmanager
+def conversation(port, server_proc, rq: bytes, got: dict):
+    """An association from ``rq``: (socket, {context ID: transfer syntax} accepted, {context ID: abstract syntax}).
+
+    ``got`` receives the A-ASSOCIATE-AC, the threads of the association's process and the A-RELEASE-RP.
+    """
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(rq)
         got["ac"] = read_pdu(sock)
         assert got["ac"][0] == 0x02, got["ac"]
         got["threads"] = threads_of_association(server_proc)
-        contexts = accepted(got["ac"])
-        syntaxes = proposed(rq)
+        yield sock, accepted(got["ac"]), proposed(rq)
+        sock.sendall(RELEASE_RQ)
+        got["rp"] = read_pdu(sock)
+    # The next conversation counts the threads of its own association's process.
+    procs.wait_for(lambda: not associations(server_proc), 20, "the association's process to end")
+
+
+def echo_rq(context_id: int, message_id: int) -> bytes:
+    command = fastsend.command_set(
+        {"AffectedSOPClassUID": Verification, "CommandField": 0x0030, "MessageID": message_id}
+        | {"CommandDataSetType": 0x0101}
+    )
+    return fastrecv.command_pdus(context_id, command, 16384)
+
+
+def converse(port, server_proc, rq: bytes, image: Path | None) -> dict:
+    """Associate with ``rq``, echo and store ``image`` where the contexts allow it, release; every PDU we got."""
+    got = {}
+    with conversation(port, server_proc, rq, got) as (sock, contexts, syntaxes):
         for context_id, transfer_syntax in contexts.items():
             if syntaxes[context_id] == Verification and "echo" not in got:
-                command = fastsend.command_set(
-                    {
-                        "AffectedSOPClassUID": Verification,
-                        "CommandField": 0x0030,
-                        "MessageID": 7,
-                        "CommandDataSetType": 0x0101,
-                    }
-                )
-                sock.sendall(fastrecv.command_pdus(context_id, command, 16384))
+                sock.sendall(echo_rq(context_id, 7))
                 got["echo"] = read_pdu(sock)
             elif syntaxes[context_id] == CTImageStorage and image is not None and "store" not in got:
                 if transfer_syntax not in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
@@ -170,10 +186,6 @@ def converse(port, server_proc, rq: bytes, image: Path | None) -> dict:
                 path = storage.absolute(storage.instance_relpath(ds.SOPInstanceUID))
                 got["file"] = path.read_bytes()
                 path.unlink()  # the other server stores it afresh
-        sock.sendall(b"\x05\x00\x00\x00\x00\x04\x00\x00\x00\x00")
-        got["rp"] = read_pdu(sock)
-    # The next conversation counts the threads of its own association's process.
-    procs.wait_for(lambda: not associations(server_proc), 20, "the association's process to end")
     return got
 
 
@@ -365,13 +377,7 @@ def query(level: str, charset: str = "", **keys) -> pydicom.Dataset:
 def converse_find(port, server_proc, rq: bytes, queries: list) -> dict:
     """Associate with ``rq``, send each (model, identifier bytes) as a C-FIND, release: the PDUs and statuses."""
     got = {"responses": [], "statuses": []}
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(rq)
-        got["ac"] = read_pdu(sock)
-        assert got["ac"][0] == 0x02, got["ac"]
-        got["threads"] = threads_of_association(server_proc)
-        contexts = accepted(got["ac"])
-        syntaxes = proposed(rq)
+    with conversation(port, server_proc, rq, got) as (sock, contexts, syntaxes):
         for n, (model, identifier) in enumerate(queries):
             [(context_id, transfer_syntax)] = [(cx, ts) for cx, ts in contexts.items() if syntaxes[cx] == model][:1]
             raw = (
@@ -383,9 +389,6 @@ def converse_find(port, server_proc, rq: bytes, queries: list) -> dict:
             pdus, statuses = read_find_responses(sock)
             got["responses"].append(pdus)
             got["statuses"].append(statuses)
-        sock.sendall(b"\x05\x00\x00\x00\x00\x04\x00\x00\x00\x00")
-        got["rp"] = read_pdu(sock)
-    procs.wait_for(lambda: not associations(server_proc), 20, "the association's process to end")
     return got
 
 
@@ -485,24 +488,16 @@ def test_while_a_c_find_is_answered_only_its_c_cancel_is_served(system, servers,
             _pdus, statuses = read_find_responses(sock)
             assert statuses[-1] == 0xFE00 and len(statuses) < 990
             # The association goes on.
-            echo = fastsend.command_set(
-                {"AffectedSOPClassUID": Verification, "CommandField": 0x0030, "MessageID": 5}
-                | {"CommandDataSetType": 0x0101}
-            )
-            sock.sendall(fastrecv.command_pdus(echo_context, echo, 16384))
+            sock.sendall(echo_rq(echo_context, 5))
             assert read_pdu(sock)[0] == 0x04
-            sock.sendall(b"\x05\x00\x00\x00\x00\x04\x00\x00\x00\x00")
+            sock.sendall(RELEASE_RQ)
             assert read_pdu(sock)[0] == 0x06
             outcome = AssociationLog.Outcome.RELEASED
         else:
             if interruption == "c-echo":
-                echo = fastsend.command_set(
-                    {"AffectedSOPClassUID": Verification, "CommandField": 0x0030, "MessageID": 5}
-                    | {"CommandDataSetType": 0x0101}
-                )
-                sock.sendall(fastrecv.command_pdus(echo_context, echo, 16384))
+                sock.sendall(echo_rq(echo_context, 5))
             elif interruption == "a-release-rq":
-                sock.sendall(b"\x05\x00\x00\x00\x00\x04\x00\x00\x00\x00")
+                sock.sendall(RELEASE_RQ)
             else:
                 sock.sendall(fastrecv.abort_pdu(0x00, 0x00))
             matches, last = 0, None
