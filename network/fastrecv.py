@@ -1,19 +1,21 @@
-"""Our own receive path for associations that only store and verify, in one thread of the association's process.
+"""Our own receive path for associations that store, verify and find, in one thread of the association's process.
 
 pynetdicom runs two threads per association (its DUL and the association's
 loop), a state machine, a pydicom decoding of every command set and an event
 dispatch per message: about 9 ms per association and a share of every image's
-CPU. A modality's storescu needs none of it. In the spare child, once it has a
-connection (network/scp.py), ``peek_request`` looks at the A-ASSOCIATE-RQ
-without taking it off the socket; ``servable`` says whether we serve it:
+CPU. A modality's storescu and a workstation's findscu need none of it. In the
+spare child, once it has a connection (network/scp.py), ``peek_request`` looks
+at the A-ASSOCIATE-RQ without taking it off the socket; ``servable`` says
+whether we serve it:
 
-- every proposed abstract syntax is a storage SOP class or Verification;
+- every proposed abstract syntax is a storage SOP class, Verification, or
+  Patient Root / Study Root Query/Retrieve FIND;
 - no SCP/SCU role selection, extended negotiation or user identity item, an
   application context and protocol version as DICOM's, every UID decodable.
 
-Anything else (a Q/R context, a PDU that is odd in any way, one longer than
-DICOM_MAX_ASSOCIATE_PDU or not complete within DICOM_ASSOCIATE_TIMEOUT) is left
-on the socket for pynetdicom, exactly as before. ``serve`` then does what
+Anything else (a MOVE or GET context, a PDU that is odd in any way, one longer
+than DICOM_MAX_ASSOCIATE_PDU or not complete within DICOM_ASSOCIATE_TIMEOUT) is
+left on the socket for pynetdicom, exactly as before. ``serve`` then does what
 pynetdicom and our modules around it do, with the same functions:
 
 - the access check and association log (network/access.py), the presentation
@@ -21,20 +23,30 @@ pynetdicom and our modules around it do, with the same functions:
   AE's contexts, the A-ASSOCIATE-AC/RJ encoded as pynetdicom encodes them;
 - PDUs read under network/guard.py's bounds: the claimed length checked before
   the body is read, P-DATA-TF no longer than the Maximum Length we announced,
-  unknown PDU types aborted; a command set up to guard.COMMAND_LIMIT, a data
-  set up to DICOM_MAX_DATASET_BYTES, streamed to its file's temporary twin past
-  DICOM_STREAM_TO_DISK_BYTES (network/dimse/store.open_spool);
+  unknown PDU types aborted; a command set up to guard.COMMAND_LIMIT, a C-STORE
+  data set up to DICOM_MAX_DATASET_BYTES, streamed to its file's temporary twin
+  past DICOM_STREAM_TO_DISK_BYTES (network/dimse/store.open_spool), a C-FIND
+  identifier up to guard.IDENTIFIER_LIMIT, in memory;
 - C-ECHO answered Success, C-STORE stored by network/dimse/store.store_received
-  (the same checks, fsync and rename before Success, hand-off); responses
-  encoded by network/fastsend.command_set; C-CANCEL ignored; any other message
-  aborts the association (pynetdicom has no service for it on these contexts);
+  (the same checks, fsync and rename before Success, hand-off); C-FIND answered
+  by network/dimse/find.find_responses, the responses pynetdicom's handler
+  yields (access check, matching, failure statuses), the identifier decoded by
+  pynetdicom's public ``dsutils.decode`` and each match encoded by
+  fastsend.encode_identifier, sent as it is made (one PDU of two PDVs when it
+  fits, fastsend.message_pdus); responses encoded by network/fastsend.command_set;
+- while a C-FIND is answered, before each match, a PDU that came is read without
+  waiting: its C-CANCEL-RQ ends it with 0xFE00, an A-ABORT or a closed connection
+  ends the association, anything else aborts it; so does SIGTERM's grace;
+- a C-CANCEL with nothing running is ignored; any other message aborts the
+  association (pynetdicom has no service for it on these contexts);
 - A-RELEASE-RQ answered A-RELEASE-RP, A-ABORT and a closed connection end the
-  association, DICOM_NETWORK_TIMEOUT without a PDU aborts it, and SIGTERM
-  (network/scp._Shutdown) aborts it after DICOM_SHUTDOWN_GRACE.
+  association, DICOM_NETWORK_TIMEOUT without a PDU (or without the peer taking
+  what we send) aborts it, and SIGTERM (network/scp._Shutdown) aborts it after
+  DICOM_SHUTDOWN_GRACE.
 
-The A-ASSOCIATE-AC, the responses and the stored files are checked byte for byte
-against pynetdicom's in tests/test_fastrecv.py. Nothing here touches pynetdicom's
-internals.
+The A-ASSOCIATE-AC, the responses (C-FIND's too) and the stored files are
+checked byte for byte against pynetdicom's in tests/test_fastrecv.py. Nothing
+here touches pynetdicom's internals.
 """
 
 import logging
