@@ -81,6 +81,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--studies", type=int, default=2000)
     parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument(
+        "--fast-receive", choices=["0", "1"], default="1", help="our runscp's DICOM_FAST_RECEIVE (0: pynetdicom's path)"
+    )
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench-query-orthanc-"))
     running = []
@@ -97,6 +100,7 @@ def main() -> int:
             "DATABASE_URL": f"sqlite:///{var / 'db.sqlite3'}",
             "CELERY_BROKER_URL": f"redis://127.0.0.1:{orthanc.free_port()}/0",  # none: reindex does the index
             "LOG_LEVEL": "WARNING",
+            "DICOM_FAST_RECEIVE": args.fast_receive,
         }
         subprocess.run(procs.manage("migrate", "-v0"), env=env, cwd=REPO, check=True)
         subprocess.run(
@@ -124,6 +128,7 @@ def main() -> int:
                 for query, keys in probes.items():
                     ms, matches[name][query] = findscu(port, keys, called=aet)
                     times[name][query].append(ms)
+        print(f"\nDICOM_FAST_RECEIVE={args.fast_receive}")
         print(f"\n| query, {args.studies:,} studies | ours: median / p95 ms (matches) | Orthanc 1.10.1 | ratio |")
         print("|---|---|---|---|")
         for query in probes:
