@@ -1,6 +1,6 @@
 """C-FIND latency of ours and Orthanc's on the same studies, sent to both over DICOM.
 
-    .venv/bin/python bench/query_orthanc.py [--studies 2000] [--runs 30]
+    .venv/bin/python bench/query_orthanc.py [--studies 2000] [--runs 30] [--fast-receive 0]
 
 Self-contained and self-stopping, 127.0.0.1 only, free ports, temporary folders.
 Generates ``--studies`` one-image studies with pydicom (the names, IDs and dates
