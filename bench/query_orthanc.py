@@ -85,6 +85,7 @@ def main() -> int:
         "--fast-receive", choices=["0", "1"], default="1", help="our runscp's DICOM_FAST_RECEIVE (0: pynetdicom's path)"
     )
     args = parser.parse_args()
+    orthanc.ensure_installed()
     root = Path(tempfile.mkdtemp(prefix="bench-query-orthanc-"))
     running = []
     try:
