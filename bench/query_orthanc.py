@@ -1,6 +1,6 @@
 """C-FIND latency of ours and Orthanc's on the same studies, sent to both over DICOM.
 
-    .venv/bin/python bench/query_orthanc.py [--studies 2000] [--runs 30]
+    .venv/bin/python bench/query_orthanc.py [--studies 2000] [--runs 30] [--fast-receive 0]
 
 Self-contained and self-stopping, 127.0.0.1 only, free ports, temporary folders.
 Generates ``--studies`` one-image studies with pydicom (the names, IDs and dates
@@ -10,8 +10,7 @@ then times the same three STUDY-level queries as bench/query.py with DCMTK's
 findscu against both, and a C-ECHO with DCMTK's echoscu (process start included,
 as for findscu), the two taking turns query by query. bench/query.py measures
 ours alone at 100,000 studies, which would take hours to send to Orthanc.
-``--env KEY=VALUE`` (repeatable) sets our runscp's environment, e.g.
-``--env DICOM_FAST_RECEIVE=0`` for pynetdicom's receive path.
+``--env KEY=VALUE`` (repeatable) sets more of our runscp's environment.
 """
 
 import argparse
@@ -105,8 +104,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--studies", type=int, default=2000)
     parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument(
+        "--fast-receive", choices=["0", "1"], default="1", help="our runscp's DICOM_FAST_RECEIVE (0: pynetdicom's path)"
+    )
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for our runscp (repeatable)")
     args = parser.parse_args()
+    orthanc.ensure_installed()
     root = Path(tempfile.mkdtemp(prefix="bench-query-orthanc-"))
     running = []
     try:
@@ -122,6 +125,7 @@ def main() -> int:
             "DATABASE_URL": f"sqlite:///{var / 'db.sqlite3'}",
             "CELERY_BROKER_URL": f"redis://127.0.0.1:{orthanc.free_port()}/0",  # none: reindex does the index
             "LOG_LEVEL": "WARNING",
+            "DICOM_FAST_RECEIVE": args.fast_receive,
             **dict(item.split("=", 1) for item in args.env),
         }
         subprocess.run(procs.manage("migrate", "-v0"), env=env, cwd=REPO, check=True)
@@ -154,6 +158,7 @@ def main() -> int:
                     else:
                         ms, matches[name][query] = findscu(port, keys, called=aet)
                     times[name][query].append(ms)
+        print(f"\nDICOM_FAST_RECEIVE={args.fast_receive}")
         print(f"\n| query, {args.studies:,} studies | ours: median / p95 ms (matches) | Orthanc 1.10.1 | ratio |")
         print("|---|---|---|---|")
         for query in probes:

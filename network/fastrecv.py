@@ -1,19 +1,21 @@
-"""Our own receive path for associations that only store and verify, in one thread of the association's process.
+"""Our own receive path for associations that store, verify and find, in one thread of the association's process.
 
 pynetdicom runs two threads per association (its DUL and the association's
 loop), a state machine, a pydicom decoding of every command set and an event
 dispatch per message: about 9 ms per association and a share of every image's
-CPU. A modality's storescu needs none of it. In the spare child, once it has a
-connection (network/scp.py), ``peek_request`` looks at the A-ASSOCIATE-RQ
-without taking it off the socket; ``servable`` says whether we serve it:
+CPU. A modality's storescu and a workstation's findscu need none of it. In the
+spare child, once it has a connection (network/scp.py), ``peek_request`` looks
+at the A-ASSOCIATE-RQ without taking it off the socket; ``servable`` says
+whether we serve it:
 
-- every proposed abstract syntax is a storage SOP class or Verification;
+- every proposed abstract syntax is a storage SOP class, Verification, or
+  Patient Root / Study Root Query/Retrieve FIND;
 - no SCP/SCU role selection, extended negotiation or user identity item, an
   application context and protocol version as DICOM's, every UID decodable.
 
-Anything else (a Q/R context, a PDU that is odd in any way, one longer than
-DICOM_MAX_ASSOCIATE_PDU or not complete within DICOM_ASSOCIATE_TIMEOUT) is left
-on the socket for pynetdicom, exactly as before. ``serve`` then does what
+Anything else (a MOVE or GET context, a PDU that is odd in any way, one longer
+than DICOM_MAX_ASSOCIATE_PDU or not complete within DICOM_ASSOCIATE_TIMEOUT) is
+left on the socket for pynetdicom, exactly as before. ``serve`` then does what
 pynetdicom and our modules around it do, with the same functions:
 
 - the access check and association log (network/access.py), the presentation
@@ -21,20 +23,30 @@ pynetdicom and our modules around it do, with the same functions:
   AE's contexts, the A-ASSOCIATE-AC/RJ encoded as pynetdicom encodes them;
 - PDUs read under network/guard.py's bounds: the claimed length checked before
   the body is read, P-DATA-TF no longer than the Maximum Length we announced,
-  unknown PDU types aborted; a command set up to guard.COMMAND_LIMIT, a data
-  set up to DICOM_MAX_DATASET_BYTES, streamed to its file's temporary twin past
-  DICOM_STREAM_TO_DISK_BYTES (network/dimse/store.open_spool);
+  unknown PDU types aborted; a command set up to guard.COMMAND_LIMIT, a C-STORE
+  data set up to DICOM_MAX_DATASET_BYTES, streamed to its file's temporary twin
+  past DICOM_STREAM_TO_DISK_BYTES (network/dimse/store.open_spool), a C-FIND
+  identifier up to guard.IDENTIFIER_LIMIT, in memory;
 - C-ECHO answered Success, C-STORE stored by network/dimse/store.store_received
-  (the same checks, fsync and rename before Success, hand-off); responses
-  encoded by network/fastsend.command_set; C-CANCEL ignored; any other message
-  aborts the association (pynetdicom has no service for it on these contexts);
+  (the same checks, fsync and rename before Success, hand-off); C-FIND answered
+  by network/dimse/find.find_responses, the responses pynetdicom's handler
+  yields (access check, matching, failure statuses), the identifier decoded by
+  pynetdicom's public ``dsutils.decode`` and each match encoded by
+  fastsend.encode_identifier, sent as it is made (one PDU of two PDVs when it
+  fits, fastsend.message_pdus); responses encoded by network/fastsend.command_set;
+- while a C-FIND is answered, before each match, a PDU that came is read without
+  waiting: its C-CANCEL-RQ ends it with 0xFE00, an A-ABORT or a closed connection
+  ends the association, anything else aborts it; so does SIGTERM's grace;
+- a C-CANCEL with nothing running is ignored; any other message aborts the
+  association (pynetdicom has no service for it on these contexts);
 - A-RELEASE-RQ answered A-RELEASE-RP, A-ABORT and a closed connection end the
-  association, DICOM_NETWORK_TIMEOUT without a PDU aborts it, and SIGTERM
-  (network/scp._Shutdown) aborts it after DICOM_SHUTDOWN_GRACE.
+  association, DICOM_NETWORK_TIMEOUT without a PDU (or without the peer taking
+  what we send) aborts it, and SIGTERM (network/scp._Shutdown) aborts it after
+  DICOM_SHUTDOWN_GRACE.
 
-The A-ASSOCIATE-AC, the responses and the stored files are checked byte for byte
-against pynetdicom's in tests/test_fastrecv.py. Nothing here touches pynetdicom's
-internals.
+The A-ASSOCIATE-AC, the responses (C-FIND's too) and the stored files are
+checked byte for byte against pynetdicom's in tests/test_fastrecv.py. Nothing
+here touches pynetdicom's internals.
 """
 
 import logging
@@ -43,22 +55,25 @@ import socket
 import struct
 import time
 from dataclasses import dataclass, field
+from io import BytesIO
 
 from django.conf import settings
+from pydicom.dataset import Dataset
 from pydicom.uid import UID
+from pynetdicom.dsutils import decode
 from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
 from pynetdicom.sop_class import Verification
 
 from network import access, fastsend
-from network.dimse import store
+from network.dimse import find, store
 from network.dimse.association import REJECT_TRANSIENT, log_refused_storage, session_permits
-from network.guard import COMMAND_LIMIT
+from network.guard import COMMAND_LIMIT, IDENTIFIER_LIMIT
 from network.models import AssociationLog
 
 log = logging.getLogger(__name__)
 
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
-_SERVABLE = access.STORAGE_SOP_CLASSES | {Verification}
+_SERVABLE = access.STORAGE_SOP_CLASSES | {Verification} | set(find.MODELS)
 
 # PDU types (PS3.8 9.3) and the A-ABORT sources and reasons we send (9.3.8), as network/guard.py.
 _ASSOCIATE_RQ, _P_DATA_TF, _RELEASE_RQ, _ABORT = 0x01, 0x04, 0x05, 0x07
@@ -68,7 +83,13 @@ _NOT_SPECIFIED, _UNRECOGNIZED_PDU, _UNEXPECTED_PDU, _INVALID_PDU_PARAMETER = 0x0
 
 # DIMSE Command Field values (PS3.7 E.1).
 C_STORE_RQ, C_STORE_RSP, C_ECHO_RQ, C_ECHO_RSP, C_CANCEL_RQ = 0x0001, 0x8001, 0x0030, 0x8030, 0x0FFF
-_NO_DATA_SET = 0x0101
+C_FIND_RQ, C_FIND_RSP = 0x0020, 0x8020
+_NO_DATA_SET, _DATA_SET = 0x0101, 0x0001
+# C-FIND statuses as pynetdicom's Q/R service class reads what a handler yields (PS3.4 C.4.1.1.4):
+# a pending one carries a match; any other ends the C-FIND. 0xC311: the handler raised;
+# 0xC312: a match could not be encoded.
+_FIND_PENDING = {0xFF00, 0xFF01}
+_HANDLER_FAILED, _MATCH_NOT_ENCODED = 0xC311, 0xC312
 
 # User Information sub-items we can ignore or answer (PS3.7 D.3.3): maximum length,
 # implementation class UID, asynchronous operations window (pynetdicom ignores it
@@ -159,7 +180,7 @@ def _parse(pdu: bytes, request: Request) -> None:
     else:
         others = {cx.abstract_syntax for cx in request.contexts} - _SERVABLE
         if others:
-            request.odd = f"{len(others)} abstract syntax(es) other than storage and verification"
+            request.odd = f"{len(others)} abstract syntax(es) other than storage, verification and find"
 
 
 def _items(body: bytes):
@@ -245,16 +266,9 @@ def abort_pdu(source: int, reason: int) -> bytes:
 RELEASE_RP = _pdu(0x06, bytes(4))
 
 
-def command_pdus(context_id: int, command: bytes, max_pdu: int) -> bytes:
-    """A command set without data set in P-DATA-TF PDUs of one PDV each, at most ``max_pdu`` long (0: no limit)."""
-    step = max_pdu - 6 if max_pdu else len(command)
-    out = []
-    for start in range(0, len(command), step):
-        fragment = command[start : start + step]
-        control = 0x03 if start + step >= len(command) else 0x01
-        pdv = struct.pack(">LBB", len(fragment) + 2, context_id, control) + fragment
-        out.append(_pdu(_P_DATA_TF, pdv))
-    return b"".join(out)
+def command_pdus(context_id: int, command: bytes, max_pdu: int, data: bytes = b"") -> bytes:
+    """A message's P-DATA-TF PDUs, as pynetdicom's path sends them (fastsend.message_pdus); 0: no limit."""
+    return fastsend.encode_pdus(fastsend.message_pdus(context_id, command, data, max_pdu))
 
 
 def decode_command(raw) -> dict[int, bytes]:
@@ -325,6 +339,9 @@ class Association:
         self.spools: list = []
         self.max_pdu = settings.DICOM_MAX_PDU
         self.peer_max = request.max_length
+        self.finding: int | None = None  # the Message ID of the C-FIND being answered
+        self.cancel_requested = False  # a C-CANCEL-RQ for it came
+        self.interrupted: Exception | None = None  # how the association ended while answering it
 
     @property
     def peer(self) -> str:
@@ -401,13 +418,7 @@ class Association:
         """Until the next PDU starts to arrive; the network timeout and SIGTERM's grace apply meanwhile."""
         idle_since = time.monotonic()
         while True:
-            if self.shutdown.requested and time.monotonic() - self.shutdown.at > settings.DICOM_SHUTDOWN_GRACE:
-                log.warning(
-                    "shutting down: aborting association from %s after %ss grace",
-                    self.address,
-                    settings.DICOM_SHUTDOWN_GRACE,
-                )
-                raise _Ended(AssociationLog.Outcome.ABORTED, self._abort(_SERVICE_USER, _NOT_SPECIFIED, ""))
+            self._check_shutdown()
             if settings.DICOM_NETWORK_TIMEOUT and time.monotonic() - idle_since > settings.DICOM_NETWORK_TIMEOUT:
                 why = f"no PDU within DICOM_NETWORK_TIMEOUT ({settings.DICOM_NETWORK_TIMEOUT}s)"
                 raise _Ended(AssociationLog.Outcome.ABORTED, self._abort(_SERVICE_PROVIDER, _NOT_SPECIFIED, why))
@@ -415,6 +426,15 @@ class Association:
             ready, _, _ = select.select([self.sock], [], [], 0.5)
             if ready:
                 return
+
+    def _check_shutdown(self) -> None:
+        if self.shutdown.requested and time.monotonic() - self.shutdown.at > settings.DICOM_SHUTDOWN_GRACE:
+            log.warning(
+                "shutting down: aborting association from %s after %ss grace",
+                self.address,
+                settings.DICOM_SHUTDOWN_GRACE,
+            )
+            raise _Ended(AssociationLog.Outcome.ABORTED, self._abort(_SERVICE_USER, _NOT_SPECIFIED, ""))
 
     def _pdu_limit(self, pdu_type: int) -> tuple[int, str]:
         if pdu_type == _P_DATA_TF:
@@ -450,40 +470,44 @@ class Association:
                 return None
         except (_Closed, _Ended):
             return None
-        header = bytearray(6)
         try:
             while True:
                 self._wait_for_pdu()
-                self._read_exact(6, header)
-                pdu_type, _, length = struct.unpack(">BBL", header)
-                if pdu_type not in _PDU_TYPES:
-                    why = f"unknown PDU type 0x{pdu_type:02X}"
-                    raise _Ended(AssociationLog.Outcome.ABORTED, self._abort(_SERVICE_PROVIDER, _UNRECOGNIZED_PDU, why))
-                limit, name = self._pdu_limit(pdu_type)
-                if length > limit:
-                    why = f"a PDU of type 0x{pdu_type:02X} claims {length} bytes, more than {name} ({limit})"
-                    raise _Ended(
-                        AssociationLog.Outcome.ABORTED, self._abort(_SERVICE_PROVIDER, _INVALID_PDU_PARAMETER, why)
-                    )
-                body = self._read_exact(length)
-                if pdu_type == _P_DATA_TF:
-                    self._p_data(body)
-                elif pdu_type == _RELEASE_RQ:
-                    self.sock.sendall(RELEASE_RP)
-                    self._close()
-                    return AssociationLog.Outcome.RELEASED, ""
-                elif pdu_type == _ABORT:
-                    self._close()
-                    return AssociationLog.Outcome.ABORTED, ""
-                else:  # another A-ASSOCIATE-RQ, an AC, an RJ or an RP: not now (PS3.8 9.2, Sta6)
-                    why = f"an unexpected PDU of type 0x{pdu_type:02X}"
-                    raise _Ended(AssociationLog.Outcome.ABORTED, self._abort(_SERVICE_PROVIDER, _UNEXPECTED_PDU, why))
+                ended = self._next_pdu()
+                if ended is not None:
+                    return ended
         except _Closed:
             return AssociationLog.Outcome.ABORTED, ""
         except _Ended as ended:
             return ended.outcome, ended.reason
         finally:
             self.discard_spools()
+
+    def _next_pdu(self) -> tuple[str, str] | None:
+        """Read one PDU and act on it; (outcome, reason) when it ends the association."""
+        header = self._read_exact(6)
+        pdu_type, _, length = struct.unpack(">BBL", header)
+        if pdu_type not in _PDU_TYPES:
+            why = f"unknown PDU type 0x{pdu_type:02X}"
+            raise _Ended(AssociationLog.Outcome.ABORTED, self._abort(_SERVICE_PROVIDER, _UNRECOGNIZED_PDU, why))
+        limit, name = self._pdu_limit(pdu_type)
+        if length > limit:
+            why = f"a PDU of type 0x{pdu_type:02X} claims {length} bytes, more than {name} ({limit})"
+            raise _Ended(AssociationLog.Outcome.ABORTED, self._abort(_SERVICE_PROVIDER, _INVALID_PDU_PARAMETER, why))
+        body = self._read_exact(length)
+        if pdu_type == _P_DATA_TF:
+            self._p_data(body)
+        elif pdu_type == _RELEASE_RQ and self.finding is None:
+            self._send(RELEASE_RP)
+            self._close()
+            return AssociationLog.Outcome.RELEASED, ""
+        elif pdu_type == _ABORT:
+            self._close()
+            return AssociationLog.Outcome.ABORTED, ""
+        else:  # another A-ASSOCIATE-RQ, an AC, an RJ, an RP, a release amid a C-FIND: not now (PS3.8 9.2, Sta6)
+            why = f"an unexpected PDU of type 0x{pdu_type:02X}"
+            raise _Ended(AssociationLog.Outcome.ABORTED, self._abort(_SERVICE_PROVIDER, _UNEXPECTED_PDU, why))
+        return None
 
     # --- DIMSE messages -------------------------------------------------------------------------
     def _fail(self, why: str):
@@ -521,20 +545,24 @@ class Association:
             return
         if message.values is None:
             raise self._fail("a data set fragment before its command set")
+        storing = _us(message.values, 0x0100) == C_STORE_RQ  # else a C-FIND's identifier, as network/guard.py
+        limit = settings.DICOM_MAX_DATASET_BYTES if storing else IDENTIFIER_LIMIT
         message.received += len(fragment)
-        if message.received > settings.DICOM_MAX_DATASET_BYTES:
-            raise self._fail(
-                f"a data set longer than DICOM_MAX_DATASET_BYTES ({settings.DICOM_MAX_DATASET_BYTES} bytes)"
-            )
+        if message.received > limit:
+            name = "DICOM_MAX_DATASET_BYTES" if storing else "the limit of a query identifier"
+            raise self._fail(f"a data set longer than {name} ({limit} bytes)")
         if message.spool is not None:
             message.spool.write(fragment)
         else:
             message.data += fragment
-            if message.received > settings.DICOM_STREAM_TO_DISK_BYTES:
+            if storing and message.received > settings.DICOM_STREAM_TO_DISK_BYTES:
                 self._start_spool(message)
         if control & 2:
             self.message = None
-            self._c_store(message)
+            if storing:
+                self._c_store(message)
+            else:
+                self._c_find(message)
 
     def _command_complete(self, message: _Message) -> None:
         try:
@@ -547,14 +575,23 @@ class Association:
             raise self._fail(f"a command set that cannot be decoded: {exc}") from exc
         message.values = values
         has_data_set = data_set_type != _NO_DATA_SET
-        context = self.contexts[message.context_id]
-        if command_field == C_STORE_RQ and has_data_set and context.abstract_syntax != Verification:
-            return  # its data set follows
+        abstract_syntax = self.contexts[message.context_id].abstract_syntax
+        storing = command_field == C_STORE_RQ and abstract_syntax in access.STORAGE_SOP_CLASSES
+        finding = command_field == C_FIND_RQ and abstract_syntax in find.MODELS
+        echoing = command_field == C_ECHO_RQ and abstract_syntax == Verification and not has_data_set
+        if self.finding is not None:
+            # While a C-FIND is answered, only its C-CANCEL: we negotiate no asynchronous operations.
+            storing = finding = echoing = False
+        if (storing or finding) and has_data_set:
+            return  # its data set (a C-FIND's identifier) follows
         self.message = None
-        if command_field == C_ECHO_RQ and not has_data_set and context.abstract_syntax == Verification:
+        if command_field == C_CANCEL_RQ:
+            # As pynetdicom: one for another Message ID, or with nothing running, changes nothing.
+            self.cancel_requested |= self.finding is not None and _us(values, 0x0120) == self.finding
+        elif finding:
+            self._c_find(message)  # no identifier: answered as an empty one, as pynetdicom does
+        elif echoing:
             self._c_echo(values, message.context_id)
-        elif command_field == C_CANCEL_RQ:
-            pass  # nothing of ours can be cancelled: pynetdicom too only notes it
         else:
             name = f"0x{command_field:04X}" + (" with a data set" if has_data_set else "")
             log.warning(
@@ -562,13 +599,23 @@ class Association:
                 name,
                 self.peer,
                 message.context_id,
-                context.abstract_syntax,
+                abstract_syntax,
             )
             raise self._fail(f"a DIMSE message {name} we do not serve")
 
-    def _respond(self, context_id: int, values: dict) -> None:
+    def _respond(self, context_id: int, values: dict, data: bytes = b"") -> None:
         try:
-            self.sock.sendall(command_pdus(context_id, fastsend.command_set(values), self.peer_max))
+            pdus = command_pdus(context_id, fastsend.command_set(values), self.peer_max, data)
+        except ValueError as exc:  # a maximum PDU length of 1 to 6 bytes: no room for a message
+            raise self._fail(f"the peer's maximum PDU length ({self.peer_max}) leaves no room for a message") from exc
+        self._send(pdus)
+
+    def _send(self, data: bytes) -> None:
+        try:
+            self.sock.sendall(data)
+        except TimeoutError as exc:
+            why = f"the peer took nothing we sent within DICOM_NETWORK_TIMEOUT ({settings.DICOM_NETWORK_TIMEOUT}s)"
+            raise _Ended(AssociationLog.Outcome.ABORTED, self._abort(_SERVICE_PROVIDER, _NOT_SPECIFIED, why)) from exc
         except OSError as exc:
             raise _Closed from exc
 
@@ -626,9 +673,86 @@ class Association:
         }
         self._respond(message.context_id, response)
 
+    def _c_find(self, message: _Message) -> None:
+        """Answer a C-FIND as pynetdicom's Q/R service class does with network/dimse/find.py's responses."""
+        values = message.values
+        transfer_syntax = self.contexts[message.context_id].transfer_syntax[0]
+        message_id = _us(values, 0x0110) or 0
+        response = {
+            "AffectedSOPClassUID": _text(values, 0x0002),
+            "CommandField": C_FIND_RSP,
+            "MessageIDBeingRespondedTo": message_id,
+        }
+        responses = find.find_responses(
+            session=self.session,
+            calling_ae=self.calling_ae,
+            sop_class=response["AffectedSOPClassUID"],
+            identifier=lambda: decode_identifier(message.data, transfer_syntax),
+            implicit_vr=transfer_syntax.is_implicit_VR,
+            cancelled=self._find_interrupted,
+        )
+        self.finding, self.cancel_requested, self.interrupted = message_id, False, None
+        try:
+            for status, match in _never_raising(responses, self.calling_ae):
+                if self.interrupted is not None:
+                    raise self.interrupted  # an A-ABORT, a closed connection, SIGTERM's grace over
+                data = b""
+                if status in _FIND_PENDING:
+                    data = fastsend.encode_identifier(match, transfer_syntax.is_implicit_VR)
+                    if not data:
+                        log.error("C-FIND from %s: a match cannot be encoded", self.calling_ae)
+                        status = _MATCH_NOT_ENCODED
+                data_set_type = _DATA_SET if data else _NO_DATA_SET
+                self._respond(
+                    message.context_id, response | {"CommandDataSetType": data_set_type, "Status": status}, data
+                )
+                if not data:
+                    return  # a final status
+            # A generator that ends without one: pynetdicom's service class answers Success.
+            self._respond(message.context_id, response | {"CommandDataSetType": _NO_DATA_SET, "Status": find.SUCCESS})
+        finally:
+            responses.close()
+            self.finding = None
+
+    def _find_interrupted(self) -> bool:
+        """``cancelled`` for find.find_responses: reads a PDU that came meanwhile, without waiting for one.
+
+        Never raises (the responses would take it for a failure): how the association
+        ended is kept in ``interrupted`` for ``_c_find``.
+        """
+        if self.interrupted is None and not self.cancel_requested:
+            try:
+                self._check_shutdown()
+                if select.select([self.sock], [], [], 0)[0]:
+                    ended = self._next_pdu()
+                    if ended is not None:
+                        self.interrupted = _Ended(*ended)
+            except (_Closed, _Ended) as exc:
+                self.interrupted = exc
+        return self.interrupted is not None or self.cancel_requested
+
     def discard_spools(self) -> None:
         """Remove every temporary file no C-STORE committed (an association that ended mid-message)."""
         store.discard_spools(self.spools)
+
+
+def decode_identifier(data: bytes, transfer_syntax: UID) -> Dataset:
+    """A request's identifier as pynetdicom's ``event.identifier`` gives it: an empty one for none."""
+    if not data:
+        return Dataset()
+    implicit, little = transfer_syntax.is_implicit_VR, transfer_syntax.is_little_endian
+    ds = decode(BytesIO(data), implicit, little, transfer_syntax.is_deflated)
+    ds.set_original_encoding(implicit, little)
+    return ds
+
+
+def _never_raising(responses, calling_ae: str):
+    """A handler's responses, as pynetdicom's service class takes them: one that raises ends them with 0xC311."""
+    try:
+        yield from responses
+    except Exception:
+        log.exception("C-FIND from %s: the responses failed", calling_ae)
+        yield _HANDLER_FAILED, None
 
 
 def serve(sock, address, request: Request, *, ae, handoff, shutdown) -> None:

@@ -9,6 +9,7 @@ file must be the same bytes.
 import socket
 import struct
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import pydicom
@@ -20,7 +21,9 @@ from pynetdicom.pdu_primitives import AsynchronousOperationsWindowNegotiation
 from pynetdicom.sop_class import (
     CTImageStorage,
     MRImageStorage,
+    PatientRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelMove,
     Verification,
 )
 
@@ -95,7 +98,7 @@ def pynetdicom_request(contexts, *, max_pdu=16384, ext_neg=None):
         ae.maximum_pdu_size = max_pdu
         for context in contexts:
             ae.add_requested_context(*context)
-        ae.associate("127.0.0.1", port, ae_title="IMAGING", ext_neg=ext_neg)
+        ae.associate("127.0.0.1", port, ae_title="IMAGING", ext_neg=ext_neg, max_pdu=max_pdu)
 
     return send
 
@@ -133,27 +136,42 @@ def threads_of_association(server_proc) -> int:
     return len(list(Path(f"/proc/{pid}/task").iterdir()))
 
 
-def converse(port, server_proc, rq: bytes, image: Path | None) -> dict:
-    """Associate with ``rq``, echo and store ``image`` where the contexts allow it, release; every PDU we got."""
-    got = {}
+RELEASE_RQ = b"\x05\x00\x00\x00\x00\x04\x00\x00\x00\x00"
+
+
+@contextmanager
+def conversation(port, server_proc, rq: bytes, got: dict):
+    """An association from ``rq``: (socket, {context ID: transfer syntax} accepted, {context ID: abstract syntax}).
+
+    ``got`` receives the A-ASSOCIATE-AC, the threads of the association's process and the A-RELEASE-RP.
+    """
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(rq)
         got["ac"] = read_pdu(sock)
         assert got["ac"][0] == 0x02, got["ac"]
         got["threads"] = threads_of_association(server_proc)
-        contexts = accepted(got["ac"])
-        syntaxes = proposed(rq)
+        yield sock, accepted(got["ac"]), proposed(rq)
+        sock.sendall(RELEASE_RQ)
+        got["rp"] = read_pdu(sock)
+    # The next conversation counts the threads of its own association's process.
+    procs.wait_for(lambda: not associations(server_proc), 20, "the association's process to end")
+
+
+def echo_rq(context_id: int, message_id: int) -> bytes:
+    command = fastsend.command_set(
+        {"AffectedSOPClassUID": Verification, "CommandField": 0x0030, "MessageID": message_id}
+        | {"CommandDataSetType": 0x0101}
+    )
+    return fastrecv.command_pdus(context_id, command, 16384)
+
+
+def converse(port, server_proc, rq: bytes, image: Path | None) -> dict:
+    """Associate with ``rq``, echo and store ``image`` where the contexts allow it, release; every PDU we got."""
+    got = {}
+    with conversation(port, server_proc, rq, got) as (sock, contexts, syntaxes):
         for context_id, transfer_syntax in contexts.items():
             if syntaxes[context_id] == Verification and "echo" not in got:
-                command = fastsend.command_set(
-                    {
-                        "AffectedSOPClassUID": Verification,
-                        "CommandField": 0x0030,
-                        "MessageID": 7,
-                        "CommandDataSetType": 0x0101,
-                    }
-                )
-                sock.sendall(fastrecv.command_pdus(context_id, command, 16384))
+                sock.sendall(echo_rq(context_id, 7))
                 got["echo"] = read_pdu(sock)
             elif syntaxes[context_id] == CTImageStorage and image is not None and "store" not in got:
                 if transfer_syntax not in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
@@ -168,10 +186,6 @@ def converse(port, server_proc, rq: bytes, image: Path | None) -> dict:
                 path = storage.absolute(storage.instance_relpath(ds.SOPInstanceUID))
                 got["file"] = path.read_bytes()
                 path.unlink()  # the other server stores it afresh
-        sock.sendall(b"\x05\x00\x00\x00\x00\x04\x00\x00\x00\x00")
-        got["rp"] = read_pdu(sock)
-    # The next conversation counts the threads of its own association's process.
-    procs.wait_for(lambda: not associations(server_proc), 20, "the association's process to end")
     return got
 
 
@@ -219,18 +233,49 @@ def test_dcmtk_storescus_request_is_answered_byte_for_byte(system, servers, tmp_
 @pytest.mark.parametrize(
     "contexts, ext_neg",
     [
-        ([(CTImageStorage,), (StudyRootQueryRetrieveInformationModelFind,)], None),
+        ([(CTImageStorage,), (StudyRootQueryRetrieveInformationModelMove,)], None),
+        ([(StudyRootQueryRetrieveInformationModelFind,)], [build_role(CTImageStorage, scp_role=True)]),
         ([(CTImageStorage,)], [build_role(CTImageStorage, scp_role=True)]),
     ],
-    ids=["a-query-context", "a-role-selection-item"],
+    ids=["a-move-context", "find-with-a-role-selection-item", "a-role-selection-item"],
 )
-def test_anything_but_storage_and_verification_is_left_to_pynetdicom(system, servers, contexts, ext_neg):
+def test_anything_but_storage_verification_and_find_is_left_to_pynetdicom(system, servers, contexts, ext_neg):
     rq = capture_request(pynetdicom_request(contexts, ext_neg=ext_neg))
     assert not fastrecv.servable(fastrecv.parse_request(rq))
     fast = converse(servers[True], servers["procs"][True][0], rq, None)
     slow = converse(servers[False], servers["procs"][False][0], rq, None)
     assert fast["threads"] > 1 and slow["threads"] > 1
     assert fast["ac"] == slow["ac"]
+
+
+@pytest.mark.parametrize(
+    "contexts, served",
+    [
+        ([StudyRootQueryRetrieveInformationModelFind], True),
+        ([PatientRootQueryRetrieveInformationModelFind, StudyRootQueryRetrieveInformationModelFind], True),
+        ([StudyRootQueryRetrieveInformationModelFind, CTImageStorage, Verification], True),
+        ([StudyRootQueryRetrieveInformationModelFind, StudyRootQueryRetrieveInformationModelMove], False),
+        ([StudyRootQueryRetrieveInformationModelMove], False),
+        (["1.2.840.10008.5.1.4.1.2.2.3"], False),  # Study Root Get
+    ],
+    ids=["find", "both-finds", "find-storage-echo", "find-and-move", "move", "get"],
+)
+def test_it_serves_find_alone_or_with_storage_and_leaves_retrieves_to_pynetdicom(settings, contexts, served):
+    settings.DICOM_FAST_RECEIVE = True
+    request = fastrecv.parse_request(capture_request(pynetdicom_request([(uid,) for uid in contexts])))
+    assert [cx.abstract_syntax for cx in request.contexts] == contexts
+    assert fastrecv.servable(request) is served, request.odd
+
+
+def test_dcmtk_findscus_request_is_served_here():
+    for model in ("-S", "-P"):
+        rq = capture_request(dcmtk_request("findscu", model, "-k", "QueryRetrieveLevel=STUDY"))
+        request = fastrecv.parse_request(rq)
+        assert fastrecv.servable(request), request.odd
+        assert {cx.abstract_syntax for cx in request.contexts} <= {
+            StudyRootQueryRetrieveInformationModelFind,
+            PatientRootQueryRetrieveInformationModelFind,
+        }
 
 
 def test_the_fast_path_is_off_with_its_setting(settings):
@@ -286,3 +331,214 @@ def test_an_association_idle_past_the_network_timeout_is_aborted_and_logged(syst
         assert "DICOM_NETWORK_TIMEOUT" in entry.reason
     finally:
         procs.stop(scp)
+
+
+# --- C-FIND ------------------------------------------------------------------------------------
+
+
+def find_rq(context_id: int, model: str, identifier: bytes, message_id: int) -> list:
+    command = fastsend.command_set(
+        {"AffectedSOPClassUID": model, "CommandField": 0x0020, "MessageID": message_id, "Priority": 0}
+        | {"CommandDataSetType": 0x0001}
+    )
+    return fastsend.p_data_pdus(context_id, command, identifier, 16384)
+
+
+def read_find_responses(sock) -> tuple[list[bytes], list[int]]:
+    """Every PDU of a C-FIND's responses, up to its final status; and the statuses."""
+    pdus, statuses, command = [], [], b""
+    while not statuses or statuses[-1] in (0xFF00, 0xFF01):
+        pdu = read_pdu(sock)
+        assert pdu[0] == 0x04, pdu
+        pdus.append(pdu)
+        offset = 6
+        while offset < len(pdu):
+            (length,) = struct.unpack(">L", pdu[offset : offset + 4])
+            control, value = pdu[offset + 5], pdu[offset + 6 : offset + 4 + length]
+            offset += 4 + length
+            if control & 1:
+                command += value
+                if control & 2:
+                    statuses.append(struct.unpack("<H", fastrecv.decode_command(command)[0x0900])[0])
+                    command = b""
+    return pdus, statuses
+
+
+def query(level: str, charset: str = "", **keys) -> pydicom.Dataset:
+    ds = pydicom.Dataset()
+    if charset:
+        ds.SpecificCharacterSet = charset
+    ds.QueryRetrieveLevel = level
+    for keyword, value in keys.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+def converse_find(port, server_proc, rq: bytes, queries: list) -> dict:
+    """Associate with ``rq``, send each (model, identifier bytes) as a C-FIND, release: the PDUs and statuses."""
+    got = {"responses": [], "statuses": []}
+    with conversation(port, server_proc, rq, got) as (sock, contexts, syntaxes):
+        for n, (model, identifier) in enumerate(queries):
+            [(context_id, transfer_syntax)] = [(cx, ts) for cx, ts in contexts.items() if syntaxes[cx] == model][:1]
+            raw = (
+                identifier
+                if isinstance(identifier, bytes)
+                else encode(identifier, transfer_syntax == ImplicitVRLittleEndian, True, False)
+            )
+            fastsend.send_all(sock, find_rq(context_id, model, raw, message_id=n + 1))
+            pdus, statuses = read_find_responses(sock)
+            got["responses"].append(pdus)
+            got["statuses"].append(statuses)
+    return got
+
+
+@pytest.fixture
+def find_archive(system, tmp_path):
+    from records.models import Patient
+    from tests.test_find_e2e import index
+
+    Patient.objects.bulk_create(Patient(patient_id=f"MANY{n:03d}", name=f"MANY^{n}") for n in range(40))
+    return {
+        "wang": index(
+            tmp_path, patient_id="P-WANG", patient_name="WANG^XIAOMING=王^小明", study_date="20240301", images=3
+        ),
+        "li": index(tmp_path, patient_id="P-LI", patient_name="LI^NA", study_date="20240302", modality="CT"),
+    }
+
+
+STUDY, PATIENT = StudyRootQueryRetrieveInformationModelFind, PatientRootQueryRetrieveInformationModelFind
+UNREADABLE = (
+    b"\x08\x00\x52\x00CS\x06\x00STUDY \x20\x00\x0d\x00UI\x00\x00"
+    b"\x08\x00\x15\x11SQ\x00\x00\xff\xff\xff\xff\xfe\xff\x00\xe0\x08\x00\x00\x00abcdefgh"
+)
+
+
+def find_queries(archive) -> list:
+    study_uid, series_uid = archive["wang"]
+    return [
+        (PATIENT, query("PATIENT", PatientID="P-WANG", PatientName="", NumberOfPatientRelatedStudies="")),
+        (STUDY, query("STUDY", StudyInstanceUID="", PatientName="wang^xi*", StudyDate="", ModalitiesInStudy="")),
+        (STUDY, query("STUDY", "ISO_IR 192", StudyInstanceUID="", PatientName="王*", PatientAge="")),
+        (STUDY, query("SERIES", StudyInstanceUID=study_uid, SeriesInstanceUID="", NumberOfSeriesRelatedInstances="")),
+        (STUDY, query("IMAGE", StudyInstanceUID=study_uid, SeriesInstanceUID=series_uid, SOPInstanceUID="")),
+        (STUDY, query("STUDY", StudyInstanceUID="", PatientID="NOBODY")),  # zero matches
+        (STUDY, query("SOMEWHERE", StudyInstanceUID="")),  # a bad level: a failure status
+        (STUDY, query("STUDY", StudyInstanceUID="", StudyDate="20241399")),  # 0xC000
+        # A sequence item that cannot be read (pydicom reads it when the query does): a failure status.
+        (STUDY, UNREADABLE),
+        (PATIENT, query("PATIENT", PatientID="MANY*", PatientName="")),  # many matches
+    ]
+
+
+FIND_REQUESTS = {
+    "pynetdicom-both-models": pynetdicom_request([(STUDY,), (PATIENT,)]),
+    "pynetdicom-implicit-small-pdu": pynetdicom_request(
+        [(STUDY, [ImplicitVRLittleEndian]), (PATIENT, [ImplicitVRLittleEndian]), (CTImageStorage,)], max_pdu=100
+    ),
+    "pynetdicom-unlimited-pdu": pynetdicom_request([(PATIENT,), (STUDY,), (Verification,)], max_pdu=0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FIND_REQUESTS))
+def test_our_receive_path_answers_c_find_byte_for_byte_as_pynetdicom(system, servers, find_archive, name):
+    rq = capture_request(FIND_REQUESTS[name])
+    assert fastrecv.servable(fastrecv.parse_request(rq))
+    queries = find_queries(find_archive)
+    fast = converse_find(servers[True], servers["procs"][True][0], rq, queries)
+    slow = converse_find(servers[False], servers["procs"][False][0], rq, queries)
+    assert (fast["threads"], slow["threads"] > 1) == (1, True)
+    assert fast["statuses"] == slow["statuses"]
+    for n, (ours, theirs) in enumerate(zip(fast["responses"], slow["responses"], strict=True)):
+        assert ours == theirs, (n, queries[n])
+    assert (fast["ac"], fast["rp"]) == (slow["ac"], slow["rp"])
+    finals = [statuses[-1] for statuses in fast["statuses"]]
+    assert finals[:6] == [0x0000] * 6 and finals[7] == 0xC000 and finals[9] == 0x0000
+    assert finals[6] >> 12 in (0xA, 0xC) and finals[8] >> 12 in (0xA, 0xC)  # failures, and it went on serving
+    assert [len(statuses) - 1 for statuses in fast["statuses"]] == [1, 1, 1, 1, 3, 0, 0, 0, 0, 40]
+    if name.endswith("small-pdu"):
+        sizes = {len(pdu) for pdus in fast["responses"] for pdu in pdus}
+        assert max(sizes) == 106, sorted(sizes)  # the peer's 100 bytes of PDVs, and the PDU header
+
+
+@pytest.mark.parametrize("interruption", ["c-cancel", "c-echo", "a-release-rq", "a-abort"])
+def test_while_a_c_find_is_answered_only_its_c_cancel_is_served(system, servers, interruption):
+    from network.models import AssociationLog
+    from records.models import Patient
+
+    Patient.objects.bulk_create(Patient(patient_id=f"C{n:04d}", name=f"CANCEL^{n}") for n in range(990))
+    rq = capture_request(pynetdicom_request([(PATIENT,), (Verification,)]))
+    with socket.socket() as sock:
+        # A small receive window: the server blocks in its sends, mid-result, until we read.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(10)
+        sock.connect(("127.0.0.1", servers[True]))
+        sock.sendall(rq)
+        contexts = accepted(read_pdu(sock))
+        syntaxes = proposed(rq)
+        [find_context] = [cx for cx in contexts if syntaxes[cx] == PATIENT]
+        [echo_context] = [cx for cx in contexts if syntaxes[cx] == Verification]
+        identifier = encode(query("PATIENT", PatientID="C*", PatientName=""), False, True, False)
+        fastsend.send_all(sock, find_rq(find_context, PATIENT, identifier, message_id=4))
+        assert read_pdu(sock)[0] == 0x04  # the first match: the C-FIND is being answered
+        if interruption == "c-cancel":
+            cancel = fastsend.command_set(
+                {"CommandField": 0x0FFF, "MessageIDBeingRespondedTo": 4} | {"CommandDataSetType": 0x0101}
+            )
+            sock.sendall(fastrecv.command_pdus(echo_context, cancel, 16384))
+            _pdus, statuses = read_find_responses(sock)
+            assert statuses[-1] == 0xFE00 and len(statuses) < 990
+            # The association goes on.
+            sock.sendall(echo_rq(echo_context, 5))
+            assert read_pdu(sock)[0] == 0x04
+            sock.sendall(RELEASE_RQ)
+            assert read_pdu(sock)[0] == 0x06
+            outcome = AssociationLog.Outcome.RELEASED
+        else:
+            if interruption == "c-echo":
+                sock.sendall(echo_rq(echo_context, 5))
+            elif interruption == "a-release-rq":
+                sock.sendall(RELEASE_RQ)
+            else:
+                sock.sendall(fastrecv.abort_pdu(0x00, 0x00))
+            matches, last = 0, None
+            while (header := sock.recv(6, socket.MSG_WAITALL)) and header[0] == 0x04:
+                read_exactly(sock, struct.unpack(">L", header[2:])[0])
+                matches += 1
+            last = header[:1]
+            assert matches < 989, "the interruption came after the last match"
+            # We abort the association for a C-ECHO or a release; after the peer's A-ABORT, we close.
+            assert last == (b"" if interruption == "a-abort" else b"\x07")
+            outcome = AssociationLog.Outcome.ABORTED
+    entry = procs.wait_for(lambda: AssociationLog.objects.filter(calling_ae="MODALITY").first(), 20, "the log")
+    assert entry.outcome == outcome and "C-FIND" in entry.services
+    reasons = {"c-echo": "0x0030 we do not serve", "a-release-rq": "unexpected PDU of type 0x05"}
+    assert reasons.get(interruption, "") in entry.reason
+
+
+def test_an_identifier_that_cannot_be_decoded_is_answered_unable_to_process_and_counted():
+    from network import access
+    from network.dimse import find
+    from network.models import ModalityNode
+
+    def undecodable():
+        raise ValueError("not a data set")
+
+    session = access.Session(ModalityNode(ae_title="MODALITY", may_query=True), "MODALITY", "IMAGING", "127.0.0.1", 1)
+    responses = find.find_responses(
+        session=session,
+        calling_ae="MODALITY",
+        sop_class=STUDY,
+        identifier=undecodable,
+        implicit_vr=False,
+        cancelled=lambda: False,
+    )
+    assert list(responses) == [(0xC000, None)]
+    assert session.failures == 1 and session.services == {"C-FIND"}
+
+
+def test_an_identifier_is_decoded_as_pynetdicom_decodes_it():
+    for syntax in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
+        ds = query("STUDY", "ISO_IR 192", PatientName="王*", StudyInstanceUID="")
+        decoded = fastrecv.decode_identifier(encode(ds, syntax == ImplicitVRLittleEndian, True, False), syntax)
+        assert decoded == ds and decoded.original_encoding == (syntax == ImplicitVRLittleEndian, True)
+    assert fastrecv.decode_identifier(b"", ExplicitVRLittleEndian) == pydicom.Dataset()

@@ -1,4 +1,4 @@
-"""C-FIND against the real runscp, driven by DCMTK's findscu and by pynetdicom."""
+"""C-FIND against the real runscp, driven by DCMTK's findscu and by pynetdicom, on each receive path."""
 
 import shutil
 
@@ -16,8 +16,15 @@ from imaging import ingest
 from network.models import AssociationLog, ModalityNode
 from records.models import Patient
 from tests import dicomgen, procs
+from tests.conftest import RECEIVE_PATHS
 
 pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(**RECEIVE_PATHS)
+def fast_receive(request) -> str:
+    """Every query here is answered by our receive path (network/fastrecv.py) and by pynetdicom's."""
+    return request.param
 
 
 def index(tmp_path, *, patient_id, patient_name, study_date, study_time="101500", images=1, modality="MR"):
@@ -182,12 +189,19 @@ def test_a_c_cancel_over_the_network_ends_the_query(system):
     ae.add_requested_context(PatientRootQueryRetrieveInformationModelFind)
     assoc = ae.associate("127.0.0.1", system.port, ae_title="IMAGING")
     assert assoc.is_established
+    procs.keep_responses_for_the_waiter(assoc)
     statuses = []
     for status, _ in assoc.send_c_find(query, PatientRootQueryRetrieveInformationModelFind, msg_id=9):
         statuses.append(status.Status)
         if len(statuses) == 1:
             assoc.send_c_cancel(9, query_model=PatientRootQueryRetrieveInformationModelFind)
+    # The association goes on: the next query is answered in full.
+    query.PatientID = "C0001"
+    after = [status.Status for status, _ in assoc.send_c_find(query, PatientRootQueryRetrieveInformationModelFind)]
     assoc.release()
     assert statuses[-1] == 0xFE00  # Matching terminated due to Cancel
     assert statuses[:-1] == [0xFF00] * (len(statuses) - 1)
     assert len(statuses) - 1 < 990
+    assert after == [0xFF00, 0x0000]
+    entry = procs.wait_for(lambda: AssociationLog.objects.filter(calling_ae="MODALITY").first(), 20, "the log")
+    assert entry.outcome == AssociationLog.Outcome.RELEASED and "C-FIND" in entry.services

@@ -1,11 +1,13 @@
 """C-FIND SCP: a thin shell over network/query.py (PS3.4 Annex C)."""
 
 import logging
+from collections.abc import Callable, Iterator
 
 from django.conf import settings
+from pydicom.dataset import Dataset
 
 from network import access, query, reactor
-from network.dimse.association import permitted, session_of
+from network.dimse.association import session_of, session_permits
 
 log = logging.getLogger(__name__)
 
@@ -23,17 +25,49 @@ MODELS = {
 
 def handle_find(event):
     """EVT_C_FIND handler: yields (status, identifier) pairs; never raises."""
-    calling_ae = event.assoc.requestor.ae_title.strip()
-    if not permitted(event, "C-FIND", "may_query"):
+
+    def cancelled() -> bool:
+        # A few responses ahead of the network at most: a C-CANCEL read meanwhile is
+        # seen here, and a large result does not pile up in memory.
+        reactor.wait_until_sent(event.assoc, most=8, timeout=settings.DICOM_DIMSE_TIMEOUT)
+        return event.is_cancelled
+
+    yield from find_responses(
+        session=session_of(event.assoc),
+        calling_ae=event.assoc.requestor.ae_title.strip(),
+        sop_class=str(event.request.AffectedSOPClassUID),
+        identifier=lambda: event.identifier,
+        implicit_vr=event.context.transfer_syntax.is_implicit_VR,
+        cancelled=cancelled,
+    )
+
+
+def find_responses(
+    *,
+    session: access.Session | None,
+    calling_ae: str,
+    sop_class: str,
+    identifier: Callable[[], Dataset],
+    implicit_vr: bool,
+    cancelled: Callable[[], bool],
+) -> Iterator[tuple[int, Dataset | None]]:
+    """A C-FIND's (status, identifier) responses, the last one final; never raises.
+
+    Both receive paths answer with it: pynetdicom's (``handle_find``) and ours
+    (network/fastrecv.py). ``identifier`` decodes the request's identifier (and
+    raises if it cannot); ``cancelled`` is asked before each match, and may wait
+    for the network meanwhile; ``implicit_vr``, the transfer syntax the matches
+    will be written in.
+    """
+    if not session_permits(session, calling_ae, "C-FIND", "may_query"):
         yield access.NOT_AUTHORIZED, None
         return
-    session = session_of(event.assoc)
-    model = MODELS.get(str(event.request.AffectedSOPClassUID))
+    model = MODELS.get(sop_class)
     # As for stored images: the node's character set for identifiers that declare none.
     node = session.node if session is not None else None
     fallback = (node.fallback_charset if node is not None else "") or settings.DICOM_FALLBACK_CHARSET
     try:
-        identifier = event.identifier
+        decoded = identifier()
     except Exception as exc:
         if session is not None:
             session.failures += 1
@@ -41,13 +75,9 @@ def handle_find(event):
         yield query.UNABLE_TO_PROCESS, None
         return
     try:
-        parsed = query.parse(identifier, model=model or query.STUDY_ROOT, fallback_charset=fallback)
-        implicit_vr = event.context.transfer_syntax.is_implicit_VR
+        parsed = query.parse(decoded, model=model or query.STUDY_ROOT, fallback_charset=fallback)
         for match in query.results(parsed, implicit_vr=implicit_vr):
-            # A few responses ahead of the network at most: a C-CANCEL read meanwhile is
-            # seen here, and a large result does not pile up in memory.
-            reactor.wait_until_sent(event.assoc, most=8, timeout=settings.DICOM_DIMSE_TIMEOUT)
-            if event.is_cancelled:
+            if cancelled():
                 log.info("C-FIND from %s cancelled", calling_ae)
                 yield CANCELLED, None
                 return
