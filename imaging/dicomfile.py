@@ -407,17 +407,19 @@ def _skip_sequence(head: bytes, pos: int, implicit: bool) -> int:
                 pos += length
 
 
-def _raw_elements(head: bytes, pos: int, end: int, implicit: bool, stop_at_pixels: bool) -> tuple[dict, int, int]:
-    """The top-level elements from ``pos`` as raw elements; (elements, stop, next position).
+def _top_level(head: bytes, pos: int, end: int, implicit: bool, stop):
+    """The top-level elements from ``pos`` to ``end``: (tag, VR or None, length, value offset, element offset).
 
-    ``stop`` is the tag of the pixel data element reached (0 when ``end`` came first).
-    Sequences are skipped: nothing indexed is inside one.
+    The first element whose tag ``stop`` accepts ends the walk: it is yielded with a
+    length of None, its value unread. Undefined-length sequences are skipped; what the
+    walk cannot follow (an item outside a sequence, a value past what was read, an
+    undefined length on anything but SQ or UN) raises _NotPlain.
     """
-    elements = {}
     while pos < end:
         tag, vr, length, start = _element_at(head, pos, implicit)
-        if stop_at_pixels and tag in PIXEL_TAGS:
-            return elements, tag, pos
+        if stop(tag):
+            yield tag, vr, None, start, pos
+            return
         if tag >> 16 == 0xFFFE:
             raise _NotPlain  # an item or delimiter outside any sequence
         if length == UNDEFINED_LENGTH:
@@ -425,15 +427,34 @@ def _raw_elements(head: bytes, pos: int, end: int, implicit: bool, stop_at_pixel
                 raise _NotPlain
             pos = _skip_sequence(head, start, implicit)
             continue
-        pos = start + length
-        if pos > len(head):
+        if start + length > len(head):
             raise _NotPlain
+        yield tag, vr, length, start, pos
+        pos = start + length
+
+
+def _raw_elements(head: bytes, pos: int, end: int, implicit: bool, stop_at_pixels: bool) -> tuple[dict, int, int]:
+    """The top-level elements from ``pos`` as raw elements; (elements, stop, where the pixel data starts).
+
+    ``stop`` is the tag of the pixel data element reached (0 when ``end`` came first).
+    Sequences are skipped: nothing indexed is inside one.
+    """
+    elements = {}
+    stop = PIXEL_TAGS.__contains__ if stop_at_pixels else _never
+    for tag, vr, length, start, at in _top_level(head, pos, end, implicit, stop):
+        if length is None:
+            return elements, tag, at
         if vr == b"SQ" or (vr is None and _implicit_sequence(tag)):
             continue
+        value = head[start : start + length]
         elements[tag] = RawDataElement(
-            BaseTag(tag), None if vr is None else vr.decode(), length, head[start:pos], start, implicit, True
+            BaseTag(tag), None if vr is None else vr.decode(), length, value, start, implicit, True
         )
-    return elements, 0, pos
+    return elements, 0, end
+
+
+def _never(tag: int) -> bool:
+    return False
 
 
 def header(path) -> Header:
@@ -468,23 +489,11 @@ def scan_values(data, last_tag: int, implicit: bool) -> dict[int, tuple[bytes | 
     head = bytes(data[:SCAN_BYTES])
     whole = len(data) <= SCAN_BYTES
     values = {}
-    pos = 0
     try:
-        while pos < len(head):
-            tag, vr, length, start = _element_at(head, pos, implicit)
-            if tag > last_tag:
+        for tag, vr, length, start, _ in _top_level(head, 0, len(head), implicit, lambda tag: tag > last_tag):
+            if length is None:
                 return values
-            if tag >> 16 == 0xFFFE:
-                return None
-            if length == UNDEFINED_LENGTH:
-                if not (implicit or vr in (b"SQ", b"UN")):
-                    return None
-                pos = _skip_sequence(head, start, implicit)
-                continue
-            pos = start + length
-            if pos > len(head):
-                return None
-            values[tag] = (vr, head[start:pos])
+            values[tag] = (vr, head[start : start + length])
     except _NotPlain:
         return None
     return values if whole else None
