@@ -259,10 +259,36 @@ def install_outgoing(assoc) -> bool:
     """Make the DUL loop of an association we requested event-driven: its responses are read at once.
 
     Call once it is established (EVT_ESTABLISHED), from any thread. Its association
-    loop is left alone: while we send, pynetdicom keeps it paused.
+    loop is left alone: while we send, pynetdicom keeps it paused (and
+    ``keep_responses`` covers the moment it does not).
     """
     if not supported():
         return False
     _association_clock, dul_clock = _clocks()
     dul_clock.register(assoc.dul, _DULWaiter(assoc.dul))
+    keep_responses(assoc)
     return True
+
+
+def keep_responses(assoc) -> None:
+    """A response the association's loop takes off the DIMSE queue goes back on it, for the send_* call waiting.
+
+    pynetdicom's ``send_c_store`` pauses the loop by clearing its checkpoint and waiting
+    for ``_is_paused``; the flag is still True from the pause of the request before
+    until the loop, woken, sets it False. A request sent in that moment can have its
+    response taken by the loop, which drops it ("Received unexpected C-STORE service
+    message") while ``send_c_store`` waits out DICOM_DIMSE_TIMEOUT: a sub-operation
+    failed that the destination had stored (seen on a loaded CI machine with
+    DICOM_FAST_SEND=0). A response with no send_* call under way (the checkpoint
+    set) and requests from the peer are handled as before.
+    """
+    serve = assoc._serve_request
+
+    def serve_or_keep(msg, context_id):
+        # A send_* call is under way while the checkpoint is cleared: the response is its.
+        if msg is not None and msg.is_valid_response and not assoc._reactor_checkpoint.is_set():
+            assoc.dimse.msg_queue.put((context_id, msg))
+            return
+        serve(msg, context_id)
+
+    assoc._serve_request = serve_or_keep

@@ -73,3 +73,54 @@ def test_a_loop_woken_by_a_message_passes_the_wake_up_on_to_a_thread_waiting_for
     loop_waiting.join(5)
     assert got == [("ctx", "msg")]
     assert time.monotonic() - started < 2
+
+
+def _requested_association():
+    from pynetdicom import AE
+    from pynetdicom._globals import MODE_REQUESTOR
+    from pynetdicom.association import Association
+
+    return Association(AE(ae_title="TEST"), MODE_REQUESTOR)
+
+
+def _store_response():
+    from pynetdicom.dimse_primitives import C_STORE
+
+    response = C_STORE()
+    response.MessageIDBeingRespondedTo = 7
+    response.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    response.AffectedSOPInstanceUID = "1.2.3.4"
+    response.Status = 0x0000
+    return response
+
+
+def test_a_response_the_loop_takes_while_a_send_is_under_way_goes_back_to_it():
+    assoc = _requested_association()
+    served = []
+    assoc._serve_request = lambda msg, context_id: served.append(msg)
+    reactor.keep_responses(assoc)
+    response = _store_response()
+
+    assoc._reactor_checkpoint.clear()  # send_c_store pausing the loop, or waiting for its response
+    assoc._serve_request(response, 1)
+    assert served == []
+    assert assoc.dimse.msg_queue.get_nowait() == (1, response)
+
+    assoc._reactor_checkpoint.set()  # no send under way: pynetdicom's own handling (it logs and drops it)
+    assoc._serve_request(response, 1)
+    assert served == [response] and assoc.dimse.msg_queue.empty()
+
+
+def test_a_request_from_the_peer_is_served_as_before_while_a_send_is_under_way():
+    from pynetdicom.dimse_primitives import C_ECHO
+
+    assoc = _requested_association()
+    served = []
+    assoc._serve_request = lambda msg, context_id: served.append((msg, context_id))
+    reactor.keep_responses(assoc)
+    request = C_ECHO()
+    request.MessageID = 3
+    request.AffectedSOPClassUID = "1.2.840.10008.1.1"
+    assoc._reactor_checkpoint.clear()
+    assoc._serve_request(request, 5)
+    assert served == [(request, 5)] and assoc.dimse.msg_queue.empty()
