@@ -5,6 +5,7 @@ import datetime as dt
 import os
 import socket
 import uuid
+from pathlib import Path
 
 from django.db import IntegrityError, transaction
 from django.db.models import Q
@@ -37,7 +38,17 @@ def holder_gone(holder: str) -> bool:
         return True
     except PermissionError:
         return False  # it runs, as another user
-    return False
+    return _zombie(int(pid))
+
+
+def _zombie(pid: int) -> bool:
+    """Whether ``pid`` has ended and only waits to be reaped (Linux /proc): a pool process killed with
+    its worker stays so, still answering signal 0, where PID 1 of a container reaps nothing."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[:1] == ["Z"]
 
 
 def acquire(name: str, holder: str, seconds: float, *, take_from_dead: bool = False) -> bool:

@@ -334,3 +334,19 @@ def test_a_file_re_stored_while_it_is_rewritten_is_not_overwritten_with_the_old_
     assert len(calls) == 2  # read again after the re-store
     assert (str(back.PatientName), back.ImageComments) == (NEW_NAME, "sent again by the modality")
     assert len(back.OriginalAttributesSequence) == 1
+
+
+def test_a_lease_holder_that_died_but_was_not_reaped_is_gone():
+    """A pool process killed with its worker, left a zombie (a container's PID 1 reaps nothing), holds nothing."""
+    from imaging import leases
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    holder = f"{leases.socket.gethostname()}:{child.pid}:00000000"
+    try:
+        # Ended, not reaped yet: it still answers signal 0.
+        procs.wait_for(lambda: leases._zombie(child.pid), 10, "the child to end")
+        assert leases.holder_gone(holder)
+    finally:
+        child.wait()
+    assert leases.holder_gone(holder)  # reaped: no such process at all
+    assert not leases._zombie(os.getpid())
