@@ -420,6 +420,14 @@ if DICOM_SEND_TIMEOUT < 1 or DICOM_MIN_PEER_PDU < 7:
     raise ImproperlyConfigured("DICOM_SEND_TIMEOUT must be at least 1 (s), DICOM_MIN_PEER_PDU at least 7 (bytes)")
 # Processes forked ahead, warmed up and waiting for the next associations (network/scp.py).
 DICOM_SPARE_PROCESSES = envint("DICOM_SPARE_PROCESSES", 2)
+# While another spare waits, one that took a connection is replaced when its association
+# ends, or this many milliseconds after it began (0: at once); the fork and warm-up would
+# otherwise compete with the association for the CPU while it starts.
+DICOM_SPARE_REFILL_AFTER_MS = envint("DICOM_SPARE_REFILL_AFTER_MS", 1000)
+# Associations one process serves, one after another, when our own receive path
+# (DICOM_FAST_RECEIVE) serves them: back from one, it waits for the next as a spare
+# (if fewer than DICOM_SPARE_PROCESSES others do). 1: a process per association.
+DICOM_ASSOCIATIONS_PER_PROCESS = envint("DICOM_ASSOCIATIONS_PER_PROCESS", 100)
 # On SIGTERM, associations in progress get this long to finish before being aborted.
 DICOM_SHUTDOWN_GRACE = envint("DICOM_SHUTDOWN_GRACE", 30)
 # Character set assumed for names in data sets that declare none (issue: many

@@ -87,6 +87,39 @@ class PeerTable:
         return sum(1 for i in range(self.slots) if self._map[i * self._SLOT : (i + 1) * self._SLOT] == key)
 
 
+class SpareBoard:
+    """Which child processes are spares (waiting for a connection), in memory shared by the listener and its children.
+
+    Slot ``i`` is the child's slot of ``PeerTable``. The listener marks it when it
+    forks the spare and clears it when it reaps the child; the child clears it when
+    it takes a connection. A child whose association has ended may wait for the
+    next (``rejoin``) if fewer than ``wanted`` others do: it counts them and marks
+    itself under a lock, so two children ending at once do not both stay.
+    """
+
+    def __init__(self, slots: int):
+        self._fd = os.memfd_create("dicom-spares")
+        os.ftruncate(self._fd, slots)
+        self._map = mmap.mmap(self._fd, slots)
+
+    def mark(self, slot: int, spare: bool) -> None:
+        self._map[slot] = 1 if spare else 0
+
+    def rejoin(self, slot: int, wanted: int) -> bool:
+        fcntl.lockf(self._fd, fcntl.LOCK_EX)
+        try:
+            others = self._map[:].count(1) - (self._map[slot] == 1)
+            if others >= wanted:
+                return False
+            self._map[slot] = 1
+            return True
+        finally:
+            fcntl.lockf(self._fd, fcntl.LOCK_UN)
+
+    def count(self) -> int:
+        return self._map[:].count(1)
+
+
 class KnownPeers:
     """The addresses of active nodes, as the database says at most ``ttl`` seconds ago.
 
@@ -141,6 +174,10 @@ class KnownPeers:
             log.warning("cannot read the nodes to check a connection's address", exc_info=True)
         if self._hosts is not None:
             self._addresses = set().union(*(self._addresses_of(host, now) for host in self._hosts))
+
+    def read(self) -> None:
+        """Read the addresses now (a spare does, before its connection comes)."""
+        self._refresh(self._clock())
 
     def knows(self, address: str) -> bool:
         try:

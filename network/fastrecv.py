@@ -59,7 +59,7 @@ from io import BytesIO
 
 from django.conf import settings
 from pydicom.dataset import Dataset
-from pydicom.uid import UID
+from pydicom.uid import UID, ImplicitVRLittleEndian
 from pynetdicom.dsutils import decode
 from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
 from pynetdicom.sop_class import Verification
@@ -249,6 +249,21 @@ def associate_ac(request: Request, results: list, *, max_length: int, implementa
     items.append(_item(0x50, user))
     header = struct.pack(">HH", 1, 0) + _ae(request.called_ae) + _ae(request.calling_ae) + bytes(32)
     return _pdu(0x02, header + b"".join(items))
+
+
+def warm_up(ae) -> None:
+    """An association set-up without a peer, so that a spare's first real one finds its code and objects ready.
+
+    A Verification request is decoded, negotiated over the AE's contexts and answered
+    (the A-ASSOCIATE-AC thrown away), as ``Association.associate`` does.
+    """
+    context = bytes((1, 0, 0, 0)) + _item(0x30, Verification.encode()) + _item(0x40, ImplicitVRLittleEndian.encode())
+    header = struct.pack(">HH", 1, 0) + _ae("WARM-UP") + _ae("WARM-UP") + bytes(32)
+    user = _item(0x50, _item(0x51, struct.pack(">L", settings.DICOM_MAX_PDU)))
+    pdu = _pdu(_ASSOCIATE_RQ, header + _item(0x10, APPLICATION_CONTEXT.encode()) + _item(0x20, context) + user)
+    request = parse_request(pdu)
+    results, _roles = negotiate_as_acceptor(request.contexts, ae.supported_contexts, {})
+    associate_ac(request, results, max_length=settings.DICOM_MAX_PDU, implementation=(ae.implementation_class_uid, ""))
 
 
 def _ae(title: str) -> bytes:

@@ -1,4 +1,4 @@
-"""Build the pynetdicom AE and serve it, one forked process per association.
+"""Build the pynetdicom AE and serve it, each association in a forked process of its own.
 
 Python's interpreter lock caps one process at roughly one core, so each
 association gets its own process (as DCMTK's ``storescp --fork`` does): several
@@ -6,11 +6,15 @@ modalities sending at once use every core, and a crash while handling one
 association cannot take the listener down. The parent only forks: a few spare
 children (DICOM_SPARE_PROCESSES) wait in accept() for the next connections,
 already warmed up; each tells the parent when it has one, and the parent forks
-another spare in its place. A spare refuses, at accept(), a connection from an
-address that is no node's or that has its share of associations already
-(network/admission.py), and goes back to accept(); a connection that has not
-sent its A-ASSOCIATE-RQ within DICOM_ASSOCIATE_TIMEOUT is dropped, and what an
-association may make its process hold is bounded (network/guard.py).
+another spare in its place, once that association has ended if another spare
+still waits. A process whose association our own receive path served
+(network/fastrecv.py) waits for the next as a spare again, up to
+DICOM_ASSOCIATIONS_PER_PROCESS associations, one at a time. A spare refuses, at
+accept(), a connection from an address that is no node's or that has its share
+of associations already (network/admission.py), and goes back to accept(); a
+connection that has not sent its A-ASSOCIATE-RQ within DICOM_ASSOCIATE_TIMEOUT
+is dropped, and what an association may make its process hold is bounded
+(network/guard.py).
 """
 
 import errno
@@ -21,7 +25,6 @@ import signal
 import socket
 import threading
 import time
-from pathlib import Path
 
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
@@ -197,6 +200,7 @@ class AssociationProcessHandler(RequestHandler):
             log.debug("association from %s left to pynetdicom: %s", self.client_address[0], request.odd)
             return False
         _adopt_connection()
+        self.server.served_fast = True
         try:
             fastrecv.serve(
                 self.request,
@@ -260,7 +264,10 @@ class ForkingAssociationServer(AssociationServer):
         self.max_children = max_children
         self.children: set[int] = set()
         self.spares: set[int] = set()  # the children waiting in accept() for the next connections
-        # A spare writes "T <pid>" here when it takes a connection, "R <address> <reason>" when it refuses one.
+        # Associations whose spare is not replaced yet (pid: until when at most), see serve_until_stopped.
+        self.unreplaced: dict[int, float] = {}
+        # A spare writes "T <pid>" here when it takes a connection, "R <address> <reason>" when it
+        # refuses one; after its association, "S <pid>" when it is a spare again, "E <pid>" when it leaves.
         self._accepted_r, self._accepted_w = os.pipe()
         self._pending = b""
         # Each child's slot in the table of peers (admission.PeerTable); ``slot`` is this process's own.
@@ -268,6 +275,9 @@ class ForkingAssociationServer(AssociationServer):
         self.slot_of: dict[int, int] = {}
         self.slot: int | None = None
         self.refusals = admission.RefusalLog()
+        # Which children are spares, for a child back from its association to see (SpareBoard).
+        self.board = admission.SpareBoard(max_children)
+        self.served_fast = False  # in a child: whether network/fastrecv.py served its association
         # socketserver's default backlog (5) is smaller than one CT room's burst of associations.
         self.request_queue_size = max(settings.DICOM_LISTEN_BACKLOG, 1)
         super().__init__(
@@ -293,9 +303,11 @@ class ForkingAssociationServer(AssociationServer):
                 return
             self.children.discard(pid)
             self.spares.discard(pid)  # a spare that died before a connection came: fork another
+            self.unreplaced.pop(pid, None)
             slot = self.slot_of.pop(pid, None)
             if slot is not None:
                 self.peers.release(slot)  # whatever the child did (or did not do) before it died
+                self.board.mark(slot, False)
             if block:
                 return
 
@@ -303,11 +315,12 @@ class ForkingAssociationServer(AssociationServer):
         """Fork the process that takes the next connection, and let it get ready before it comes.
 
         A fresh child pays for fork and for its first touch of each page it shares
-        with the listener (copy on write) on its first queries and objects: 10 ms
-        or so on the way to the A-ASSOCIATE-AC. The spare pays that while it waits;
-        more than one spare lets a modality's parallel associations all find one.
+        with the listener (copy on write) on its first queries and objects: about
+        20 ms of CPU. The spare pays that while it waits; more than one spare lets
+        a modality's parallel associations all find one.
         """
         slot = min(set(range(self.max_children)) - set(self.slot_of.values()))
+        self.board.mark(slot, True)
         pid = os.fork()
         if pid:
             self.children.add(pid)
@@ -317,26 +330,34 @@ class ForkingAssociationServer(AssociationServer):
         self.slot = slot
         status = 1
         request = None
+        served = 0
         try:
-            # Idle, a spare has nothing to finish: SIGTERM ends it at once (accept() would
-            # otherwise resume after the handler, and the port stay open).
-            signal.signal(signal.SIGTERM, _exit_idle)
-            signal.signal(signal.SIGINT, _exit_idle)
             os.close(self._accepted_r)
-            _name_process(SPARE_NAME)
-            _warm_up_child(self)
-            accepted = self._accept_admitted()
-            if accepted is None:  # the listener is stopping
-                status = 0
-                return
-            request, client_address = accepted
-            _name_process(ASSOCIATION_NAME)
-            signal.signal(signal.SIGTERM, _request_shutdown)
-            signal.signal(signal.SIGINT, _request_shutdown)
-            os.write(self._accepted_w, b"T %d\n" % os.getpid())  # the listener forks another spare
-            # Keep nothing of the listener, so a stopped server frees its port.
-            self.socket.close()
-            self.finish_request(request, client_address)
+            self._wait_as_spare()
+            known = admission.KnownPeers(settings.DICOM_PEER_CACHE_SECONDS)
+            _warm_up_child(self, known)
+            while True:
+                accepted = self._accept_admitted(known)
+                if accepted is None:  # the listener is stopping
+                    break
+                request, client_address = accepted
+                self.board.mark(slot, False)
+                _name_process(ASSOCIATION_NAME)
+                signal.signal(signal.SIGTERM, _request_shutdown)
+                signal.signal(signal.SIGINT, _request_shutdown)
+                os.write(self._accepted_w, b"T %d\n" % os.getpid())  # the listener may fork another spare
+                served += 1
+                if settings.DICOM_ASSOCIATIONS_PER_PROCESS <= 1:
+                    # Keep nothing of the listener, so a stopped server frees its port (it
+                    # shuts its socket down for every process that holds it, too).
+                    self.socket.close()
+                self.served_fast = False
+                self.finish_request(request, client_address)
+                self.shutdown_request(request)
+                request = None
+                if not self._serve_again(served):
+                    break
+                os.write(self._accepted_w, b"S %d\n" % os.getpid())  # a spare again
             status = 0
         except Exception:
             log.exception("association process failed")
@@ -344,13 +365,39 @@ class ForkingAssociationServer(AssociationServer):
             try:
                 if request is not None:
                     self.shutdown_request(request)
+                if served:
+                    os.write(self._accepted_w, b"E %d\n" % os.getpid())  # its replacement may be forked now
             finally:
                 logging.shutdown()
                 os._exit(status)
 
-    def _accept_admitted(self):
+    def _wait_as_spare(self) -> None:
+        _name_process(SPARE_NAME)
+        # Idle, a spare has nothing to finish: SIGTERM ends it at once (accept() would
+        # otherwise resume after the handler, and the port stay open).
+        signal.signal(signal.SIGTERM, _exit_idle)
+        signal.signal(signal.SIGINT, _exit_idle)
+
+    def _serve_again(self, served: int) -> bool:
+        """After an association: wait for the next as a spare (True), or leave (False).
+
+        A process whose association our own receive path served (network/fastrecv.py:
+        one thread, nothing of pynetdicom's left running) serves up to
+        DICOM_ASSOCIATIONS_PER_PROCESS associations, as long as fewer than
+        DICOM_SPARE_PROCESSES others wait: the next echoscu or findscu then costs
+        no fork, warm-up and exit (about 20 ms of CPU, which on two cores delays
+        the association that follows). Any other association, or a shutdown, ends
+        the process.
+        """
+        if not self.served_fast or served >= settings.DICOM_ASSOCIATIONS_PER_PROCESS or _Shutdown.requested:
+            return False
+        if not self.board.rejoin(self.slot, max(settings.DICOM_SPARE_PROCESSES, 1)):
+            return False
+        self._wait_as_spare()
+        return not _Shutdown.requested  # a SIGTERM that came before the spare's handler
+
+    def _accept_admitted(self, known: admission.KnownPeers):
         """In a spare: accept connections until one may have this process; close the others at once."""
-        known = admission.KnownPeers(settings.DICOM_PEER_CACHE_SECONDS)
         while True:
             try:
                 request, client_address = self.socket.accept()
@@ -391,21 +438,47 @@ class ForkingAssociationServer(AssociationServer):
         for line in lines:
             kind, _, rest = line.partition(b" ")
             if kind == b"T":
-                self.spares.discard(int(rest))
+                pid = int(rest)
+                self.spares.discard(pid)
+                self.unreplaced[pid] = time.monotonic() + settings.DICOM_SPARE_REFILL_AFTER_MS / 1000
+            elif kind == b"S":
+                pid = int(rest)
+                self.spares.add(pid)
+                self.unreplaced.pop(pid, None)
+            elif kind == b"E":
+                self.unreplaced.pop(int(rest), None)
             elif kind == b"R":
                 address, _, reason = rest.partition(b" ")
                 self.refusals.refused(address.decode(), reason.decode())
+
+    def _spares_wanted(self, wanted: int, now: float) -> int:
+        """How many spares to keep now: one fewer for each association that has just taken its spare.
+
+        A fork and a new spare's warm-up take the CPU (tens of ms) from the association
+        that has just begun: on two cores they make a C-ECHO or a C-FIND wait for its
+        A-ASSOCIATE-AC. While another spare is still waiting, the one taken is replaced
+        only once its association has ended, or DICOM_SPARE_REFILL_AFTER_MS later; with
+        none left, at once.
+        """
+        for pid, until in list(self.unreplaced.items()):
+            if until <= now:
+                del self.unreplaced[pid]
+        return max(wanted - len(self.unreplaced), 1)
 
     def serve_until_stopped(self) -> None:
         """Keep spare processes waiting for the next connections until SIGTERM/SIGINT, then let the children finish."""
         wanted = max(settings.DICOM_SPARE_PROCESSES, 1)
         while not _Shutdown.requested:
             self.reap()
-            while len(self.spares) < wanted and len(self.children) < self.max_children:
+            now = time.monotonic()
+            while len(self.spares) < self._spares_wanted(wanted, now) and len(self.children) < self.max_children:
                 self._fork_spare()
             # Beyond the limit new connections wait in the listen backlog until a child
             # ends: then look for that often.
-            ready, _, _ = select.select([self._accepted_r], [], [], 0.5 if self.spares else 0.05)
+            timeout = 0.5 if self.spares else 0.05
+            if self.unreplaced:
+                timeout = max(min(timeout, min(self.unreplaced.values()) - now), 0.0)
+            ready, _, _ = select.select([self._accepted_r], [], [], timeout)
             if ready:
                 self._read_messages()
             self.refusals.flush()
@@ -430,22 +503,28 @@ ASSOCIATION_NAME = "dicom-assoc"
 
 def _name_process(name: str) -> None:
     try:
-        Path("/proc/self/comm").write_text(name)
+        fd = os.open("/proc/self/comm", os.O_WRONLY)
     except OSError:
-        pass  # not Linux: the name is only for people and tests
+        return  # not Linux: the name is only for people and tests
+    try:
+        os.write(fd, name.encode())
+    finally:
+        os.close(fd)
 
 
 def _exit_idle(signum, frame) -> None:
     os._exit(0)
 
 
-def _warm_up_child(server) -> None:
+def _warm_up_child(server, known: admission.KnownPeers) -> None:
     """In a spare, before its connection comes: what every association does first, done once.
 
     It touches the code and objects it will need (copying the pages it shares with the
     listener while nobody waits), connects to the database (the connection the
-    association will use) and reads the nodes the way an association request will,
-    and builds a query the way a C-FIND will.
+    association will use), reads the nodes' addresses for accept() (``known``) and a
+    node the way an association request will, sets up an association on our receive
+    path without a peer, and builds a query the way a C-FIND will. Each costs a
+    first association 0.3-2 ms when left to it.
     """
     from pydicom.dataset import Dataset
     from pynetdicom._globals import MODE_ACCEPTOR
@@ -460,7 +539,12 @@ def _warm_up_child(server) -> None:
     transport.deepcopy = list
     try:
         Association(server.ae, MODE_ACCEPTOR)
-        access.decide(called_ae=settings.DICOM_AE_TITLE, calling_ae="WARM-UP", peer_address="127.0.0.1")
+        known.read()
+        node = ModalityNode.objects.filter(active=True).first()
+        calling_ae = node.ae_title if node is not None else "WARM-UP"
+        access.decide(called_ae=settings.DICOM_AE_TITLE, calling_ae=calling_ae, peer_address="127.0.0.1")
+        if settings.DICOM_FAST_RECEIVE:
+            fastrecv.warm_up(server.ae)
         identifier = Dataset()
         identifier.QueryRetrieveLevel = "STUDY"
         identifier.PatientName = "WARM^UP*"
@@ -547,7 +631,7 @@ def serve(
         max(settings.DICOM_MAX_ASSOCIATIONS, 1),
     )
     log.info(
-        "DICOM SCP %s listening on %s:%s (one process per association, at most %d%s)",
+        "DICOM SCP %s listening on %s:%s (a process per association at a time, at most %d%s)",
         ae.ae_title,
         *server.server_address[:2],
         server.max_children,

@@ -299,12 +299,18 @@ def test_sigterm_lets_the_association_in_flight_finish(system, tmp_path):
 def test_spare_processes_wait_for_the_next_associations(system, tmp_path):
     from network.scp import ASSOCIATION_NAME, SPARE_NAME
 
-    scp, port = start_scp(system.env, system.logs, name="runscp-spare")
+    # One association a process: the spare that served it leaves (tests/test_spares_e2e.py: more).
+    env = {**system.env, "DICOM_ASSOCIATIONS_PER_PROCESS": "1"}
+    scp, port = start_scp(env, system.logs, name="runscp-spare")
     try:
-        # start_scp's readiness probe was an association: its process may still be ending.
-        procs.wait_for(lambda: not procs.children(scp.pid, but=SPARE_NAME), 30, "the probe's process to end")
+        # start_scp's readiness probe was an association: its process may still be ending,
+        # and its replacement be forked once it has.
+        def spares_only():
+            children = procs.children(scp.pid)
+            return [procs.name(pid) for pid in children] == [SPARE_NAME] * settings.DICOM_SPARE_PROCESSES
+
+        procs.wait_for(spares_only, 30, "the probe's process to end and a spare in its place")
         spares = set(procs.children(scp.pid))
-        assert [procs.name(pid) for pid in spares] == [SPARE_NAME] * settings.DICOM_SPARE_PROCESSES
         result = storescu(port, *dicomgen.ct_series(tmp_path / "ct", 2, size=32, patient_id="SPARE"))
         assert result.returncode == 0, result.stderr
         # One spare served that association; another took its place, and they wait in turn.
