@@ -23,6 +23,18 @@ def test_a_known_active_node_from_its_host_is_accepted(ct):
     assert decision.reject is None and decision.node == ct
 
 
+def test_a_node_is_read_by_its_title_in_one_query_as_the_orm_reads_it(ct, django_assert_num_queries):
+    ModalityNode.objects.create(ae_title="ct1", host="10.0.0.6", port=104, may_store=False)
+    for title in ("CT1", "ct1", "CT2", "", "CT1' OR '1'='1"):
+        with django_assert_num_queries(1):
+            node = access.node_titled(title)
+        expected = ModalityNode.objects.filter(ae_title=title).first()
+        assert node == expected
+        if node is not None:
+            fields = ("host", "may_store", "created_at")
+            assert [getattr(node, f) for f in fields] == [getattr(expected, f) for f in fields]
+
+
 def test_ae_titles_are_compared_without_padding(ct):
     assert access.decide(called_ae="IMAGING ", calling_ae=" CT1  ", peer_address="10.0.0.5").reject is None
 
