@@ -35,6 +35,11 @@ def serving(scp) -> int:
     return found[0]
 
 
+def left_and_replaced(scp, pid: int) -> None:
+    procs.wait_for(lambda: pid not in procs.children(scp.pid) or None, 30, "the process to leave")
+    procs.wait_for(lambda: len(spares_of(scp)) == 2, 30, "a spare in its place")
+
+
 def associate(port, *contexts):
     ae = AE(ae_title="MODALITY")
     for context in contexts or (Verification,):
@@ -107,8 +112,7 @@ def test_a_process_that_served_pynetdicoms_path_leaves(system):
         pid = serving(scp)
         assert assoc.send_c_echo().Status == 0x0000
         assoc.release()
-        procs.wait_for(lambda: pid not in procs.children(scp.pid) or None, 30, "the process to leave")
-        procs.wait_for(lambda: len(spares_of(scp)) == 2, 30, "a spare in its place")
+        left_and_replaced(scp, pid)
         assert echoscu(port).returncode == 0
     finally:
         stopped(scp, port)
@@ -123,8 +127,7 @@ def test_a_spare_taken_is_replaced_once_its_association_ends(system):
         pid = serving(scp)
         assert len(spares_of(scp)) == 1
         assoc.release()
-        procs.wait_for(lambda: pid not in procs.children(scp.pid) or None, 30, "the process to leave")
-        procs.wait_for(lambda: len(spares_of(scp)) == 2, 30, "a spare in its place")
+        left_and_replaced(scp, pid)
     finally:
         stopped(scp, port)
 
