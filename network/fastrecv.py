@@ -251,11 +251,11 @@ def associate_ac(request: Request, results: list, *, max_length: int, implementa
     return _pdu(0x02, header + b"".join(items))
 
 
-def warm_up(ae) -> None:
+def warm_up(ae) -> bytes:
     """An association set-up without a peer, so that a spare's first real one finds its code and objects ready.
 
-    A Verification request is decoded, negotiated over the AE's contexts and answered
-    (the A-ASSOCIATE-AC thrown away), as ``Association.associate`` does.
+    A Verification request is decoded, negotiated over the AE's contexts and answered,
+    as ``Association.associate`` does; returns the A-ASSOCIATE-AC (the spare throws it away).
     """
     context = bytes((1, 0, 0, 0)) + _item(0x30, Verification.encode()) + _item(0x40, ImplicitVRLittleEndian.encode())
     header = struct.pack(">HH", 1, 0) + _ae("WARM-UP") + _ae("WARM-UP") + bytes(32)
@@ -263,7 +263,8 @@ def warm_up(ae) -> None:
     pdu = _pdu(_ASSOCIATE_RQ, header + _item(0x10, APPLICATION_CONTEXT.encode()) + _item(0x20, context) + user)
     request = parse_request(pdu)
     results, _roles = negotiate_as_acceptor(request.contexts, ae.supported_contexts, {})
-    associate_ac(request, results, max_length=settings.DICOM_MAX_PDU, implementation=(ae.implementation_class_uid, ""))
+    implementation = (ae.implementation_class_uid, "")
+    return associate_ac(request, results, max_length=settings.DICOM_MAX_PDU, implementation=implementation)
 
 
 def _ae(title: str) -> bytes:

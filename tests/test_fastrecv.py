@@ -278,6 +278,14 @@ def test_dcmtk_findscus_request_is_served_here():
         }
 
 
+def test_a_spares_warm_up_sets_up_a_verification_association_without_a_peer():
+    from network.scp import build_ae
+
+    ac = fastrecv.warm_up(build_ae())
+    assert ac[0] == 0x02  # an A-ASSOCIATE-AC
+    assert accepted(ac) == {1: ImplicitVRLittleEndian}
+
+
 def test_the_fast_path_is_off_with_its_setting(settings):
     settings.DICOM_FAST_RECEIVE = False
     request = fastrecv.Request(0, "IMAGING", "MODALITY", contexts=[build_context(CTImageStorage)])
