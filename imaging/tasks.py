@@ -78,39 +78,19 @@ def _indexing():
                 _redis().zrem(_INDEXING, member)
 
 
-# The processes receiving images now (runscp's associations, STOW-RS), scored
-# likewise: the hand-off (network/handoff.py) adds its process with its first image,
-# for a little longer than it gathers a batch, refreshes it with every batch and
-# removes it when the association's last batch is sent.
-_RECEIVING = "imaging:receiving"
-
-
-def mark_receiving(seconds: float) -> None:
-    """Say in Redis that this process receives images for ``seconds`` more (0: no longer); raises RedisError."""
-    member = f"{socket.gethostname()}:{os.getpid()}"
-    if seconds > 0:
-        _redis().zadd(_RECEIVING, {member: time.time() + seconds})
-    else:
-        _redis().zrem(_RECEIVING, member)
-
-
 def _index_backlog() -> int:
-    """Indexing batches queued (the default queue's tasks, mostly) or running, and associations
-    receiving images; 0 if Redis cannot say.
+    """Indexing batches queued (the default queue's tasks, mostly) or running; 0 if Redis cannot say.
 
     Running ones count too: with two worker processes, a thumbnail rendered while the
     other process indexes takes half the core the index needs (py-spy: thumbnails
-    were 41 % of the worker's samples while small studies streamed in). So do the
-    associations still storing: a thumbnail rendered between two of their batches
-    takes the CPU from the stores and from the next batch's index.
+    were 41 % of the worker's samples while small studies streamed in).
     """
     try:
-        now = time.time()
         pipe = _redis().pipeline(transaction=False)
         pipe.llen(make_thumbnails.app.conf.task_default_queue)
-        pipe.zcount(_INDEXING, now, "+inf")
-        pipe.zcount(_RECEIVING, now, "+inf")
-        return sum(pipe.execute())
+        pipe.zcount(_INDEXING, time.time(), "+inf")
+        queued, running = pipe.execute()
+        return queued + running
     except redis.RedisError:
         return 0
 

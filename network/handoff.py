@@ -22,13 +22,11 @@ _STOP = object()
 
 
 class IndexHandoff:
-    def __init__(self, send=None, spool_append=None, mark=None):
+    def __init__(self, send=None, spool_append=None):
         # ``send(paths, source_ae)`` publishes one batch, ``spool_append(paths,
-        # source_ae)`` keeps a batch that could not be sent, ``mark(seconds)`` tells
-        # the worker this process receives images for that long yet (0: no longer); tests may pass their own.
+        # source_ae)`` keeps a batch that could not be sent; tests may pass their own.
         self._send = send or _send_to_celery
         self._spool_append = spool_append or _spool_append
-        self._mark = mark or _mark_receiving
         self.spooled = 0
         self._pid = None
         self._queue: queue.Queue = queue.Queue()
@@ -64,16 +62,9 @@ class IndexHandoff:
         return finished
 
     def _run(self) -> None:
-        # While images come in this process counts as receiving: thumbnails wait
-        # (imaging/tasks.py), indexing does not. Each batch's first image renews it
-        # for a little longer than the batch may gather; the last batch ends it, and
-        # a pause in the stream lets it expire.
-        receiving = settings.INDEX_HANDOFF_LINGER_MS / 1000 + 1
         stopping = False
         while not stopping:
             item = self._queue.get()
-            if item is not _STOP:
-                self._receiving(receiving)
             batch = []
             # Linger briefly after the first path so that a series streaming in
             # travels as a few dozen paths per message rather than one each: the
@@ -101,14 +92,6 @@ class IndexHandoff:
                 except Exception as exc:
                     self.lost += len(paths)
                     self._spool(paths, ae, exc)
-        self._receiving(0)
-
-    def _receiving(self, seconds: float) -> None:
-        # Only thumbnails go by it: whatever goes wrong here, the batches are sent or spooled as ever.
-        try:
-            self._mark(seconds)
-        except Exception as exc:
-            log.debug("cannot say in Redis that this process receives images: %s", exc)
 
     def _spool(self, paths: list[str], ae: str, exc: Exception) -> None:
         try:
@@ -144,12 +127,6 @@ def warm_up() -> None:
 
     index_instances.app.finalize(auto=True)
     index_instances.app.amqp.router  # noqa: B018 - builds the routing tables now, not in each child
-
-
-def _mark_receiving(seconds: float) -> None:
-    from imaging.tasks import mark_receiving
-
-    mark_receiving(seconds)
 
 
 def _send_to_celery(paths: list[str], source_ae: str) -> None:

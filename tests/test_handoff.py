@@ -5,13 +5,9 @@ import threading
 from network.handoff import IndexHandoff
 
 
-def _quiet(seconds):
-    pass  # these tests run without Redis
-
-
 def test_it_sends_paths_in_batches_grouped_by_calling_ae():
     sent = []
-    handoff = IndexHandoff(send=lambda paths, ae: sent.append((ae, list(paths))), mark=_quiet)
+    handoff = IndexHandoff(send=lambda paths, ae: sent.append((ae, list(paths))))
     for i in range(10):
         handoff.submit(f"instances/{i}.dcm", "CT1" if i % 2 else "MR1")
     assert handoff.flush(5)
@@ -25,39 +21,12 @@ def test_it_sends_paths_in_batches_grouped_by_calling_ae():
     assert handoff.sent == 10 and handoff.lost == 0
 
 
-def test_it_says_it_receives_from_the_first_image_until_the_last_batch_is_sent():
-    events = []
-    handoff = IndexHandoff(send=lambda paths, ae: events.append(("sent", len(paths))), mark=events.append)
-    handoff.submit("instances/a.dcm", "CT1")
-    handoff.submit("instances/b.dcm", "CT1")
-    assert handoff.flush(5)
-    assert events[0] > 0 and events[-1] == 0, events
-    assert ("sent", 2) in events and events.index(("sent", 2)) < len(events) - 1
-
-
-def test_a_mark_that_fails_stops_nothing():
-    sent = []
-
-    def no_redis(seconds):
-        raise RuntimeError("Redis is not configured")
-
-    handoff = IndexHandoff(send=lambda paths, ae: sent.extend(paths), mark=no_redis)
-    handoff.submit("instances/a.dcm", "CT1")
-    assert handoff.flush(5)
-    assert sent == ["instances/a.dcm"] and handoff.lost == 0
-
-
 def test_a_failing_broker_loses_no_file_only_the_message_and_says_so(caplog):
     def refuse(paths, ae):
         raise ConnectionError("broker down")
 
     spooled = []
-
-    def keep(paths, ae):
-        spooled.extend(paths)
-        return "the spool"
-
-    handoff = IndexHandoff(send=refuse, spool_append=keep, mark=_quiet)
+    handoff = IndexHandoff(send=refuse, spool_append=lambda paths, ae: spooled.extend(paths) or "the spool")
     handoff.submit("instances/a.dcm", "CT1")
     handoff.submit("instances/b.dcm", "CT1")
     assert handoff.flush(5)
@@ -73,7 +42,7 @@ def test_a_spool_that_cannot_be_written_is_logged_too(caplog):
     def full_disk(paths, ae):
         raise OSError(28, "No space left on device")
 
-    handoff = IndexHandoff(send=refuse, spool_append=full_disk, mark=_quiet)
+    handoff = IndexHandoff(send=refuse, spool_append=full_disk)
     handoff.submit("instances/a.dcm", "CT1")
     assert handoff.flush(5)
     assert handoff.spooled == 0
@@ -82,7 +51,7 @@ def test_a_spool_that_cannot_be_written_is_logged_too(caplog):
 
 def test_flush_reports_a_send_that_hangs():
     release = threading.Event()
-    handoff = IndexHandoff(send=lambda paths, ae: release.wait(10), mark=_quiet)
+    handoff = IndexHandoff(send=lambda paths, ae: release.wait(10))
     handoff.submit("instances/a.dcm", "CT1")
     assert handoff.flush(0.3) is False
     release.set()

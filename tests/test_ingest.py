@@ -228,22 +228,6 @@ def test_thumbnails_wait_while_a_batch_is_indexed_but_not_for_a_worker_that_died
     assert Series.objects.exclude(thumbnail="").count() == 2
 
 
-def test_thumbnails_wait_while_images_are_received(tmp_path, own_redis_db):
-    from imaging import tasks
-
-    done, _ = ingest.index_files(small_batch(tmp_path, 1))
-    series_ids = sorted({i.series_id for i in done})
-    tasks.mark_receiving(30)  # as an association's hand-off does with each batch
-    assert own_redis_db.zcard(tasks._RECEIVING) == 1
-    assert tasks.make_thumbnails(series_ids) == {"deferred": 2}
-    tasks.mark_receiving(0)  # its last batch sent
-    assert own_redis_db.zcard(tasks._RECEIVING) == 0
-    # A receiver killed before its last batch stops counting when its mark expires.
-    own_redis_db.zadd(tasks._RECEIVING, {"elsewhere:4242": time.time() - 1})
-    assert tasks.make_thumbnails(series_ids) == {"made": 2}
-    assert Series.objects.exclude(thumbnail="").count() == 2
-
-
 def test_a_plain_file_meta_is_read_in_one_pass_and_anything_else_goes_the_careful_way(tmp_path):
     ds = make(tmp_path)
     data = storage.absolute(stored(ds)).read_bytes()
