@@ -563,6 +563,10 @@ class Orthanc(Receiver):
     def stored_count(self) -> int:
         return int(http_json(f"http://127.0.0.1:{self.http_port}/statistics")["CountInstances"])
 
+    def cpu(self) -> dict[str, float]:
+        # One process stores and indexes (before it answers): its CPU per image, beside ours.
+        return {"orthanc": tree_cpu(self.proc.pid)}
+
 
 # --- one measurement --------------------------------------------------------------------
 
@@ -695,6 +699,8 @@ def report(summary: dict, receivers: list[str], cases: list[str], args) -> str:
     for r in receivers:
         if r != "ours":
             head += f"{r:>10}"
+    if "orthanc" in receivers:
+        head += f"{'Orthanc ms/img':>15}"
     if "ours" in receivers and "orthanc" in receivers:
         head += f"{'ours/Orthanc':>13}"
     if "ours" in receivers and "storescp" in receivers:
@@ -714,6 +720,8 @@ def report(summary: dict, receivers: list[str], cases: list[str], args) -> str:
         for r in receivers:
             if r != "ours":
                 line += f"{fmt(row[r].get('stored_ips')):>10}"
+        if "orthanc" in receivers:
+            line += f"{fmt(row['orthanc'].get('orthanc_cpu_ms'), '.1f'):>15}"
         for other, width in (("orthanc", 13), ("storescp", 14)):
             if "ours" in receivers and other in receivers:
                 theirs = row[other].get("stored_ips")
@@ -733,7 +741,7 @@ def report(summary: dict, receivers: list[str], cases: list[str], args) -> str:
         "stored = images / wall time of the storescu run(s); findable = images / time until every Instance row "
         "exists (C-FIND sees every image); indexed = until every Series has a thumbnail too; "
         "fnd/idx delay = last storescu exit -> that moment; ms/img = CPU time of the Celery worker's processes "
-        "and of runscp's (associations included) per image, until indexed."
+        "and of runscp's (associations included) per image, until indexed; Orthanc's, until it counts every image."
     )
     return "\n".join(lines)
 
@@ -842,6 +850,8 @@ def main(argv=None) -> int:
                             f"; CPU per image: worker {result['worker_cpu_ms']:.1f} ms"
                             f", scp {result['scp_cpu_ms']:.1f} ms"
                         )
+                    if "orthanc_cpu_ms" in result:
+                        extra = f"; CPU per image {result['orthanc_cpu_ms']:.1f} ms"
                     status = "ok" if not result["errors"] else "ERROR " + "; ".join(result["errors"])
                     print(
                         f"  run {rep + 1}/{args.repeat} {CASE_LABELS[case]:<15} {name:<9} "
@@ -860,6 +870,7 @@ def main(argv=None) -> int:
                         "findable_delay",
                         "worker_cpu_ms",
                         "scp_cpu_ms",
+                        "orthanc_cpu_ms",
                         "indexed_ips",
                         "index_delay",
                         "stored_seconds",
