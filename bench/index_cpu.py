@@ -142,8 +142,8 @@ def run(work: Path, args) -> None:
 
                 profiler = cProfile.Profile()
                 profiler.enable()
-            for series_id in series:
-                thumbnails.update_series_thumbnail(series_id)
+            for start in range(0, len(series), args.batch):  # as make_thumbnails takes a batch's series
+                thumbnails.update_series_thumbnails(series[start : start + args.batch])
             if profiler:
                 profiler.disable()
                 profiler.dump_stats(args.profile + ".thumbnails")

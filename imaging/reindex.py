@@ -40,10 +40,9 @@ def _index_now(relpaths: list[str], source_ae: str = "") -> tuple[list, list]:
     # Each file's own node (its meta's calling AE title) gives its fallback character set.
     done, failed = ingest.index_files(relpaths, source_ae=source_ae)
     if done:
-        from imaging.thumbnails import update_series_thumbnail
+        from imaging.thumbnails import update_series_thumbnails
 
-        for series_id in {i.series_id for i in done}:
-            update_series_thumbnail(series_id)
+        update_series_thumbnails({i.series_id for i in done})
     return done, failed
 
 

@@ -135,15 +135,9 @@ def make_thumbnails(series_ids: list[int], deferred: float = 0) -> dict:
         _redis().delete(*[_pending_key(series_id) for series_id in series_ids])
     except redis.RedisError:
         pass
-    made = 0
-    for series_id in series_ids:
-        try:
-            made += bool(thumbnails.update_series_thumbnail(series_id))
-        except OperationalError:
-            raise  # the database: the task retries them all (rendering again is harmless)
-        except Exception:
-            log.exception("thumbnail of series %s failed", series_id)
-    return {"made": made}
+    # An OperationalError (the database) retries them all: rendering again is harmless.
+    made = thumbnails.update_series_thumbnails(series_ids)
+    return {"made": sum(bool(relpath) for relpath in made.values())}
 
 
 @shared_task(name="imaging.tasks.make_thumbnail", acks_late=True, **_RETRY)
