@@ -22,6 +22,7 @@ Invalid bytes never raise: they become U+FFFD and one warning is logged per
 element, naming the element and the character set but never the value (PHI).
 """
 
+import functools
 import logging
 import re
 from collections.abc import Sequence
@@ -164,6 +165,7 @@ _STRING_VRS = _CUSTOMIZABLE_VRS | {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "TM
 _TEXT_DELIMITERS = b"\t\n\f\r"
 
 
+@functools.lru_cache(maxsize=256)
 def _lookup(term: str) -> _Charset | None:
     """The character set a Specific Character Set value names, forgiving spelling; None if unknown.
 
@@ -452,11 +454,17 @@ def replace_unknown(ds: Dataset, fallbacks: Sequence[str | None]) -> str | None:
     return f"unknown Specific Character Set {declared!r}, read as the default repertoire"
 
 
-def _values(ds: Dataset, keyword: str) -> tuple[list[str], str] | None:
-    """The element's decoded values and VR, or None when absent or not text."""
+@functools.cache
+def _tag(keyword: str) -> BaseTag:
     tag = tag_for_keyword(keyword)
     if tag is None:
         raise ValueError(f"unknown DICOM keyword {keyword!r}")
+    return BaseTag(tag)
+
+
+def _values(ds: Dataset, keyword: str) -> tuple[list[str], str] | None:
+    """The element's decoded values and VR, or None when absent or not text."""
+    tag = _tag(keyword)
     elem = ds.get_item(tag)
     if elem is None:
         return None
@@ -473,7 +481,8 @@ def _values(ds: Dataset, keyword: str) -> tuple[list[str], str] | None:
         return None
     if isinstance(value, bytes):
         problems: list[str] = []
-        terms = _terms(ds)
+        # Dates, codes and UIDs are read in the default repertoire whatever the data set declares.
+        terms = _terms(ds) if vr in _CUSTOMIZABLE_VRS else []
         decoded = _decode(value, terms, vr=vr, problems=problems)
         if problems:
             log.warning(
@@ -482,7 +491,7 @@ def _values(ds: Dataset, keyword: str) -> tuple[list[str], str] | None:
                 tag >> 16,
                 tag & 0xFFFF,
                 "; ".join(dict.fromkeys(problems)),
-                "\\".join(terms) or "none",
+                "\\".join(terms or _terms(ds)) or "none",
             )
         values = [decoded] if vr in _SINGLE_VALUE_VRS else decoded.split("\\")
     else:

@@ -286,6 +286,22 @@ def test_it_replaces_invalid_ir58_bytes_with_one_warning(tmp_path, caplog):
     assert len(charset_warnings(caplog)) == 1
 
 
+def test_it_reads_codes_and_dates_in_the_default_repertoire_and_names_the_declared_set(tmp_path, caplog):
+    # Specific Character Set does not apply to CS or DA (PS3.5 6.1.2.3): GB18030 bytes in
+    # a date are bad bytes, and the warning still says what the data set declares.
+    name = "王^小明".encode("gb18030")
+    written_and_read(tmp_path, name, "GB18030", Modality=("CS", "MR"), StudyDate=("DA", "20240101"))
+    path = tmp_path / "instance.dcm"
+    path.write_bytes(path.read_bytes().replace(b"20240101", b"2024" + "一".encode("gb18030") + b"01"))
+    ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+
+    assert charsets.text(ds, "Modality") == "MR"
+    assert charsets.text(ds, "PatientName") == "王^小明"
+    assert charsets.text(ds, "StudyDate") == "2024\ufffd\ufffd01"
+    (record,) = charset_warnings(caplog)
+    assert "StudyDate" in record.getMessage() and "'GB18030'" in record.getMessage()
+
+
 def test_it_drops_unknown_escape_sequences_with_a_warning(tmp_path, caplog):
     ds = written_and_read(tmp_path, b"Wang\x1b$)Z^Xiao", ["", "ISO 2022 IR 58"])
 

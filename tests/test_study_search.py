@@ -128,8 +128,9 @@ def test_a_full_reindex_puts_lost_keys_back(tmp_path):
     study_uid = index_study(tmp_path, "欧阳娜娜", "A1")
     Patient.objects.update(name_search="", name_pinyin="", name_initials="")
     result = reindex.reindex(missing_only=False)
-    assert result.failed == 0
-    # The store is the session's: other tests' files are reindexed too.
+    # The store is the session's: other tests' files are reindexed too, and some
+    # tests leave files without UIDs there on purpose, which fail: what counts is ours.
+    assert result.indexed >= 1
     patient = Study.objects.get(study_instance_uid=study_uid).patient
     assert (patient.name_search, patient.name_pinyin, patient.name_initials) == ("欧阳娜娜", "ouyangnana", "oynn")
 
