@@ -14,7 +14,11 @@ UIDs (new rows, as in the benchmark), and a second pass over the same files
 does the SQLite work too) and wall milliseconds per image, the median of the rounds.
 With ``--profile``, the last round runs under cProfile and the stats are written
 there (``python -m pstats out.prof``). ``--env`` sets settings before Django starts
-(e.g. ``--env INGEST_BULK=0`` for the slow path).
+(e.g. ``--env INGEST_BULK=0`` for the slow path). ``--against SETTING=value`` (a
+setting read at call time, such as ``INGEST_BULK_PARENTS=0``) indexes a second set
+of fresh files in each round with that setting, the two taking turns (ABBA), and
+prints both medians and the median of the rounds' differences: on a machine whose
+speed drifts by tens of percent, pairs taken seconds apart compare better than runs.
 """
 
 import argparse
@@ -39,6 +43,7 @@ def main() -> None:
     p.add_argument("--profile")
     p.add_argument("--env", action="append", default=[], help="VAR=value, set before Django starts")
     p.add_argument("--thumbnails", action="store_true", help="then time the thumbnails of the series indexed")
+    p.add_argument("--against", help="SETTING=value: index a second set each round with it, taking turns")
     args = p.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="index-cpu-"))
@@ -103,8 +108,46 @@ def index_all(relpaths: list[str], batch: int) -> tuple[float, float, int]:
     return time.process_time() - cpu, time.perf_counter() - wall, done
 
 
+def against(work: Path, args) -> None:
+    """Each round, fresh files indexed with the defaults and fresh files with ``--against``, in turns."""
+    import json
+
+    from django.conf import settings
+    from django.test import override_settings
+
+    name, _, raw = args.against.partition("=")
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = raw
+    count = args.ct or args.small
+    pairs = []
+    for r in range(args.rounds):
+        spent = {}
+        for which in ("default", "against") if r % 2 == 0 else ("against", "default"):
+            relpaths = generate(work, count, f"r{r}{which[0]}", ct=bool(args.ct))
+            # Both arms under override_settings: Django's settings object is slower to read inside it.
+            with override_settings(**{name: value if which == "against" else getattr(settings, name)}):
+                cpu, _, n = index_all(relpaths, args.batch)
+            spent[which] = cpu / n
+        pairs.append((spent["default"], spent["against"]))
+        print(
+            f"round {r + 1}: default {spent['default'] * 1e3:.2f}, {args.against} {spent['against'] * 1e3:.2f} ms CPU"
+        )
+    default, other = statistics.median(a for a, _ in pairs), statistics.median(b for _, b in pairs)
+    change = statistics.median(b - a for a, b in pairs)
+    print(
+        f"median new: default {default * 1e3:.2f}, {args.against} {other * 1e3:.2f} ms CPU per image; "
+        f"median difference {change * 1e3:+.2f} ms"
+    )
+
+
 def run(work: Path, args) -> None:
     from django.conf import settings
+
+    if args.against:
+        against(work, args)
+        return
 
     from imaging import thumbnails
     from records.models import Instance

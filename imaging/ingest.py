@@ -469,6 +469,20 @@ class RowCache:
                 continue  # a study of a patient the batch does not name: study() asks
             self._studies[uid] = (row["pk"], row["patient_id"], patients[row["patient_id"]]) if row else None
 
+    def absent(self, key: tuple) -> bool:
+        """True if ``prefetch_rows`` read this key and the database holds no such row (yet)."""
+        return key in self._held and self._held[key] is None and key not in self._rows
+
+    def hold(self, key: tuple, row: dict) -> None:
+        """Keep ``row`` as if ``prefetch_rows`` had read it (a row the batch has just inserted)."""
+        self._held[key] = row
+
+    def pk(self, key: tuple) -> int:
+        """The pk of a row written in this batch or read by ``prefetch_rows``."""
+        if key in self._rows:
+            return self._rows[key][0]
+        return self._held[key]["pk"]
+
     def held(self, key: tuple) -> tuple[bool, dict | None]:
         """(True, the row as read by ``prefetch_rows`` or None if absent), once; (False, None) if not read."""
         if key in self._held:
@@ -732,6 +746,66 @@ _HELD = (
 )
 
 
+def _insert_new_parents(records: list[IndexRecord], cache: RowCache) -> None:
+    """Insert the patients, studies and series ``_parents`` would create one at a time: three bulk inserts.
+
+    Walks the batch as ``_parents`` will: a new study goes to the patient of its first
+    instance, and an instance naming another patient for a study already taken does not
+    write its patient. Each new row gets the values of the first instance that writes
+    it, and stays in the cache as if ``prefetch_rows`` had read it, so that ``_parents``
+    finds it and updates it only where a later instance differs, as after its own
+    insert. Must run inside ``upsert_batch``'s transaction, after ``prefetch_rows``.
+    """
+    patients: dict[tuple, dict] = {}
+    studies: dict[str, tuple[tuple, dict]] = {}  # study UID -> (its patient's key, fields)
+    series: dict[str, tuple[str, dict]] = {}  # series UID -> (its study's UID, fields)
+    owner: dict[str, tuple] = {}  # study UID -> the patient key _parents will see it under
+    for record in records:
+        incoming = (record.patient_key["patient_id"], record.patient_key["issuer"])
+        if record.study_uid not in owner:
+            study = cache.study(record.study_uid)
+            owner[record.study_uid] = study[2] if study is not None else incoming
+        if owner[record.study_uid] == incoming and cache.absent(("Patient", *incoming)):
+            patients.setdefault(incoming, record.patient_fields)
+        if cache.absent(("Study", record.study_uid)):
+            studies.setdefault(record.study_uid, (incoming, record.study_fields))
+        if cache.absent(("Series", record.series_uid)):
+            series.setdefault(record.series_uid, (record.study_uid, record.series_fields))
+
+    def insert(model, rows: list[tuple[tuple, dict, dict]]) -> None:
+        # (cache key, natural key, fields) each; fields as _upsert_row compares them.
+        created = model.objects.bulk_create([model(**key, **fields) for _, key, fields in rows])
+        for (cache_key, key, fields), obj in zip(rows, created, strict=True):
+            cache.hold(cache_key, {"pk": obj.pk, **key, **fields})
+
+    insert(
+        Patient,
+        [(("Patient", *key), {"patient_id": key[0], "issuer": key[1]}, fields) for key, fields in patients.items()],
+    )
+    insert(
+        Study,
+        [
+            (
+                ("Study", uid),
+                {"study_instance_uid": uid},
+                {"patient_id": cache.pk(("Patient", *patient)), **fields},
+            )
+            for uid, (patient, fields) in studies.items()
+        ],
+    )
+    insert(
+        Series,
+        [
+            (
+                ("Series", uid),
+                {"series_instance_uid": uid},
+                {"study_id": cache.pk(("Study", study_uid)), **fields},
+            )
+            for uid, (study_uid, fields) in series.items()
+        ],
+    )
+
+
 def upsert_batch(items: list[Parsed], cache: RowCache) -> list[Indexed | None] | None:
     """Write the rows of many instances in one transaction: the rows ``upsert`` writes for each in turn.
 
@@ -760,12 +834,19 @@ def upsert_batch(items: list[Parsed], cache: RowCache) -> list[Indexed | None] |
             new: list[tuple[int, Instance, int]] = []
             resent: list[tuple[int, Instance, int, dict]] = []
             seen: set[str] = set()
+            taken: list[tuple[int, Parsed]] = []
             for n, item in enumerate(items):
                 record = item.record
                 row = held.get(record.sop_uid)
                 if record.sop_uid in seen or (row and row["series__study__study_instance_uid"] != record.study_uid):
                     continue  # upsert's: a conflict to record, or the second copy in this batch
                 seen.add(record.sop_uid)
+                taken.append((n, item))
+            if settings.INGEST_BULK_PARENTS:
+                _insert_new_parents([item.record for _, item in taken], cache)
+            for n, item in taken:
+                record = item.record
+                row = held.get(record.sop_uid)
                 series_pk, study_pk = _parents(record, cache, item.source_ae, savepoint=False)
                 instance = Instance(sop_instance_uid=record.sop_uid, series_id=series_pk, **record.instance_fields)
                 if row is None:

@@ -298,6 +298,9 @@ if DICOM_UID_CONFLICT_POLICY not in ("reject", "replace"):
 # instances (imaging/ingest.py, docs/fastindex.md); 0 writes each instance in a
 # transaction of its own, as before. Same rows either way.
 INGEST_BULK = envbool("INGEST_BULK", True)
+# With INGEST_BULK, the batch's new patients, studies and series are inserted in three
+# bulk inserts (ingest._insert_new_parents) rather than one insert each; 0: one each.
+INGEST_BULK_PARENTS = envbool("INGEST_BULK_PARENTS", True)
 # Read the header of a common file (preamble, plain file meta, Little Endian, header
 # within 64 KB) by a scan of ours into raw elements (imaging/dicomfile.scan_header)
 # instead of pydicom's reader, and the UIDs the SCP checks in a received Little Endian

@@ -170,13 +170,88 @@ def test_a_batch_takes_a_handful_of_queries_in_bulk(tmp_path, ingest_bulk):
         ingest.index_files(relpaths)  # re-sent: nothing changes
     assert len(done) == 40
     if ingest_bulk:
-        # An insert per new study and series (11 here), the rest per batch: corrections (2),
-        # rows held (4), the instances' inserts (2), failures (1), counts (3), savepoints in
-        # this test (4): none per instance.
-        assert len(new) <= 27 and len(again) <= 14
+        # One insert per table for the new studies and series (2 here), the rest per batch:
+        # corrections (2), rows held (4), the instances' inserts (2), failures (1), counts (3),
+        # savepoints in this test (4): none per instance, study or series.
+        assert len(new) <= 19 and len(again) <= 14
     else:
         # A transaction (a savepoint here) and a query or more of each instance.
         assert len(new) > 4 * 40 and len(again) > 3 * 40
+
+
+def _index_rows() -> dict:
+    """What the index holds, without pks and times: the same for every way of writing it."""
+    from records.models import InstanceConflict
+
+    return {
+        "patients": sorted(Patient.objects.values_list("patient_id", "issuer", "name", "sex", "birth_date")),
+        "studies": sorted(
+            Study.objects.values_list("study_instance_uid", "patient__patient_id", "accession_number", "description")
+        ),
+        "series": sorted(Series.objects.values_list("series_instance_uid", "study__study_instance_uid", "modality")),
+        "instances": sorted(Instance.objects.values_list("sop_instance_uid", "series__series_instance_uid")),
+        "conflicts": sorted(InstanceConflict.objects.values_list("sop_instance_uid", "resolution")),
+    }
+
+
+def _forget_index() -> None:
+    from records.models import InstanceConflict
+
+    Instance.objects.all().delete()
+    Series.objects.all().delete()
+    Study.objects.all().delete()
+    Patient.objects.all().delete()
+    InstanceConflict.objects.all().delete()
+
+
+def test_a_batch_inserts_its_new_parents_in_bulk_and_writes_what_one_insert_each_writes(
+    tmp_path, settings, ingest_bulk
+):
+    held_study = generate_uid()
+    paths = [dicomgen.small_image(tmp_path, "held.dcm", held_study, generate_uid(), 1, patient_id="HELD")]
+    studies = [generate_uid() for _ in range(3)]
+    for s, study_uid in enumerate(studies):
+        series_uids = [generate_uid(), generate_uid()]
+        for j in range(4):
+            # Patients P0-P2, the first study's patient renamed by its later images.
+            name = "First^Name" if s == 0 and j < 2 else "Later^Name"
+            paths.append(
+                dicomgen.small_image(
+                    tmp_path, f"{s}-{j}.dcm", study_uid, series_uids[j % 2], j, patient_id=f"P{s}", patient_name=name
+                )
+            )
+    # An image of study 1 naming a new patient: the study keeps P1, and "STRAY" is not written.
+    paths.append(dicomgen.small_image(tmp_path, "stray.dcm", studies[1], generate_uid(), 9, patient_id="STRAY"))
+    # An image of the study already held naming another patient, and a new series of it.
+    paths.append(dicomgen.small_image(tmp_path, "other.dcm", held_study, generate_uid(), 2, patient_id="OTHER"))
+
+    outcomes = {}
+    for bulk_parents in (True, False):
+        settings.INGEST_BULK_PARENTS = bulk_parents
+        relpaths = [stored(pydicom.dcmread(path)) for path in paths]
+        ingest.index_files(relpaths[:1])
+        with CaptureQueriesContext(connection) as queries:
+            done, failed = ingest.index_files(relpaths[1:])
+        assert len(done) == len(paths) - 1 and not failed
+        inserts = [
+            q["sql"]
+            for q in queries.captured_queries
+            if q["sql"].startswith("INSERT INTO")
+            and any(t in q["sql"] for t in ('"records_patient"', '"records_study"', '"records_series"'))
+        ]
+        outcomes[bulk_parents] = (_index_rows(), len(inserts))
+        _forget_index()
+
+    rows, inserts = outcomes[True]
+    assert rows == outcomes[False][0]
+    assert [p[:3] for p in rows["patients"]] == [("HELD", "", "TEST^PATIENT")] + [
+        (f"P{s}", "", "Later^Name") for s in range(3)
+    ]
+    assert not [p for p in rows["patients"] if p[0] in ("STRAY", "OTHER")]
+    assert {s[1] for s in rows["studies"] if s[0] == studies[1]} == {"P1"}
+    assert len(rows["series"]) == 3 * 2 + 3 and len(rows["conflicts"]) == 2
+    # Three new patients, three studies, eight series: one insert per table in bulk, else 14.
+    assert inserts == (3 if ingest_bulk else 3 + 3 + 8) and outcomes[False][1] == 3 + 3 + 8
 
 
 @pytest.fixture
