@@ -18,7 +18,7 @@ import os
 import re
 import struct
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pydicom
 from django.conf import settings
@@ -59,6 +59,11 @@ class Header:
     # The file starts with a preamble and "DICM"; without, it may be a bare data set
     # (ACR-NEMA, an old archive) or anything at all.
     dicm: bool = True
+    # Set by the scan (``scan_header``): the file's status when it was read, and its
+    # whole content when it fitted in what was read (a small image: the indexer
+    # digests these bytes instead of opening the file again).
+    stat: os.stat_result | None = field(default=None, repr=False)
+    content: bytes | None = field(default=None, repr=False)
 
 
 def _at_pixels(tag, vr, length) -> bool:
@@ -527,8 +532,10 @@ def scan_header(path) -> Header | None:  # noqa: PLR0911 - each None is a case l
     errors apply unchanged.
     """
     with open(path, "rb") as fp:
-        size = os.fstat(fp.fileno()).st_size
+        stat = os.fstat(fp.fileno())
+        size = stat.st_size
         head = fp.read(SCAN_BYTES)
+    content = head if len(head) == size else None
     transfer_syntax = plain_transfer_syntax(head)
     if transfer_syntax is None:
         return None
@@ -549,7 +556,7 @@ def scan_header(path) -> Header | None:  # noqa: PLR0911 - each None is a case l
     ds.file_meta = FileMetaDataset(meta)
     ds.set_original_encoding(implicit, True, None)
     if not pixel_tag:
-        return Header(ds)
+        return Header(ds, stat=stat, content=content)
     if implicit:
         length_at = at + 4
     elif head[at + 4 : at + 6] in _LONG_VRS:
@@ -559,7 +566,7 @@ def scan_header(path) -> Header | None:  # noqa: PLR0911 - each None is a case l
     if length_at + 4 > len(head):
         return None
     (length,) = struct.unpack_from("<L", head, length_at)
-    return Header(ds, pixel_tag, length, max(size - (length_at + 4), 0))
+    return Header(ds, pixel_tag, length, max(size - (length_at + 4), 0), stat=stat, content=content)
 
 
 def _file_meta(head: bytes) -> tuple[dict, int, int]:

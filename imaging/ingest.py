@@ -210,7 +210,7 @@ def parse_file(
     transfer_syntax = str(get(meta, "TransferSyntaxUID", "1.2.840.10008.1.2")).strip()
     if not source_ae:
         source_ae = str(get(meta, "SourceApplicationEntityTitle", "") or "").strip()
-    stat = path.stat()
+    stat = header.stat or path.stat()
     if received_at is None:
         received_at = dt.datetime.fromtimestamp(stat.st_mtime, tz=dt.UTC)
     problem = None
@@ -259,7 +259,7 @@ def parse_file(
         "specific_character_set": _clip(declared_charset, 128),
         "file_path": relpath,
         "file_size": stat.st_size,
-        "checksum": sha256_file(path),
+        "checksum": hashlib.sha256(header.content).hexdigest() if header.content is not None else sha256_file(path),
         "received_at": received_at,
         "source_ae": _clip(source_ae, 16),
     }

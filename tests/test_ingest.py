@@ -179,6 +179,21 @@ def test_a_batch_takes_a_handful_of_queries_in_bulk(tmp_path, ingest_bulk):
         assert len(new) > 4 * 40 and len(again) > 3 * 40
 
 
+@pytest.mark.parametrize("size", [16, 256], ids=["whole-file-scanned", "larger-than-the-scan"])
+def test_the_checksum_and_size_are_the_stored_files_whichever_way_the_header_is_read(tmp_path, header_scan, size):
+    import hashlib
+
+    [path] = dicomgen.ct_series(tmp_path / "ct", 1, size=size)
+    relpath = stored(pydicom.dcmread(path))
+    data = storage.absolute(relpath).read_bytes()
+    assert (len(data) <= dicomfile.SCAN_BYTES) == (size == 16)
+
+    instance = Instance.objects.get(pk=ingest.index_file(relpath).instance_id)
+
+    assert instance.checksum == hashlib.sha256(data).hexdigest()
+    assert instance.file_size == len(data)
+
+
 def _index_rows() -> dict:
     """What the index holds, without pks and times: the same for every way of writing it."""
     from records.models import InstanceConflict
