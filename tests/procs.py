@@ -1,6 +1,7 @@
 """Start and wait for the real processes the end-to-end tests talk to."""
 
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -11,10 +12,33 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def ephemeral_ports() -> range:
+    """The ports the kernel hands to outgoing connections (Linux's default when it does not say)."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return range(low, high + 1)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free TCP port on 127.0.0.1 below the ephemeral range.
+
+    A port the kernel picked (``bind(0)``) is an ephemeral one: by the time a server process
+    binds it, an outgoing connection of the same run (a C-MOVE, an HTTP request) may hold
+    it, and the server fails with "Address already in use". Ports below the range are
+    never given to outgoing connections, so one that is free now stays free.
+    """
+    ephemeral = ephemeral_ports()
+    candidates = [port for port in range(10000, 30000) if port not in ephemeral]
+    for port in random.sample(candidates, len(candidates)):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free TCP port below the ephemeral range")
 
 
 def wait_for(condition: Callable[[], object], timeout: float = 30, what: str = "condition", interval=0.05):
