@@ -7,8 +7,8 @@ For each configuration (a code tree, default this one, and environment variables
 and each set of images, it starts that tree's ``manage.py runscp`` on a free port
 of 127.0.0.1 with a fresh SQLite database, a node MODALITY on 127.0.0.1 and its
 own Redis (no worker: nothing is indexed), sends the set with one ``storescu``
-association (TCP_NODELAY=1), and reports the CPU seconds of the association
-processes per image (the listener's cutime + cstime: the children it reaped)
+association (TCP_NODELAY=1), and reports the CPU seconds per image of runscp's processes (the listener, its
+live association processes and spares, and the children they reaped)
 and the images/s of that run. Sets: ``ct`` 300 slices 512x512 (512 KB each),
 ``small`` 500 images 64x64 (8 KB), ``big`` 20 images 2048x2048 (8 MiB); ``echo``
 is 50 ``echoscu`` runs one after the other instead (process start included: the
@@ -30,13 +30,7 @@ sys.path.insert(0, str(REPO))
 
 from tests import dicomgen, procs  # noqa: E402
 
-TICK = os.sysconf("SC_CLK_TCK")
 ECHOES = 50
-
-
-def reaped_children_cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[13]) + int(fields[14])) / TICK
 
 
 def only_spares_left(pid: int) -> bool:
@@ -105,7 +99,7 @@ def run_one(
     try:
         procs.wait_for(lambda: echo(port), 30, "runscp to answer")
         procs.wait_for(lambda: only_spares_left(scp.pid), 30, "the probe's process to be reaped")
-        before = reaped_children_cpu(scp.pid)
+        before = procs.tree_cpu(scp.pid)
         started = time.monotonic()
         for tool, args in [("echoscu", [])] * len(files) if echoes else [("storescu", files)]:
             result = procs.dcmtk(tool, "-aet", "MODALITY", "-aec", "IMAGING", "127.0.0.1", str(port), *args)
@@ -113,7 +107,7 @@ def run_one(
                 raise SystemExit(result.stderr)
         wall = time.monotonic() - started
         procs.wait_for(lambda: only_spares_left(scp.pid), 30, "the association's process to be reaped")
-        cpu = reaped_children_cpu(scp.pid) - before
+        cpu = procs.tree_cpu(scp.pid) - before
     finally:
         procs.stop(scp)
     stored = sum(1 for _ in (var / "storage" / "instances").rglob("*.dcm"))

@@ -42,6 +42,10 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.procs import tree_cpu  # noqa: E402
+
 PYTHON = sys.executable
 RECEIVERS = ("ours", "storescp", "orthanc")
 CASES = {
@@ -352,25 +356,6 @@ def redis_ping(port: int) -> bool:
 def http_json(url: str, timeout: float = 5.0):
     with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - our own 127.0.0.1 Orthanc
         return json.loads(response.read())
-
-
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def tree_cpu(pid: int) -> float:
-    """CPU seconds of a process, its live descendants and the children they reaped (user + system)."""
-    total = 0.0
-    pending = [pid]
-    while pending:
-        current = pending.pop()
-        try:
-            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
-            total += sum(int(f) for f in fields[11:15]) / TICK
-            for task in Path(f"/proc/{current}/task").iterdir():
-                pending += [int(c) for c in (task / "children").read_text().split()]
-        except (FileNotFoundError, ProcessLookupError):
-            continue  # ended meanwhile
-    return total
 
 
 def count_files(directory: Path, suffix: str = "") -> int:

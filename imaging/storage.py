@@ -90,6 +90,20 @@ def same_file(a: os.stat_result, b: os.stat_result) -> bool:
     return (a.st_ino, a.st_dev, a.st_size, a.st_mtime_ns) == (b.st_ino, b.st_dev, b.st_size, b.st_mtime_ns)
 
 
+def _make_folder(folder: str) -> None:
+    """``os.makedirs(folder, exist_ok=True)`` that tries the folder itself first.
+
+    A shard's folder is usually the one missing (its parent is one of 256): a
+    mkdir, not makedirs' stat of each parent before it.
+    """
+    try:
+        os.mkdir(folder)
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        os.makedirs(folder, exist_ok=True)
+
+
 class PartialFile:
     """A file being written beside its destination: it becomes the destination whole (``commit``) or not at all.
 
@@ -113,7 +127,7 @@ class PartialFile:
         try:
             self._fd: int | None = os.open(self.path, flags, 0o640)
         except FileNotFoundError:  # the folder's first file: make it (a tenth of the store's work if always asked)
-            os.makedirs(self.folder, exist_ok=True)
+            _make_folder(self.folder)
             self._fd = os.open(self.path, flags, 0o640)
         self.size = 0
         self.done = False
@@ -256,10 +270,15 @@ def iter_instance_files(*, remove_partials_older_than: float | None = None):
 def free_bytes() -> int:
     """Bytes available to us on the file system that holds STORAGE_DIR."""
     folder = root()
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent  # a fresh install: STORAGE_DIR is made on the first store
-    stat = os.statvfs(folder)
-    return stat.f_bavail * stat.f_frsize
+    while True:
+        try:
+            stat = os.statvfs(folder)
+        except FileNotFoundError:
+            if folder == folder.parent:
+                raise
+            folder = folder.parent  # a fresh install: STORAGE_DIR is made on the first store
+            continue
+        return stat.f_bavail * stat.f_frsize
 
 
 def low_space_reason() -> str | None:

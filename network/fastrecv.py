@@ -414,7 +414,9 @@ class Association:
         buffer = into if into is not None else bytearray(size)
         view = memoryview(buffer)
         read = 0
-        self.sock.settimeout(settings.DICOM_NETWORK_TIMEOUT or None)
+        timeout = settings.DICOM_NETWORK_TIMEOUT or None
+        if self.sock.gettimeout() != timeout:  # settimeout is an ioctl each time: twice an image if always called
+            self.sock.settimeout(timeout)
         try:
             while read < size:
                 count = self.sock.recv_into(view[read:size])

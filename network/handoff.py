@@ -10,7 +10,6 @@ fsynced: the worker drains it soon after the broker is back, and
 
 import logging
 import os
-import queue
 import threading
 import time
 
@@ -18,10 +17,16 @@ from django.conf import settings
 
 log = logging.getLogger(__name__)
 
-_STOP = object()
-
 
 class IndexHandoff:
+    """Stored paths gathered in memory and published by a background thread, a batch at a time.
+
+    A path's ``submit`` takes a lock and appends; it wakes the thread only for the
+    first path of a batch and for the one that fills it, not for every image: a
+    thread woken per image costs its process a few context switches (and a GIL
+    hand-over) on the C-STORE hot path.
+    """
+
     def __init__(self, send=None, spool_append=None):
         # ``send(paths, source_ae)`` publishes one batch, ``spool_append(paths,
         # source_ae)`` keeps a batch that could not be sent; tests may pass their own.
@@ -29,59 +34,72 @@ class IndexHandoff:
         self._spool_append = spool_append or _spool_append
         self.spooled = 0
         self._pid = None
-        self._queue: queue.Queue = queue.Queue()
+        self._pending: list[tuple[str, str]] = []
+        self._stopping = False
+        self._cond = threading.Condition(threading.Lock())
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self.sent = 0
         self.lost = 0
 
     def _ensure_thread(self) -> None:
-        # A forked child inherits the object but not the thread: start its own.
+        # A forked child inherits the object but not the thread (nor a lock it may have held): start afresh.
         if self._pid == os.getpid() and self._thread is not None and self._thread.is_alive():
             return
         with self._lock:
             if self._pid != os.getpid() or self._thread is None or not self._thread.is_alive():
+                if self._pid != os.getpid():
+                    self._cond = threading.Condition(threading.Lock())
+                    self._pending = []
                 self._pid = os.getpid()
-                self._queue = queue.Queue()
+                self._stopping = False
                 self._thread = threading.Thread(target=self._run, name="index-handoff", daemon=True)
                 self._thread.start()
 
     def submit(self, relpath: str, source_ae: str) -> None:
         self._ensure_thread()
-        self._queue.put((relpath, source_ae))
+        with self._cond:
+            self._pending.append((relpath, source_ae))
+            waiting = len(self._pending)
+            if waiting == 1 or waiting == max(settings.INDEX_HANDOFF_MAX_PATHS, 1):  # past it, it is not waiting
+                self._cond.notify()
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Send everything queued and stop the thread; False if it did not finish in time."""
         if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
             return True
-        self._queue.put(_STOP)
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
         self._thread.join(timeout)
         finished = not self._thread.is_alive()
         if not finished:
             log.error("index hand-off did not finish within %.0fs; reindex will find the files", timeout)
         return finished
 
-    def _run(self) -> None:
-        stopping = False
-        while not stopping:
-            item = self._queue.get()
-            batch = []
+    def _next_batch(self) -> tuple[list[tuple[str, str]], bool]:
+        """Wait for paths and gather them; (the batch, whether the thread is to stop after sending it)."""
+        most = max(settings.INDEX_HANDOFF_MAX_PATHS, 1)
+        with self._cond:
+            while not self._pending and not self._stopping:
+                self._cond.wait()
             # Linger briefly after the first path so that a series streaming in
             # travels as a few dozen paths per message rather than one each: the
             # indexer pays per batch too (docs/fastindex.md: 5 paths cost it 6 ms
             # an image, 64 cost 3 ms). The association's end sends at once (flush).
             deadline = time.monotonic() + settings.INDEX_HANDOFF_LINGER_MS / 1000
-            while True:
-                if item is _STOP:
-                    stopping = True
-                else:
-                    batch.append(item)
-                if stopping or len(batch) >= max(settings.INDEX_HANDOFF_MAX_PATHS, 1):
+            while not self._stopping and len(self._pending) < most:
+                left = deadline - time.monotonic()
+                if left <= 0:
                     break
-                try:
-                    item = self._queue.get(timeout=max(deadline - time.monotonic(), 0))
-                except queue.Empty:
-                    break
+                self._cond.wait(left)
+            batch, self._pending = self._pending[:most], self._pending[most:]
+            return batch, self._stopping and not self._pending
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            batch, stopping = self._next_batch()
             by_ae: dict[str, list[str]] = {}
             for relpath, ae in batch:
                 by_ae.setdefault(ae, []).append(relpath)

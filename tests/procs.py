@@ -159,3 +159,19 @@ def keep_responses_for_the_waiter(assoc) -> None:
         serve(msg, context_id)
 
     assoc._serve_request = serve_or_requeue
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of a process, its live descendants and the children they reaped (user + system)."""
+    total = 0.0
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+            for task in Path(f"/proc/{current}/task").iterdir():
+                pending += [int(c) for c in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # ended meanwhile
+    return total

@@ -1,5 +1,6 @@
 """The SCP's hand-off of stored paths to the indexer, without a broker."""
 
+import os
 import threading
 
 from network.handoff import IndexHandoff
@@ -55,3 +56,30 @@ def test_flush_reports_a_send_that_hangs():
     handoff.submit("instances/a.dcm", "CT1")
     assert handoff.flush(0.3) is False
     release.set()
+
+
+class CountingCondition(threading.Condition):
+    def __init__(self):
+        super().__init__(threading.Lock())
+        self.notified = 0
+
+    def notify(self, n=1):
+        self.notified += 1
+        super().notify(n)
+
+
+def test_a_full_batch_goes_at_once_and_only_a_batchs_first_and_last_path_wake_the_thread(settings):
+    settings.INDEX_HANDOFF_LINGER_MS = 60_000  # nothing goes for lingering: only for being full, or at flush
+    settings.INDEX_HANDOFF_MAX_PATHS = 4
+    sent = []
+    done = threading.Event()
+    handoff = IndexHandoff(send=lambda paths, ae: (sent.append(list(paths)), len(sent) == 2 and done.set()))
+    handoff._cond, handoff._pid = CountingCondition(), os.getpid()  # as the first submit would make it
+    for i in range(10):
+        handoff.submit(f"instances/{i}.dcm", "CT1")
+    assert done.wait(10), "two full batches went without waiting for the linger"
+    assert sent == [[f"instances/{i}.dcm" for i in range(4)], [f"instances/{i}.dcm" for i in range(4, 8)]]
+    # Path 0 began a batch and 3 filled it; 4 and 7, 8 only if the thread had taken the first: not a wake per path.
+    assert 2 <= handoff._cond.notified <= 5
+    assert handoff.flush(5)
+    assert sent[2:] == [["instances/8.dcm", "instances/9.dcm"]]
