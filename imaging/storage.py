@@ -273,10 +273,10 @@ def free_bytes() -> int:
     while True:
         try:
             stat = os.statvfs(folder)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             if folder == folder.parent:
                 raise
-            folder = folder.parent  # a fresh install: STORAGE_DIR is made on the first store
+            folder = folder.parent  # a fresh install: STORAGE_DIR is made on the first store (or cannot be)
             continue
         return stat.f_bavail * stat.f_frsize
 
