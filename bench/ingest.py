@@ -556,12 +556,28 @@ class Orthanc(Receiver):
 # --- one measurement --------------------------------------------------------------------
 
 
+def machine_ticks() -> tuple[int, int, int]:
+    """(busy, idle, stolen) clock ticks of all CPUs so far, from /proc/stat (iowait counts as idle)."""
+    with open("/proc/stat") as f:
+        user, nice, system, idle, iowait, irq, softirq, steal = (int(v) for v in f.readline().split()[1:9])
+    return user + nice + system + irq + softirq, idle + iowait, steal
+
+
+def busy_share(start: tuple[int, int, int], end: tuple[int, int, int]) -> float | None:
+    """Share of the machine's CPU time busy between two ``machine_ticks`` (stolen time counts as busy)."""
+    busy, idle, steal = (b - a for a, b in zip(start, end, strict=True))
+    total = busy + idle + steal
+    return (busy + steal) / total if total else None
+
+
 def run_case(receiver: Receiver, parts: list[Path], n_images: int, series_uids: set[str], timeout: float) -> dict:
     """Send every part over its own association at once; time storing (and indexing)."""
     before = receiver.stored_count()
     if receiver.indexes:
         receiver.expect(series_uids)
     cpu_before = receiver.cpu() if hasattr(receiver, "cpu") else {}
+    clients_before = os.times()
+    ticks_start = machine_ticks()
     env = {**os.environ, **CLIENT_ENV}
     ended: dict[int, float] = {}
     procs = []
@@ -581,9 +597,14 @@ def run_case(receiver: Receiver, parts: list[Path], n_images: int, series_uids: 
         ]
         procs.append(subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
 
+    ticks_sent = None
+
     def reap(k, proc):
+        nonlocal ticks_sent
         proc.wait()
         ended[k] = time.monotonic()
+        if len(ended) == len(procs):
+            ticks_sent = machine_ticks()
 
     threads = [threading.Thread(target=reap, args=(k, p), daemon=True) for k, p in enumerate(procs)]
     for t in threads:
@@ -599,6 +620,7 @@ def run_case(receiver: Receiver, parts: list[Path], n_images: int, series_uids: 
             instances, series, with_thumb = state
             if findable_at is None and instances >= n_images:
                 findable_at = time.monotonic()  # C-FIND and the study list see every image
+                ticks_findable = machine_ticks()
             if instances >= n_images and series == len(series_uids) and with_thumb == series:
                 indexed_at = time.monotonic()
         if senders_done and (indexed_at is not None or not receiver.indexes):
@@ -621,12 +643,22 @@ def run_case(receiver: Receiver, parts: list[Path], n_images: int, series_uids: 
     stored = receiver.stored_count() - before
     if stored != n_images:
         errors.append(f"{stored} of {n_images} images arrived")
+    clients_after = os.times()
+    ticks_sent = ticks_sent or machine_ticks()
     result = {
         "images": n_images,
         "stored_seconds": t_sent - t0,
         "stored_ips": n_images / (t_sent - t0),
         "arrived": stored,
         "errors": errors,
+        # storescu's CPU (the only children reaped meanwhile), and how busy the machine was while storing
+        "clients_cpu_ms": (
+            (clients_after.children_user + clients_after.children_system)
+            - (clients_before.children_user + clients_before.children_system)
+        )
+        * 1000
+        / n_images,
+        "busy_storing": busy_share(ticks_start, ticks_sent),
     }
     if receiver.indexes:
         if indexed_at is None:
@@ -637,6 +669,8 @@ def run_case(receiver: Receiver, parts: list[Path], n_images: int, series_uids: 
             result["index_delay"] = max(indexed_at - t_sent, 0.0)
             result["findable_ips"] = n_images / (findable_at - t0)
             result["findable_delay"] = max(findable_at - t_sent, 0.0)
+            if findable_at > t_sent:  # how busy the machine was from the last storescu's exit to findable
+                result["busy_to_findable"] = busy_share(ticks_sent, ticks_findable)
     if cpu_before:
         # Per image, until indexed (thumbnails included): what each process spent on it.
         for name, seconds in receiver.cpu().items():
@@ -837,6 +871,9 @@ def main(argv=None) -> int:
                         )
                     if "orthanc_cpu_ms" in result:
                         extra = f"; CPU per image {result['orthanc_cpu_ms']:.1f} ms"
+                    extra += f"; storescu {result['clients_cpu_ms']:.1f} ms; machine busy {result['busy_storing']:.0%}"
+                    if result.get("busy_to_findable") is not None:
+                        extra += f" storing, {result['busy_to_findable']:.0%} until findable"
                     status = "ok" if not result["errors"] else "ERROR " + "; ".join(result["errors"])
                     print(
                         f"  run {rep + 1}/{args.repeat} {CASE_LABELS[case]:<15} {name:<9} "
@@ -856,6 +893,9 @@ def main(argv=None) -> int:
                         "worker_cpu_ms",
                         "scp_cpu_ms",
                         "orthanc_cpu_ms",
+                        "clients_cpu_ms",
+                        "busy_storing",
+                        "busy_to_findable",
                         "indexed_ips",
                         "index_delay",
                         "stored_seconds",
