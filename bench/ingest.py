@@ -570,12 +570,33 @@ def busy_share(start: tuple[int, int, int], end: tuple[int, int, int]) -> float 
     return (busy + steal) / total if total else None
 
 
+PERF_DIR = os.environ.get("BENCH_PERF_DIR")  # set: a system-wide `perf record` of each run, start to findable
+
+
+def start_perf(receiver: Receiver) -> subprocess.Popen | None:
+    if not PERF_DIR:
+        return None
+    out = Path(PERF_DIR) / f"{type(receiver).__name__.lower()}-{time.strftime('%H%M%S')}.data"
+    proc = subprocess.Popen(
+        ["perf", "record", "-a", "-g", "-F", "999", "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    time.sleep(0.5)  # perf's own start (reading /proc) would otherwise fall into the run
+    return proc
+
+
+def stop_perf(proc: subprocess.Popen | None) -> None:
+    if proc is not None and proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)
+
+
 def run_case(receiver: Receiver, parts: list[Path], n_images: int, series_uids: set[str], timeout: float) -> dict:
     """Send every part over its own association at once; time storing (and indexing)."""
     before = receiver.stored_count()
     if receiver.indexes:
         receiver.expect(series_uids)
     cpu_before = receiver.cpu() if hasattr(receiver, "cpu") else {}
+    perf = start_perf(receiver)
     clients_before = os.times()
     ticks_start = machine_ticks()
     env = {**os.environ, **CLIENT_ENV}
@@ -621,6 +642,7 @@ def run_case(receiver: Receiver, parts: list[Path], n_images: int, series_uids: 
             if findable_at is None and instances >= n_images:
                 findable_at = time.monotonic()  # C-FIND and the study list see every image
                 ticks_findable = machine_ticks()
+                stop_perf(perf)
             if instances >= n_images and series == len(series_uids) and with_thumb == series:
                 indexed_at = time.monotonic()
         if senders_done and (indexed_at is not None or not receiver.indexes):
@@ -643,6 +665,7 @@ def run_case(receiver: Receiver, parts: list[Path], n_images: int, series_uids: 
     stored = receiver.stored_count() - before
     if stored != n_images:
         errors.append(f"{stored} of {n_images} images arrived")
+    stop_perf(perf)
     clients_after = os.times()
     ticks_sent = ticks_sent or machine_ticks()
     result = {
