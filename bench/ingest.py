@@ -15,6 +15,11 @@ from the exit of the last storescu to that moment (target: under 3 s for the CT)
 Every (repeat, case) gets freshly generated UIDs, so every receiver stores new
 images each time. The clients run with TCP_NODELAY=1 (Debian's DCMTK otherwise
 leaves Nagle's algorithm on and crawls at ~20 images/s), and so does Orthanc.
+Each run's line also gives the CPU per image of the storescu clients and of this
+process (the poller), and how busy the whole machine was (/proc/stat) while storing
+and from the last storescu's exit until findable. With BENCH_PERF_DIR=dir, each run
+is recorded system-wide by ``perf record -a -g`` from the first C-STORE to findable
+(``perf report -i dir/ours-*.data --sort comm,dso``).
 """
 
 import argparse
