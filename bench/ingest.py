@@ -19,6 +19,7 @@ Each run's line also gives the CPU per image of the storescu clients and of this
 process (the poller), and how busy the whole machine was (/proc/stat) while storing
 and from the last storescu's exit until findable. With BENCH_PERF_DIR=dir, each run
 is recorded system-wide by ``perf record -a -g`` from the first C-STORE to findable
+(started disabled and enabled through its control FIFO, so its own start stays out)
 (``perf report -i dir/ours-*.data --sort comm,dso``).
 """
 
@@ -27,6 +28,7 @@ import contextlib
 import json
 import os
 import platform
+import select
 import shutil
 import signal
 import socket
@@ -588,13 +590,29 @@ PERF_DIR = os.environ.get("BENCH_PERF_DIR")  # set: a system-wide `perf record` 
 
 
 def start_perf(receiver: Receiver) -> subprocess.Popen | None:
+    """A system-wide ``perf record`` that samples from its return on (it starts disabled, then is enabled)."""
     if not PERF_DIR:
         return None
-    out = Path(PERF_DIR) / f"{type(receiver).__name__.lower()}-{time.strftime('%H%M%S')}.data"
+    stem = Path(PERF_DIR) / f"{type(receiver).__name__.lower()}-{time.strftime('%H%M%S')}"
+    control, ack = Path(f"{stem}.ctl"), Path(f"{stem}.ack")
+    for fifo in (control, ack):
+        fifo.unlink(missing_ok=True)
+        os.mkfifo(fifo)
+    argv = ["perf", "record", "-a", "-g", "-F", "999", "-o", f"{stem}.data"]
     proc = subprocess.Popen(
-        ["perf", "record", "-a", "-g", "-F", "999", "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        [*argv, "-D", "-1", f"--control=fifo:{control},{ack}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
-    time.sleep(0.5)  # perf's own start (reading /proc) would otherwise fall into the run
+    # perf's own start (reading /proc) stays out of the run: sampling begins once it acknowledges "enable".
+    with open(control, "w") as ctl, open(ack) as answer:
+        ctl.write("enable\n")
+        ctl.flush()
+        if not select.select([answer], [], [], 30)[0] or answer.readline().strip() != "ack":
+            proc.kill()
+            raise BenchError("perf did not acknowledge enabling its events")
+    for fifo in (control, ack):
+        fifo.unlink()  # perf holds both open
     return proc
 
 
