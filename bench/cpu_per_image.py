@@ -80,6 +80,10 @@ def run_one(
     env.pop("DJANGO_SETTINGS_MODULE", None)
     python = sys.executable
     subprocess.run([python, "manage.py", "migrate", "-v", "0"], cwd=tree, env=env, check=True)
+    prepares = (tree / "imaging/management/commands/preparestorage.py").exists()  # trees before it do not
+    if prepares and env.get("STORAGE_PREPARE_FOLDERS", "1") != "0":
+        # What runscp does in the background at its first start, done before the count.
+        subprocess.run([python, "manage.py", "preparestorage"], cwd=tree, env=env, check=True, capture_output=True)
     subprocess.run(
         [python, "manage.py", "modality", "add", "MODALITY", "127.0.0.1", "0"],
         cwd=tree,

@@ -391,7 +391,7 @@ class Receiver:
 
 
 class Ours(Receiver):
-    def __init__(self, procs: Processes, root: Path, fsync: bool, workers: int):
+    def __init__(self, procs: Processes, root: Path, fsync: bool, workers: int, prepare: bool = True):
         super().__init__("ours", "OURS", indexes=True)
         var = root / "ours"
         self.storage = var / "storage"
@@ -407,11 +407,17 @@ class Ours(Receiver):
             "DICOM_AE_TITLE": self.aet,
             "DICOM_PORT": str(self.port),
             "STORAGE_FSYNC": "1" if fsync else "0",
+            "STORAGE_PREPARE_FOLDERS": "1" if prepare else "0",
             "LOG_LEVEL": "WARNING",
         }
         env.pop("DJANGO_SETTINGS_MODULE", None)
         self.env = env
-        self.info = {"fsync": fsync, "celery_concurrency": workers, "redis_port": redis_port}
+        self.info = {
+            "fsync": fsync,
+            "prepared_folders": prepare,
+            "celery_concurrency": workers,
+            "redis_port": redis_port,
+        }
         redis = procs.start(
             "redis",
             ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
@@ -423,6 +429,12 @@ class Ours(Receiver):
         )
         if migrate.returncode != 0:
             raise BenchError(f"migrate failed:\n{migrate.stdout}\n{migrate.stderr}")
+        if prepare:
+            # What runscp does in the background at its first start (STORAGE_PREPARE_FOLDERS):
+            # done here, before the clock, as in any archive started once before its first study.
+            subprocess.run(
+                [PYTHON, "manage.py", "preparestorage"], cwd=REPO, env=env, capture_output=True, text=True, check=True
+            )
         # The SCP refuses unknown callers: register the benchmark's storescu (and echoscu).
         for calling in ("BENCH", "ECHOSCU"):
             subprocess.run(
@@ -767,7 +779,8 @@ def report(summary: dict, receivers: list[str], cases: list[str], args) -> str:
     lines.append(
         f"Ingest benchmark: {args.slices}-slice 512x512 CT, {args.small} small {args.small_size}x{args.small_size} MR "
         f"images; median of {args.repeat}; images/s; storescu clients and Orthanc with TCP_NODELAY=1; "
-        f"ours with STORAGE_FSYNC={'1' if args.fsync else '0'}, Celery -c {args.workers}; {os.cpu_count()} CPUs; "
+        f"ours with STORAGE_FSYNC={'1' if args.fsync else '0'}, "
+        f"STORAGE_PREPARE_FOLDERS={'1' if args.prepare else '0'}, Celery -c {args.workers}; {os.cpu_count()} CPUs; "
         f"code {args.revision}"
     )
     head = f"{'case':<16}"
@@ -844,6 +857,12 @@ def parse_args(argv=None):
         action="store_false",
         help="run ours with STORAGE_FSYNC=0 (storescp does not fsync; Orthanc 1.10 fsyncs files by default)",
     )
+    p.add_argument(
+        "--no-prepare",
+        dest="prepare",
+        action="store_false",
+        help="run ours with STORAGE_PREPARE_FOLDERS=0: each shard folder made by its first image, as Orthanc does",
+    )
     p.add_argument("--timeout", type=float, default=600, help="seconds allowed per measurement")
     p.add_argument("--json", type=Path, help="write every run and the medians to this file")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, data, storage)")
@@ -887,7 +906,7 @@ def main(argv=None) -> int:
         print(f"pixel data ready in {time.monotonic() - t:.1f}s; starting receivers", flush=True)
         receivers: dict[str, Receiver] = {}
         builders = {
-            "ours": lambda: Ours(procs, root, args.fsync, args.workers),
+            "ours": lambda: Ours(procs, root, args.fsync, args.workers, args.prepare),
             "storescp": lambda: StoreSCP(procs, root),
             "orthanc": lambda: Orthanc(procs, root),
         }

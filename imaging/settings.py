@@ -282,6 +282,12 @@ STORAGE_FSYNC = envbool("STORAGE_FSYNC", True)
 # many threads at once: a journaling file system folds concurrent fsyncs into one
 # commit (20 files: 160 ms one after another, 50-65 ms from 8 threads, measured here).
 STORAGE_FSYNC_THREADS = envint("STORAGE_FSYNC_THREADS", 8)
+# runscp makes the 65,536 shard folders of the instance layout once, at its first
+# start, in a low-priority process of its own (storage.prepare_folders; 256 MB of
+# folder blocks on ext4; also `manage.py preparestorage`): in a young archive a
+# C-STORE then no longer waits for its folder's mkdir. 0: each folder is made by the
+# first file stored in it.
+STORAGE_PREPARE_FOLDERS = envbool("STORAGE_PREPARE_FOLDERS", True)
 # Largest C-STORE data set accepted, in bytes (a multi-frame US cine can be large).
 DICOM_MAX_DATASET_BYTES = envint("DICOM_MAX_DATASET_BYTES", 2 * 1024**3)
 # Below this much free space on STORAGE_DIR, C-STORE and STOW-RS answer "out of

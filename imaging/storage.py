@@ -104,6 +104,14 @@ def _make_folder(folder: str) -> None:
         os.makedirs(folder, exist_ok=True)
 
 
+def _fsync_folder(folder: str) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class PartialFile:
     """A file being written beside its destination: it becomes the destination whole (``commit``) or not at all.
 
@@ -157,11 +165,7 @@ class PartialFile:
             raise
         self.done = True
         if self.fsync:
-            dir_fd = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            _fsync_folder(self.folder)
         return self.dest
 
     def discard(self) -> None:
@@ -240,6 +244,57 @@ def write_atomic(
         group.commit(partial, replacing)
         return partial.dest
     return partial.commit(replacing=replacing)
+
+
+# Written into instances/ once every shard folder exists (prepare_folders).
+FOLDERS_READY = ".folders-ready"
+SHARD_FOLDERS = 256 * 256
+
+
+def folders_prepared() -> bool:
+    return (root() / INSTANCES / FOLDERS_READY).exists()
+
+
+def prepare_folders(*, fsync: bool | None = None) -> int:
+    """Make every shard folder of the instance layout that is missing; how many were made.
+
+    In a young archive nearly every image is the first in its folder, and its C-STORE
+    waits for a mkdir (on ext4 the biggest kernel cost of a small image: choosing the
+    folder's inode). Made ahead of need, once, the folders are also durable before any
+    file goes into one (each level fsynced after its children). They take one block
+    each: 256 MB on ext4 with 4 KB blocks. Refused (OSError) when that would leave
+    less than STORAGE_MIN_FREE_MB free; safe to run again, or by two processes at once.
+    """
+    fsync = settings.STORAGE_FSYNC if fsync is None else fsync
+    base = root() / INSTANCES
+    if (base / FOLDERS_READY).exists():
+        return 0
+    base.mkdir(parents=True, exist_ok=True)
+    needed = SHARD_FOLDERS * os.statvfs(base).f_bsize
+    if free_bytes() - needed < settings.STORAGE_MIN_FREE_MB * 1024 * 1024:
+        raise OSError(
+            f"not preparing {SHARD_FOLDERS} folders ({needed // (1024 * 1024)} MB) in {base}: "
+            f"it would leave less than STORAGE_MIN_FREE_MB={settings.STORAGE_MIN_FREE_MB} free"
+        )
+    made = 0
+    for first in range(256):
+        top = f"{base}/{first:02x}"
+        _make_folder(top)
+        made_here = 0
+        for second in range(256):
+            try:
+                os.mkdir(f"{top}/{second:02x}")
+            except FileExistsError:
+                continue
+            made_here += 1
+        if fsync and made_here:
+            _fsync_folder(top)
+        made += made_here
+    if fsync:
+        _fsync_folder(str(base))
+        _fsync_folder(str(root()))
+    write_atomic(f"{INSTANCES}/{FOLDERS_READY}", [b"%d\n" % SHARD_FOLDERS], fsync)
+    return made
 
 
 def iter_instance_files(*, remove_partials_older_than: float | None = None):

@@ -60,6 +60,7 @@ from pynetdicom.sop_class import (
 )
 from pynetdicom.transport import AssociationServer, RequestHandler
 
+from imaging import storage
 from network import access, admission, fastrecv, fastsend, guard, reactor
 from network.dimse.association import handle_requested, session_of
 from network.dimse.echo import handle_echo
@@ -264,6 +265,7 @@ class ForkingAssociationServer(AssociationServer):
         self.max_children = max_children
         self.children: set[int] = set()
         self.spares: set[int] = set()  # the children waiting in accept() for the next connections
+        self.helpers: dict[int, str] = {}  # children doing background work (fork_helper): pid -> name
         # Associations whose spare is not replaced yet (pid: until when at most), see serve_until_stopped.
         self.unreplaced: dict[int, float] = {}
         # A spare writes "T <pid>" here when it takes a connection, "R <address> <reason>" when it
@@ -293,14 +295,22 @@ class ForkingAssociationServer(AssociationServer):
         self.socket.settimeout(None)
 
     def reap(self, block: bool = False) -> None:
-        while self.children:
+        while self.children or self.helpers:
             try:
-                pid, _status = os.waitpid(-1, 0 if block else os.WNOHANG)
+                pid, status = os.waitpid(-1, 0 if block else os.WNOHANG)
             except ChildProcessError:
                 self.children.clear()
+                self.helpers.clear()
                 return
             if pid == 0:
                 return
+            helper = self.helpers.pop(pid, None)
+            if helper is not None:
+                if status and not _Shutdown.requested:
+                    log.warning("%s (pid %d) ended with status %#x", helper, pid, status)
+                if block:
+                    return
+                continue
             self.children.discard(pid)
             self.spares.discard(pid)  # a spare that died before a connection came: fork another
             self.unreplaced.pop(pid, None)
@@ -310,6 +320,34 @@ class ForkingAssociationServer(AssociationServer):
                 self.board.mark(slot, False)
             if block:
                 return
+
+    def fork_helper(self, name: str, work) -> int:
+        """Run ``work()`` in a child of its own at the lowest CPU priority; reaped like the associations.
+
+        For one-off background work of the SCP's (storage.prepare_folders) that must
+        not delay listening nor take CPU from associations. The child holds nothing of
+        the listener's and dies of SIGTERM or SIGINT as is (its work is safe to redo).
+        """
+        pid = os.fork()
+        if pid:
+            self.helpers[pid] = name
+            return pid
+        status = 1
+        try:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            self.socket.close()
+            os.close(self._accepted_r)
+            os.close(self._accepted_w)
+            _name_process(name)
+            os.nice(19)
+            work()
+            status = 0
+        except Exception:
+            log.exception("%s failed", name)
+        finally:
+            logging.shutdown()
+            os._exit(status)
 
     def _fork_spare(self) -> None:
         """Fork the process that takes the next connection, and let it get ready before it comes.
@@ -484,21 +522,34 @@ class ForkingAssociationServer(AssociationServer):
             self.refusals.flush()
         self.server_close()
         log.info("stopping: waiting for %d association(s) to finish", len(self.children - self.spares))
-        for pid in list(self.children):
+        for pid in [*self.children, *self.helpers]:
             try:
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
-        while self.children:
+        while self.children or self.helpers:
             self.reap(block=True)
 
     def handle_timeout(self) -> None:
         pass
 
 
-# What ps and /proc show of a child: waiting for a connection, or serving one.
+# What ps and /proc show of a child: waiting for a connection, or serving one;
+# the one making the storage's folders at the first start.
 SPARE_NAME = "dicom-spare"
 ASSOCIATION_NAME = "dicom-assoc"
+PREPARE_NAME = "storage-prepare"
+
+
+def prepare_storage_folders() -> None:
+    """storage.prepare_folders, logged: run by the SCP's helper at its first start (STORAGE_PREPARE_FOLDERS)."""
+    started = time.monotonic()
+    try:
+        made = storage.prepare_folders()
+    except OSError as exc:
+        log.warning("storage folders not made ahead of need: %s", exc)
+        return
+    log.info("made %d storage folders ahead of need in %.1f s", made, time.monotonic() - started)
 
 
 def _name_process(name: str) -> None:
@@ -637,6 +688,8 @@ def serve(
         server.max_children,
         "; port shared with other instances" if settings.DICOM_REUSE_PORT else "",
     )
+    if settings.STORAGE_PREPARE_FOLDERS and not storage.folders_prepared():
+        server.fork_helper(PREPARE_NAME, prepare_storage_folders)
     if ready is not None:
         ready.set()
     server.serve_until_stopped()
