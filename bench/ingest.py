@@ -365,6 +365,12 @@ def http_json(url: str, timeout: float = 5.0):
         return json.loads(response.read())
 
 
+def own_cpu(pid: int) -> float:
+    """CPU seconds of one process alone (user + system), its children not counted."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(f) for f in fields[11:13]) / os.sysconf("SC_CLK_TCK")
+
+
 def count_files(directory: Path, suffix: str = "") -> int:
     n = 0
     for _dirpath, _dirnames, filenames in os.walk(directory):
@@ -492,7 +498,11 @@ class Ours(Receiver):
 
     def cpu(self) -> dict[str, float]:
         """CPU seconds so far of the Celery worker (all its processes) and of runscp (with its associations')."""
-        return {"worker": tree_cpu(self.worker.pid), "scp": tree_cpu(self.scp.pid)}
+        return {
+            "worker": tree_cpu(self.worker.pid),
+            "worker_main": own_cpu(self.worker.pid),  # Celery's consumer: takes the tasks, feeds the pool
+            "scp": tree_cpu(self.scp.pid),
+        }
 
     def expect(self, series_uids: set[str], n_images: int) -> None:
         self._db.execute("DELETE FROM want_series")
@@ -946,6 +956,7 @@ def main(argv=None) -> int:
                             f", findable {result['findable_ips']:.0f}/s, delay {result['findable_delay']:.2f}s"
                             f", indexed {result['indexed_ips']:.0f}/s, delay {result['index_delay']:.2f}s"
                             f"; CPU per image: worker {result['worker_cpu_ms']:.1f} ms"
+                            f" (its consumer {result['worker_main_cpu_ms']:.2f})"
                             f", scp {result['scp_cpu_ms']:.1f} ms"
                         )
                     if "orthanc_cpu_ms" in result:
