@@ -20,7 +20,9 @@ process (the poller), and how busy the whole machine was (/proc/stat) while stor
 and from the last storescu's exit until findable. With BENCH_PERF_DIR=dir, each run
 is recorded system-wide by ``perf record -a -g`` from the first C-STORE to findable
 (started disabled and enabled through its control FIFO, so its own start stays out)
-(``perf report -i dir/ours-*.data --sort comm,dso``).
+(``perf report -i dir/ours-*.data --sort comm,dso``). Ours gets its storage's shard
+folders made before the clock (``manage.py preparestorage``, as runscp does at its
+first start); ``--no-prepare`` leaves each folder to its first image, as Orthanc does.
 """
 
 import argparse
