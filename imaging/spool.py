@@ -26,6 +26,8 @@ from pathlib import Path
 
 from django.conf import settings
 
+from imaging import storage
+
 log = logging.getLogger(__name__)
 
 SUFFIX = ".spool"
@@ -39,14 +41,6 @@ def folder() -> Path:
 
 def _own_file() -> Path:
     return folder() / f"{socket.gethostname()}-{os.getpid()}{SUFFIX}"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def append(paths: list[str], source_ae: str) -> Path:
@@ -84,7 +78,7 @@ def append(paths: list[str], source_ae: str) -> Path:
         finally:
             os.close(fd)
         if created:
-            _fsync_dir(folder())  # the new file's name must survive a power cut too
+            storage.fsync_folder(folder())  # the new file's name must survive a power cut too
         return target
 
 

@@ -104,7 +104,8 @@ def _make_folder(folder: str) -> None:
         os.makedirs(folder, exist_ok=True)
 
 
-def _fsync_folder(folder: str) -> None:
+def fsync_folder(folder: "str | os.PathLike") -> None:
+    """Make a folder's entries (files made, renamed or removed in it) survive a power cut."""
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
@@ -165,7 +166,7 @@ class PartialFile:
             raise
         self.done = True
         if self.fsync:
-            _fsync_folder(self.folder)
+            fsync_folder(self.folder)
         return self.dest
 
     def discard(self) -> None:
@@ -288,11 +289,11 @@ def prepare_folders(*, fsync: bool | None = None) -> int:
                 continue
             made_here += 1
         if fsync and made_here:
-            _fsync_folder(top)
+            fsync_folder(top)
         made += made_here
     if fsync:
-        _fsync_folder(str(base))
-        _fsync_folder(str(root()))
+        fsync_folder(str(base))
+        fsync_folder(str(root()))
     write_atomic(f"{INSTANCES}/{FOLDERS_READY}", [b"%d\n" % SHARD_FOLDERS], fsync)
     return made
 

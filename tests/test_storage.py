@@ -83,8 +83,8 @@ def fresh_store(tmp_path, settings):
 
 def test_prepare_folders_makes_every_shard_folder_once_and_syncs_each_level(fresh_store, monkeypatch):
     synced = []
-    real_fsync_folder = storage._fsync_folder
-    monkeypatch.setattr(storage, "_fsync_folder", lambda folder: synced.append(folder) or real_fsync_folder(folder))
+    real_fsync_folder = storage.fsync_folder
+    monkeypatch.setattr(storage, "fsync_folder", lambda folder: synced.append(folder) or real_fsync_folder(folder))
     assert not storage.folders_prepared()
 
     assert storage.prepare_folders(fsync=True) == storage.SHARD_FOLDERS
