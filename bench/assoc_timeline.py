@@ -92,6 +92,8 @@ def main() -> int:
     port = procs.free_port()
     if args.server == "ours":
         subprocess.run(procs.manage("migrate", "-v0"), env=env, cwd=REPO, check=True)
+        # As runscp does at its first start (STORAGE_PREPARE_FOLDERS), before the clock.
+        subprocess.run(procs.manage("preparestorage"), env=env, cwd=REPO, check=True, capture_output=True)
         node = procs.manage("modality", "add", "BENCH", "127.0.0.1", "0")
         subprocess.run(node, env=env, cwd=REPO, check=True, capture_output=True)
         command = procs.manage("runscp", "--port", str(port), "--host", "127.0.0.1")

@@ -126,6 +126,8 @@ def main() -> int:
         (root / "ours").mkdir()
         manage = [PYTHON, str(REPO / "manage.py")]
         subprocess.run([*manage, "migrate", "-v", "0"], env=env, check=True)
+        # As runscp does at its first start (STORAGE_PREPARE_FOLDERS), before the clock.
+        subprocess.run([*manage, "preparestorage"], env=env, check=True, capture_output=True)
         subprocess.run(
             [*manage, "modality", "add", "BENCH", "127.0.0.1", "0"], env=env, check=True, stdout=subprocess.DEVNULL
         )

@@ -159,6 +159,8 @@ def prepare(size: int, var: Path) -> tuple[dict, dict[str, list[str]]]:
         "LOG_LEVEL": "WARNING",
     }
     subprocess.run(procs.manage("migrate", "-v0"), env=env, cwd=ROOT, check=True)
+    # As runscp does at its first start (STORAGE_PREPARE_FOLDERS), before the clock.
+    subprocess.run(procs.manage("preparestorage"), env=env, cwd=ROOT, check=True, capture_output=True)
     t = time.perf_counter()
     subprocess.run([sys.executable, __file__, "--fill", str(size)], env=env, cwd=ROOT, check=True)
     print(f"  filled {size:,} studies in {time.perf_counter() - t:.0f} s", flush=True)

@@ -129,6 +129,8 @@ def main() -> int:
             **dict(item.split("=", 1) for item in args.env),
         }
         subprocess.run(procs.manage("migrate", "-v0"), env=env, cwd=REPO, check=True)
+        # As runscp does at its first start (STORAGE_PREPARE_FOLDERS), before the clock.
+        subprocess.run(procs.manage("preparestorage"), env=env, cwd=REPO, check=True, capture_output=True)
         subprocess.run(
             procs.manage("modality", "add", "BENCH", "127.0.0.1", "0"),
             env=env,
