@@ -53,6 +53,8 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+import orthanc  # noqa: E402 - bench/orthanc.py, beside this script
+
 from tests.procs import tree_cpu  # noqa: E402
 
 PYTHON = sys.executable
@@ -898,6 +900,8 @@ def _raise_keyboard_interrupt(signum, frame):
 def main(argv=None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    if "orthanc" in args.receivers:
+        orthanc.ensure_installed()
     wanted = {"storescp": "storescp", "orthanc": "Orthanc"}
     tools = ["storescu", "echoscu", "redis-server"] + [wanted[r] for r in args.receivers if r in wanted]
     for tool in tools:
