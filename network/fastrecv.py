@@ -49,6 +49,7 @@ checked byte for byte against pynetdicom's in tests/test_fastrecv.py. Nothing
 here touches pynetdicom's internals.
 """
 
+import functools
 import logging
 import select
 import socket
@@ -194,7 +195,15 @@ def _items(body: bytes):
         yield item_type, value
 
 
+@functools.lru_cache(maxsize=4096)
 def _context(body: bytes) -> PresentationContext:
+    """A proposed presentation context, by its bytes (context ID included); shared, so read only.
+
+    A device proposes the same contexts at each association (storescu over a hundred),
+    and building one validates each UID again and again (pynetdicom's
+    ``add_transfer_syntax`` four times): 0.1-0.2 ms of an echoscu's A-ASSOCIATE-AC.
+    What does not decode raises, and is not kept.
+    """
     context = PresentationContext()
     context.context_id = body[0]
     abstract = None
@@ -262,9 +271,31 @@ def warm_up(ae) -> bytes:
     user = _item(0x50, _item(0x51, struct.pack(">L", settings.DICOM_MAX_PDU)))
     pdu = _pdu(_ASSOCIATE_RQ, header + _item(0x10, APPLICATION_CONTEXT.encode()) + _item(0x20, context) + user)
     request = parse_request(pdu)
-    results, _roles = negotiate_as_acceptor(request.contexts, ae.supported_contexts, {})
+    results, _roles = negotiate_as_acceptor(request.contexts, supported_for(ae, request.contexts), {})
     implementation = (ae.implementation_class_uid, "")
     return associate_ac(request, results, max_length=settings.DICOM_MAX_PDU, implementation=implementation)
+
+
+@functools.cache
+def _supported_by_syntax(ae) -> dict:
+    """The AE's supported contexts by abstract syntax, once per process (the AE's do not change once built)."""
+    return {cx.abstract_syntax: cx for cx in ae.supported_contexts}
+
+
+def supported_for(ae, proposed: list) -> list:
+    """The AE's supported contexts for the abstract syntaxes proposed, or all of them if it supports none.
+
+    ``ae.supported_contexts`` sorts all of them (about 180) at each call, and
+    ``negotiate_as_acceptor`` indexes what it is given: 0.2-0.3 ms before each
+    A-ASSOCIATE-AC. It only looks up the proposed abstract syntaxes, so the result
+    is the same; with none of them supported, it answers in another order, so it
+    gets every context then.
+    """
+    by_syntax = _supported_by_syntax(ae)
+    supported = [
+        by_syntax[syntax] for syntax in dict.fromkeys(cx.abstract_syntax for cx in proposed) if syntax in by_syntax
+    ]
+    return supported or ae.supported_contexts
 
 
 def _ae(title: str) -> bytes:
@@ -386,7 +417,7 @@ class Association:
         if decision.reject:
             self._reject(decision.reject)
             return False
-        supported = self.ae.supported_contexts
+        supported = supported_for(self.ae, request.contexts)
         try:
             limited = access.contexts_for(decision.node, supported, {})
             if limited is not None:

@@ -30,9 +30,11 @@ def test_a_node_is_read_by_its_title_in_one_query_as_the_orm_reads_it(ct, django
             node = access.node_titled(title)
         expected = ModalityNode.objects.filter(ae_title=title).first()
         assert node == expected
-        if node is not None:
-            fields = ("host", "may_store", "created_at")
-            assert [getattr(node, f) for f in fields] == [getattr(expected, f) for f in fields]
+        if node is not None:  # every field as the ORM converts it (SQLite's booleans and datetimes too)
+            fields = [field.attname for field in ModalityNode._meta.concrete_fields]
+            values = [(getattr(node, f), type(getattr(node, f))) for f in fields]
+            assert values == [(getattr(expected, f), type(getattr(expected, f))) for f in fields]
+            assert not node._state.adding and node._state.db == "default"
 
 
 def test_ae_titles_are_compared_without_padding(ct):

@@ -18,6 +18,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, build_context, build_role
 from pynetdicom.dsutils import encode
 from pynetdicom.pdu_primitives import AsynchronousOperationsWindowNegotiation
+from pynetdicom.presentation import negotiate_as_acceptor
 from pynetdicom.sop_class import (
     CTImageStorage,
     MRImageStorage,
@@ -284,6 +285,52 @@ def test_a_spares_warm_up_sets_up_a_verification_association_without_a_peer():
     ac = fastrecv.warm_up(build_ae())
     assert ac[0] == 0x02  # an A-ASSOCIATE-AC
     assert accepted(ac) == {1: ImplicitVRLittleEndian}
+
+
+@pytest.mark.parametrize(
+    "contexts",
+    [
+        [(Verification,)],
+        [(CTImageStorage, ExplicitVRLittleEndian), (CTImageStorage, ImplicitVRLittleEndian), (Verification,)],
+        [("1.2.3.4.5",), ("1.2.3.4.6",)],
+        [("1.2.3.4.5",), (CTImageStorage, "1.2.840.10008.1.2.4.999"), (StudyRootQueryRetrieveInformationModelFind,)],
+    ],
+    ids=["echo", "storage-twice-and-echo", "none-supported", "unknown-and-unsupported-syntax"],
+)
+def test_negotiating_over_the_proposed_abstract_syntaxes_answers_as_over_all_of_them(contexts):
+    from network.scp import build_ae
+
+    ae = build_ae()
+    request = fastrecv.Request(0, "IMAGING", "MODALITY")
+    for index, context in enumerate(contexts):
+        proposed_context = build_context(*context)
+        proposed_context.context_id = 2 * (len(contexts) - index) - 1  # IDs falling: the answer sorts them
+        request.contexts.append(proposed_context)
+
+    def answer(supported):
+        results, _roles = negotiate_as_acceptor(request.contexts, supported, {})
+        return fastrecv.associate_ac(request, results, max_length=16384, implementation=("1.2.3.4", "OURS"))
+
+    assert answer(fastrecv.supported_for(ae, request.contexts)) == answer(ae.supported_contexts)
+    supported = fastrecv.supported_for(ae, request.contexts)
+    proposed = {cx.abstract_syntax for cx in request.contexts}
+    if proposed & {cx.abstract_syntax for cx in ae.supported_contexts}:
+        assert {cx.abstract_syntax for cx in supported} <= proposed
+    else:
+        assert supported == ae.supported_contexts
+
+
+def test_a_proposed_context_is_decoded_once_and_one_that_does_not_decode_each_time():
+    body = bytes((1, 0, 0, 0)) + fastrecv._item(0x30, Verification.encode())
+    body += fastrecv._item(0x40, ImplicitVRLittleEndian.encode())
+    first = fastrecv._context(body)
+    assert first.context_id == 1 and first.abstract_syntax == Verification
+    assert first.transfer_syntax == [ImplicitVRLittleEndian]
+    assert fastrecv._context(body) is first
+    bad = bytes((3, 0, 0, 0)) + fastrecv._item(0x30, b"1.2.x") + fastrecv._item(0x40, ImplicitVRLittleEndian.encode())
+    for _ in range(2):
+        with pytest.raises(ValueError, match="invalid UID"):
+            fastrecv._context(bad)
 
 
 def test_the_fast_path_is_off_with_its_setting(settings):
