@@ -1,13 +1,14 @@
 """CPU time our SCP spends per received image, by configuration: steadier than images/s on a busy machine.
 
     .venv/bin/python bench/cpu_per_image.py [--sets ct,small,big] [--rounds 2] \
-        [--config 'label=path/to/tree:VAR=value,VAR=value' ...]
+        [--config 'label=path/to/tree:VAR=value,VAR=value' ...] [--associations N]
 
 For each configuration (a code tree, default this one, and environment variables)
 and each set of images, it starts that tree's ``manage.py runscp`` on a free port
 of 127.0.0.1 with a fresh SQLite database, a node MODALITY on 127.0.0.1 and its
 own Redis (no worker: nothing is indexed), sends the set with one ``storescu``
-association (TCP_NODELAY=1), and reports the CPU seconds per image of runscp's processes (the listener, its
+association (TCP_NODELAY=1; ``--associations N``: N ``storescu`` at once, each with
+its share of the files), and reports the CPU seconds per image of runscp's processes (the listener, its
 live association processes and spares, and the children they reaped)
 and the images/s of that run. Sets: ``ct`` 300 slices 512x512 (512 KB each),
 ``small`` 500 images 64x64 (8 KB), ``big`` 20 images 2048x2048 (8 MiB); ``echo``
@@ -63,8 +64,25 @@ def parse_config(text: str) -> tuple[str, Path, dict]:
     return label, Path(tree or REPO).resolve(), env
 
 
+def store_in_parallel(port: int, files: list, associations: int) -> None:
+    """The files sent by ``associations`` storescu processes at once, each with its share."""
+    env = {**os.environ, "TCP_NODELAY": "1"}
+    tools = [
+        subprocess.Popen(
+            ["storescu", "-aet", "MODALITY", "-aec", "IMAGING", "127.0.0.1", str(port), *files[i::associations]],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+        for i in range(associations)
+    ]
+    failures = [tool.communicate(timeout=300)[1] for tool in tools if tool.wait(timeout=300) != 0]
+    if failures:
+        raise SystemExit(failures[0])
+
+
 def run_one(
-    tree: Path, env_extra: dict, files: list, redis_port: int, root: Path, echoes: bool = False
+    tree: Path, env_extra: dict, files: list, redis_port: int, root: Path, echoes: bool = False, associations: int = 1
 ) -> tuple[float, float]:
     var = Path(tempfile.mkdtemp(dir=root))
     env = {
@@ -105,7 +123,9 @@ def run_one(
         procs.wait_for(lambda: only_spares_left(scp.pid), 30, "the probe's process to be reaped")
         before = procs.tree_cpu(scp.pid)
         started = time.monotonic()
-        for tool, args in [("echoscu", [])] * len(files) if echoes else [("storescu", files)]:
+        if associations > 1 and not echoes:
+            store_in_parallel(port, files, associations)
+        for tool, args in [("echoscu", [])] * len(files) if echoes else [("storescu", files)] * (associations == 1):
             result = procs.dcmtk(tool, "-aet", "MODALITY", "-aec", "IMAGING", "127.0.0.1", str(port), *args)
             if result.returncode != 0:
                 raise SystemExit(result.stderr)
@@ -125,6 +145,7 @@ def main(argv=None) -> int:
     p.add_argument("--sets", default="ct,small,big")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--config", action="append", help="label=tree:VAR=value,...; default: this tree as is")
+    p.add_argument("--associations", type=int, default=1, help="storescu processes at once, default 1")
     args = p.parse_args(argv)
     configs = [parse_config(c) for c in (args.config or ["this="])]
     root = Path(tempfile.mkdtemp(prefix="bench-cpu-"))
@@ -153,7 +174,13 @@ def main(argv=None) -> int:
             for label, tree, env in configs:
                 for name, files in sets.items():
                     cpu, wall = run_one(
-                        tree, {"STORAGE_FSYNC": "1", **env}, [str(f) for f in files], redis_port, root, name == "echo"
+                        tree,
+                        {"STORAGE_FSYNC": "1", **env},
+                        [str(f) for f in files],
+                        redis_port,
+                        root,
+                        name == "echo",
+                        args.associations,
                     )
                     load = Path("/proc/loadavg").read_text().split()[0]
                     latency = f"  {1000 * wall / len(files):.1f} ms per echoscu" if name == "echo" else ""
