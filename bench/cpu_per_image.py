@@ -123,12 +123,13 @@ def run_one(
         procs.wait_for(lambda: only_spares_left(scp.pid), 30, "the probe's process to be reaped")
         before = procs.tree_cpu(scp.pid)
         started = time.monotonic()
-        if associations > 1 and not echoes:
+        if echoes:
+            for _ in files:
+                result = procs.dcmtk("echoscu", "-aet", "MODALITY", "-aec", "IMAGING", "127.0.0.1", str(port))
+                if result.returncode != 0:
+                    raise SystemExit(result.stderr)
+        else:
             store_in_parallel(port, files, associations)
-        for tool, args in [("echoscu", [])] * len(files) if echoes else [("storescu", files)] * (associations == 1):
-            result = procs.dcmtk(tool, "-aet", "MODALITY", "-aec", "IMAGING", "127.0.0.1", str(port), *args)
-            if result.returncode != 0:
-                raise SystemExit(result.stderr)
         wall = time.monotonic() - started
         procs.wait_for(lambda: only_spares_left(scp.pid), 30, "the association's process to be reaped")
         cpu = procs.tree_cpu(scp.pid) - before
