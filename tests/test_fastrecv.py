@@ -597,3 +597,75 @@ def test_an_identifier_is_decoded_as_pynetdicom_decodes_it():
         decoded = fastrecv.decode_identifier(encode(ds, syntax == ImplicitVRLittleEndian, True, False), syntax)
         assert decoded == ds and decoded.original_encoding == (syntax == ImplicitVRLittleEndian, True)
     assert fastrecv.decode_identifier(b"", ExplicitVRLittleEndian) == pydicom.Dataset()
+
+
+class _CountingSocket:
+    """A socket whose reads are counted: what the read-ahead saves is reads."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.reads = 0
+
+    def gettimeout(self):
+        return self.sock.gettimeout()
+
+    def settimeout(self, timeout):
+        self.sock.settimeout(timeout)
+
+    def recvmsg_into(self, buffers):
+        self.reads += 1
+        return self.sock.recvmsg_into(buffers)
+
+    def fileno(self):
+        return self.sock.fileno()
+
+
+def _reader(sock) -> fastrecv.Association:
+    request = fastrecv.Request(length=0, called_ae="IMAGING", calling_ae="MODALITY")
+    return fastrecv.Association(sock, ("127.0.0.1", 0), request, ae=None, handoff=None, shutdown=None)
+
+
+def test_a_small_images_two_pdus_arrived_together_take_one_read():
+    ours, peer = socket.socketpair()
+    with ours, peer:
+        counted = _CountingSocket(ours)
+        association = _reader(counted)
+        command, data = b"\x04\x00\x00\x00\x00\x05hello", b"\x04\x00\x00\x00\x00\x03abc"
+        peer.sendall(command + data)
+        assert association._read_exact(6) == command[:6]
+        assert association._read_exact(5) == b"hello"
+        assert association._has_input(0)  # the next PDU is already here: no wait on the socket
+        assert association._read_exact(6) == data[:6]
+        assert association._read_exact(3) == b"abc"
+        assert counted.reads == 1
+        assert not association._has_input(0)
+
+
+def test_pdus_of_every_size_split_anywhere_are_read_byte_for_byte():
+    """PDU bodies around the read-ahead's size, sent in pieces that cut headers and bodies anywhere."""
+    import random
+
+    rng = random.Random(12)
+    sizes = [0, 1, 5, 6, 7, 4096, fastrecv._READ_AHEAD - 6, fastrecv._READ_AHEAD, fastrecv._READ_AHEAD + 1, 300_000]
+    sizes += [rng.randrange(0, 200_000) for _ in range(20)]
+    pdus = [struct.pack(">BBL", 4, 0, size) + rng.randbytes(size) for size in sizes]
+    stream = b"".join(pdus)
+    ours, peer = socket.socketpair()
+
+    def send():
+        offset = 0
+        while offset < len(stream):
+            piece = rng.choice([1, 3, 6, 100, 5000, 70_000, 250_000])
+            peer.sendall(stream[offset : offset + piece])
+            offset += piece
+
+    with ours, peer:
+        sender = threading.Thread(target=send)
+        sender.start()
+        association = _reader(ours)
+        for pdu in pdus:
+            header = association._read_exact(6)
+            (length,) = struct.unpack(">L", header[2:])
+            assert header + association._read_exact(length) == pdu
+        sender.join(10)
+        assert not sender.is_alive()
